@@ -1,0 +1,35 @@
+"""Inference engines behind one interface (see base.py). Heavy imports happen only on load."""
+
+from __future__ import annotations
+
+import threading
+
+from stt.config import EngineConfig, GenerationParams
+from stt.engines.base import Completion, Engine, EngineStats, Request
+from stt.errors import ConfigError
+from stt.models import resolve_model
+
+__all__ = ["Completion", "Engine", "EngineStats", "Request", "get_engine", "loaded_engines"]
+
+_ENGINES: dict[str, Engine] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def get_engine(config: EngineConfig, generation: GenerationParams | None = None) -> Engine:
+    """The engine for this config, loaded once per process and reused by every shard."""
+    generation = generation or GenerationParams()
+    key = config.model_dump_json() + generation.model_dump_json()
+    with _LOAD_LOCK:
+        if key not in _ENGINES:
+            model = resolve_model(config.model)
+            if config.kind == "transformers":
+                from stt.engines.transformers_engine import TransformersEngine
+
+                _ENGINES[key] = TransformersEngine(model, config, generation)
+            else:  # pragma: no cover - pydantic restricts kind
+                raise ConfigError(f"unknown engine kind '{config.kind}'")
+        return _ENGINES[key]
+
+
+def loaded_engines() -> list[Engine]:
+    return list(_ENGINES.values())

@@ -1,0 +1,215 @@
+"""CPU (or single-GPU) engine on Hugging Face transformers: batched, greedy by default.
+
+Batches are built from length-sorted prompts with left padding. When every prompt of a call shares
+a long prefix (the few-shot demonstrations of one language), the prefix's KV cache is computed
+once and reused by every batch: on the CPU that prefill is most of the cost of a short segment.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from stt.config import EngineConfig, GenerationParams
+from stt.engines.base import Completion, EngineStats, ProgressFn, Request
+from stt.models import ResolvedModel, hf_folder
+
+log = logging.getLogger(__name__)
+
+# Below this many shared tokens a prefix cache costs more (cache copies) than it saves.
+MIN_PREFIX_TOKENS = 64
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class TransformersEngine:
+    def __init__(self, model: ResolvedModel, config: EngineConfig, generation: GenerationParams | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.model_id = model.model_id
+        self.weights_sha256 = model.weights_sha256
+        self.config = config
+        self.generation = generation or GenerationParams()
+        self.stats = EngineStats()
+        self.lock = threading.Lock()  # one generate at a time per loaded model
+        self.device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = {"auto": torch.bfloat16 if self.device.startswith("cuda") else torch.float32,
+                 "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.dtype]
+        folder: Path = hf_folder(model)
+        t0 = time.perf_counter()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(self.device).eval()
+        self.batch_size = config.batch_size
+        self._prefix_cache: tuple[str, list[int], object] | None = None
+        log.info("loaded %s from %s on %s in %.1fs", self.model_id, folder, self.device, time.perf_counter() - t0)
+
+    # -- helpers the prompt builder uses -------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def chat_template(self) -> str | None:
+        return getattr(self.tokenizer, "chat_template", None)
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    # -- generation ------------------------------------------------------------------------------
+    def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[Completion]:
+        with self.lock:
+            t0 = time.perf_counter()
+            results = self._generate_locked(list(requests), progress)
+            self.stats.calls += 1
+            self.stats.requests += len(requests)
+            self.stats.prompt_tokens += sum(c.prompt_tokens for c in results)
+            self.stats.completion_tokens += sum(c.completion_tokens for c in results)
+            self.stats.seconds += time.perf_counter() - t0
+            return results
+
+    def _generate_locked(self, requests: list[Request], progress: ProgressFn | None) -> list[Completion]:
+        if not requests:
+            return []
+        prefix_text, prefix_ids = self._shared_prefix([r.prompt for r in requests])
+        encoded = [self._encode(r.prompt, prefix_text) for r in requests]
+        # Longest first: similar lengths share a batch (less padding), and an OOM shows up at once.
+        order = sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
+        results: list[Completion | None] = [None] * len(requests)
+        done = 0
+        pos = 0
+        while pos < len(order):
+            idx = order[pos : pos + self.batch_size]
+            try:
+                outs = self._generate_batch([requests[i] for i in idx], [encoded[i] for i in idx], prefix_ids)
+            except RuntimeError as exc:
+                if not _is_oom(exc) or self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                self.stats.oom_backoffs += 1
+                log.warning("out of memory at batch size %d; retrying at %d", len(idx), self.batch_size)
+                if self.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                continue
+            for i, out in zip(idx, outs, strict=True):
+                results[i] = out
+            self.stats.batch_sizes.append(len(idx))
+            pos += len(idx)
+            done += len(idx)
+            if progress:
+                progress(done, len(requests))
+        return [r for r in results if r is not None]
+
+    def _encode(self, prompt: str, prefix_text: str) -> list[int]:
+        """Token ids of the prompt after the shared prefix (all of it when there is none)."""
+        if prefix_text:
+            return self.tokenizer(prompt[len(prefix_text) :], add_special_tokens=False)["input_ids"]
+        return self.tokenizer(prompt)["input_ids"]
+
+    def _shared_prefix(self, prompts: list[str]) -> tuple[str, list[int] | None]:
+        """The longest common prefix of all prompts, cut after a newline so tokens split cleanly there."""
+        if not self.config.reuse_prefix_cache or len(prompts) < 2:
+            return "", None
+        common = os.path.commonprefix(prompts)
+        cut = common.rfind("\n")
+        if cut < 0:
+            return "", None
+        prefix = common[: cut + 1]
+        ids = self.tokenizer(prefix)["input_ids"]
+        if len(ids) < MIN_PREFIX_TOKENS:
+            return "", None
+        if self._prefix_cache is None or self._prefix_cache[0] != prefix:
+            with torch.inference_mode():
+                from transformers import DynamicCache
+
+                cache = DynamicCache(config=self.model.config)
+                out = self.model(torch.tensor([ids], device=self.device), cache=cache, use_cache=True)
+            self._prefix_cache = (prefix, ids, out.past_key_values)
+        return prefix, ids
+
+    def _generate_batch(
+        self, requests: list[Request], encoded: list[list[int]], prefix_ids: list[int] | None
+    ) -> list[Completion]:
+        pad = self.tokenizer.pad_token_id
+        width = max(len(e) for e in encoded)
+        n = len(encoded)
+        # Left padding inside the suffix: [prefix | pads | suffix]; masked pads keep positions right.
+        suffix = torch.full((n, width), pad, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for row, ids in enumerate(encoded):
+            if ids:
+                suffix[row, width - len(ids) :] = torch.tensor(ids)
+                mask[row, width - len(ids) :] = 1
+        kwargs: dict = {}
+        if prefix_ids is not None:
+            assert self._prefix_cache is not None
+            cache = copy.deepcopy(self._prefix_cache[2])
+            cache.batch_repeat_interleave(n)
+            kwargs["cache"] = cache
+            input_ids = torch.cat([torch.tensor([prefix_ids] * n), suffix], dim=1)
+            attention = torch.cat([torch.ones((n, len(prefix_ids)), dtype=torch.long), mask], dim=1)
+        else:
+            input_ids, attention = suffix, mask
+        max_new = max(r.max_new_tokens for r in requests)
+        stops = sorted({s for r in requests for s in r.stop})
+        gen = self.generation
+        sampling = (
+            {"do_sample": True, "temperature": gen.temperature, "top_p": gen.top_p}
+            if gen.temperature > 0
+            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        )
+        if gen.temperature > 0:
+            torch.manual_seed(gen.seed)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention.to(self.device),
+                max_new_tokens=max_new,
+                stop_strings=stops or None,
+                tokenizer=self.tokenizer,
+                pad_token_id=pad,
+                **sampling,
+                **kwargs,
+            )
+        generated = out[:, input_ids.shape[1] :].tolist()
+        eos = self._eos_ids()
+        results = []
+        for row, req in enumerate(requests):
+            toks = generated[row][: req.max_new_tokens]
+            # generate pads finished rows; the first EOS (or pad, when pad == eos) ends the row.
+            end = next((k + 1 for k, t in enumerate(toks) if t in eos), len(toks))
+            toks = toks[:end]
+            text = self.tokenizer.decode(toks, skip_special_tokens=True)
+            cut = min((p for p in (text.find(s) for s in req.stop) if p >= 0), default=-1)
+            stopped = cut >= 0 or (bool(toks) and toks[-1] in eos)
+            if cut >= 0:
+                text = text[:cut]
+            results.append(
+                Completion(
+                    text=text,
+                    prompt_tokens=len(encoded[row]) + (len(prefix_ids) if prefix_ids else 0),
+                    completion_tokens=len(toks),
+                    finish_reason="stop" if stopped else "length",
+                )
+            )
+        return results
+
+    def _eos_ids(self) -> set[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        if self.tokenizer.pad_token_id is not None:
+            ids.add(self.tokenizer.pad_token_id)
+        return ids

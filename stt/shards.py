@@ -1,0 +1,105 @@
+"""Parquet shards, atomic writes and the per-directory manifest.
+
+Layout of an output directory (pandas.read_parquet(dir) reads only the translated rows, because
+pyarrow skips paths starting with '_'):
+
+    de-00000.parquet ...        translated rows, one file per (language, shard)
+    _manifest.json              every shard: rows, checksums, input hash, generation key
+    _config.json                the config of the latest run
+    _input/shard-00000.parquet  English examples of each shard
+    _raw/de-00000.parquet       raw generations, one row per segment (the model's cached work)
+    _rejects/de-00000.parquet   rows that failed validation, with reasons
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stt.models import file_sha256
+
+MANIFEST = "_manifest.json"
+MANIFEST_FORMAT = "stt-shards-v1"
+
+
+def shard_id(language: str, index: int) -> str:
+    return f"{language}-{index:05d}"
+
+
+def write_parquet_atomic(table: pa.Table, path: Path, metadata: dict[str, str] | None = None) -> str:
+    """Write to a temp file in the same folder, fsync, rename; return the file's sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return file_sha256(path)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """Schema metadata of a Parquet file; {} when it is missing or unreadable."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException):
+        return {}
+    return {k.decode(): v.decode() for k, v in meta.items() if not k.startswith(b"ARROW")}
+
+
+@contextlib.contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".manifest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # shard tasks finish in parallel threads or processes
+        yield
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return {"format": MANIFEST_FORMAT, "shards": {}}
+    return json.loads(path.read_text())
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+    os.replace(tmp, path)
+
+
+def update_manifest(out_dir: Path, shard: str | None = None, entry: dict[str, Any] | None = None,
+                    **top: Any) -> dict[str, Any]:
+    """Read-modify-write under a file lock: set one shard's entry and/or top-level keys."""
+    with _locked(out_dir):
+        manifest = read_manifest(out_dir)
+        manifest.update(top)
+        if shard is not None:
+            if entry is None:
+                manifest["shards"].pop(shard, None)
+            else:
+                manifest["shards"][shard] = entry
+        manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        _write_json_atomic(out_dir / MANIFEST, manifest)
+        return manifest
+
+
+def file_ok(path: Path, sha256: str | None) -> bool:
+    """The file exists, has the recorded checksum and is readable Parquet."""
+    if not sha256 or not path.is_file() or file_sha256(path) != sha256:
+        return False
+    try:
+        pq.read_metadata(path)
+    except (OSError, pa.ArrowException):
+        return False
+    return True

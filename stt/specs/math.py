@@ -1,0 +1,31 @@
+"""Math word problems (GSM8K): translate question and rationale, keep the final answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from stt.loaders import Example, load_gsm8k
+from stt.specs.base import TaskSpec
+from stt.validate import numbers
+
+
+@dataclass(frozen=True)
+class MathSpec(TaskSpec):
+    def default_source(self, data_dir: Path) -> Path:
+        return data_dir / "gsm8k" / "train.jsonl"
+
+    def load(self, path: Path) -> list[Example]:
+        return load_gsm8k(path)
+
+    def check(self, example: Example, translated: Example) -> list[str]:
+        # Every number of the English question and rationale must survive translation.
+        reasons = []
+        for field in ("question", "rationale"):
+            missing = numbers(example[field]) - numbers(translated[field])
+            if missing:
+                reasons.append(f"lost_numbers:{field}")
+        return reasons
+
+
+GSM8K = MathSpec("gsm8k", "math", {"question": "whole", "rationale": "lines"}, ("id", "answer"))

@@ -1,0 +1,25 @@
+"""Natural language inference (MultiNLI): translate premise and hypothesis, keep the label."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from stt.errors import ConfigError
+from stt.loaders import Example, load_mnli
+from stt.specs.base import TaskSpec
+
+
+@dataclass(frozen=True)
+class NLISpec(TaskSpec):
+    def default_source(self, data_dir: Path) -> Path:
+        raise ConfigError(
+            "MultiNLI train is not available offline: pass its jsonl with --input "
+            "(multinli_1.0_train.jsonl)"
+        )
+
+    def load(self, path: Path) -> list[Example]:
+        return load_mnli(path)
+
+
+MNLI = NLISpec("mnli", "nli", {"premise": "sentences", "hypothesis": "sentences"}, ("id", "source_id", "label"))

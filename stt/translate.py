@@ -1,0 +1,349 @@
+"""The translate stage as plain functions: plan -> generate (model) -> validate + assemble (no model).
+
+Prefect tasks wrap `generate_shard` and `validate_shard`; a plain Python loop over the plan
+(`run_translate`) does the same without Prefect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stt import shards
+from stt.config import TranslateConfig, stable_json
+from stt.engines import Request, get_engine
+from stt.errors import ConfigError, DataError
+from stt.models import resolve_model
+from stt.prompts import PromptBuilder, build_prompt_builder
+from stt.specs import TaskSpec, get_task
+from stt.validate import VALIDATION_VERSION, clean_completion, segment_reasons
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One (language, shard) unit of work; everything a task needs, as plain serialisable values."""
+
+    shard: str  # e.g. "de-00003"
+    index: int
+    language: str
+    input_path: str
+    input_sha256: str
+    rows: int
+    generation_key: str  # hash of everything that determines the raw generations
+
+    @property
+    def raw_path(self) -> str:
+        return str(Path(self.input_path).parents[1] / "_raw" / f"{self.shard}.parquet")
+
+
+@dataclass(frozen=True)
+class Plan:
+    out_dir: str
+    config_json: str
+    model_id: str
+    weights_sha256: str
+    prompt_version: str
+    jobs: tuple[ShardJob, ...]
+    done: tuple[str, ...]  # shards already complete and verified on disk
+
+    @property
+    def todo(self) -> list[ShardJob]:
+        return [j for j in self.jobs if j.shard not in self.done]
+
+    @property
+    def config(self) -> TranslateConfig:
+        return TranslateConfig.model_validate_json(self.config_json)
+
+
+def load_examples(config: TranslateConfig) -> tuple[TaskSpec, list[dict[str, Any]]]:
+    spec = get_task(config.task)
+    path = Path(config.input_path) if config.input_path else spec.default_source(config.resolved_data_dir())
+    examples = spec.load(path)
+    if not examples:
+        raise DataError(f"{path}: no examples")
+    return spec, examples[: config.limit] if config.limit else examples
+
+
+def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _string_schema(fields: list[str], ints: tuple[str, ...] = ()) -> pa.Schema:
+    return pa.schema([(f, pa.int64() if f in ints else pa.string()) for f in fields])
+
+
+def plan_translation(config: TranslateConfig) -> Plan:
+    """Load and shard the English data, pin the model, and find which shards are already done."""
+    for lang in config.languages:
+        build_prompt_builder(lang, config.prompt, config.resolved_data_dir())  # fails fast on a bad language
+    if not config.languages:
+        raise ConfigError("no target languages given")
+    spec, examples = load_examples(config)
+    model = resolve_model(config.engine.model)
+    out = Path(config.out_dir)
+    (out / "_input").mkdir(parents=True, exist_ok=True)
+    shards._write_json_atomic(out / "_config.json", json.loads(config.model_dump_json()))
+    fields = list(examples[0])
+    jobs: list[ShardJob] = []
+    builders = {lang: build_prompt_builder(lang, config.prompt, config.resolved_data_dir())
+                for lang in config.languages}
+    for index, start in enumerate(range(0, len(examples), config.shard_size)):
+        chunk = examples[start : start + config.shard_size]
+        input_path = out / "_input" / f"shard-{index:05d}.parquet"
+        content = hashlib.sha256(stable_json(chunk).encode()).hexdigest()
+        if shards.read_metadata(input_path).get("stt.content_sha256") != content:
+            schema = _string_schema(fields, ints=("answer_start",))
+            shards.write_parquet_atomic(_table(chunk, schema), input_path, {"stt.content_sha256": content})
+        for lang in config.languages:
+            key = generation_key(config, builders[lang], model.weights_sha256, content, lang)
+            jobs.append(ShardJob(shards.shard_id(lang, index), index, lang, str(input_path), content,
+                                 len(chunk), key))
+    manifest = shards.read_manifest(out)
+    done = tuple(j.shard for j in jobs if shard_complete(out, manifest["shards"].get(j.shard), j))
+    _set_aside_stale(out, {j.shard for j in jobs})
+    shards.update_manifest(
+        out, config=json.loads(config.model_dump_json()), task=spec.name,
+        model={"model_id": model.model_id, "weights_sha256": model.weights_sha256},
+        prompt_version=builders[config.languages[0]].version, validation_version=VALIDATION_VERSION,
+        plan=[j.shard for j in jobs],
+    )
+    return Plan(str(out), config.model_dump_json(), model.model_id, model.weights_sha256,
+                builders[config.languages[0]].version, tuple(jobs), done)
+
+
+def generation_key(config: TranslateConfig, builder: PromptBuilder, weights_sha256: str,
+                   input_sha256: str, language: str) -> str:
+    """Everything that changes the raw generations, and nothing else (not the validation rules)."""
+    parts = {
+        "task": config.task,
+        "language": language,
+        "input": input_sha256,
+        "weights": weights_sha256,
+        "prompt_version": builder.version,
+        "prompt_prefix": builder.completion_prompt(""),  # demonstrations and their wording
+        "generation": config.generation.model_dump(mode="json"),
+    }
+    return hashlib.sha256(stable_json(parts).encode()).hexdigest()
+
+
+def shard_complete(out: Path, entry: dict[str, Any] | None, job: ShardJob) -> bool:
+    """Done means: same input, same generations, same validation rules, files intact."""
+    if not entry:
+        return False
+    same = (entry.get("input_sha256") == job.input_sha256 and entry.get("generation_key") == job.generation_key
+            and entry.get("validation_version") == VALIDATION_VERSION)
+    return (same and shards.file_ok(out / entry["file"], entry.get("sha256"))
+            and shards.file_ok(out / entry["rejects_file"], entry.get("rejects_sha256")))
+
+
+def raw_complete(job: ShardJob) -> bool:
+    """The raw generations for this job are on disk (readable, written under the same key)."""
+    return shards.read_metadata(Path(job.raw_path)).get("stt.generation_key") == job.generation_key
+
+
+def _set_aside_stale(out: Path, planned: set[str]) -> None:
+    """Shards of an earlier, larger plan would be read along with this one: move them to _stale/."""
+    for path in out.glob("*.parquet"):
+        if path.stem not in planned:
+            (out / "_stale").mkdir(exist_ok=True)
+            shutil.move(str(path), out / "_stale" / path.name)
+            shards.update_manifest(out, path.stem, None)
+            log.warning("moved %s to _stale/: not part of this run's plan", path.name)
+
+
+def _prompt(builder: PromptBuilder, text: str, style: str, engine: Any) -> str:
+    if style == "chat":
+        if not engine.chat_template:
+            raise ConfigError(f"prompt style 'chat' needs a chat template; model {engine.model_id} has none")
+        return engine.apply_chat_template(builder.chat_messages(text))
+    return builder.completion_prompt(text)
+
+
+RAW_SCHEMA = pa.schema([
+    ("id", pa.string()), ("field", pa.string()), ("segment", pa.int64()), ("source", pa.string()),
+    ("translate", pa.bool_()), ("completion", pa.string()), ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()), ("finish_reason", pa.string()),
+])
+
+
+def generate_shard(job: ShardJob, config: TranslateConfig, progress: Any = None) -> dict[str, Any]:
+    """Run the model on every segment of one shard; write the raw generations. Needs the model."""
+    spec = get_task(config.task)
+    examples = pq.read_table(job.input_path).to_pylist()
+    builder = build_prompt_builder(job.language, config.prompt, config.resolved_data_dir())
+    engine = get_engine(config.engine, config.generation)
+    segs = [(ex["id"], seg) for ex in examples for seg in spec.segments(ex)]
+    # Identical segments (a QA context shared by several questions) are generated once.
+    unique = list(dict.fromkeys(seg.text for _, seg in segs if seg.translate))
+    requests = []
+    for text in unique:
+        n = engine.count_tokens(text)
+        requests.append(Request(_prompt(builder, text, config.prompt.style, engine),
+                                config.generation.max_new_tokens(n), config.generation.stop))
+    t0 = time.perf_counter()
+    completions = dict(zip(unique, engine.generate(requests, progress), strict=True))
+    seconds = time.perf_counter() - t0
+    rows = []
+    for ex_id, seg in segs:
+        c = completions.get(seg.text) if seg.translate else None
+        rows.append({
+            "id": ex_id, "field": seg.field, "segment": seg.index, "source": seg.text, "translate": seg.translate,
+            "completion": c.text if c else seg.text, "prompt_tokens": c.prompt_tokens if c else 0,
+            "completion_tokens": c.completion_tokens if c else 0, "finish_reason": c.finish_reason if c else "copied",
+        })
+    meta = {
+        "stt.generation_key": job.generation_key, "stt.model_id": engine.model_id,
+        "stt.weights_sha256": engine.weights_sha256, "stt.prompt_version": builder.version,
+        "stt.generation": config.generation.model_dump_json(), "stt.seconds": f"{seconds:.3f}",
+    }
+    shards.write_parquet_atomic(_table(rows, RAW_SCHEMA), Path(job.raw_path), meta)
+    generated = sum(c.completion_tokens for c in completions.values())
+    return {"raw_path": job.raw_path, "segments": len(requests), "completion_tokens": generated,
+            "seconds": round(seconds, 3)}
+
+
+def _output_schema(spec: TaskSpec) -> pa.Schema:
+    fields = ["id", "task", "language", "shard"]
+    fields += [k for k in spec.kept if k != "id"] + list(spec.translated)
+    if spec.family == "qa":
+        fields.append("answer_start")
+    fields += [f"src_{k}" for k in spec.translated]
+    fields += ["model_id", "weights_sha256", "prompt_version", "validation_version", "generation_key", "generation"]
+    return pa.schema([(f, pa.int64() if f == "answer_start" else pa.string()) for f in fields] + [
+        ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("segments", pa.int64()),
+    ])
+
+
+REJECT_SCHEMA = pa.schema([
+    ("id", pa.string()), ("task", pa.string()), ("language", pa.string()), ("shard", pa.string()),
+    ("reason", pa.string()), ("reasons", pa.list_(pa.string())), ("source", pa.string()),
+    ("output", pa.string()), ("details", pa.string()), ("model_id", pa.string()),
+    ("prompt_version", pa.string()), ("validation_version", pa.string()), ("generation_key", pa.string()),
+])
+
+
+def validate_shard(job: ShardJob, config: TranslateConfig) -> dict[str, Any]:
+    """Clean and check the raw generations, reassemble examples, write accepted rows and rejects."""
+    spec = get_task(config.task)
+    out = Path(config.out_dir)
+    examples = {ex["id"]: ex for ex in pq.read_table(job.input_path).to_pylist()}
+    raw_table = pq.read_table(job.raw_path)
+    meta = shards.read_metadata(Path(job.raw_path))
+    if meta.get("stt.generation_key") != job.generation_key:
+        raise DataError(f"shard {job.shard}: raw generations {job.raw_path} were made under another key")
+    target_name = build_prompt_builder(job.language, config.prompt, config.resolved_data_dir()).target_name
+    by_example: dict[str, list[dict[str, Any]]] = {}
+    for r in raw_table.to_pylist():
+        by_example.setdefault(r["id"], []).append(r)
+    provenance = {
+        "model_id": meta["stt.model_id"], "weights_sha256": meta["stt.weights_sha256"],
+        "prompt_version": meta["stt.prompt_version"], "validation_version": VALIDATION_VERSION,
+        "generation_key": job.generation_key, "generation": meta["stt.generation"],
+    }
+    accepted, rejected = [], []
+    for ex_id, ex in examples.items():
+        parts: dict[str, list[str]] = {}
+        details, reasons = [], []
+        for r in sorted(by_example.get(ex_id, []), key=lambda r: (r["field"], r["segment"])):
+            text = clean_completion(r["completion"], target_name, config.generation.stop) if r["translate"] \
+                else r["source"]
+            why = segment_reasons(r["source"], text, job.language, r["finish_reason"]) if r["translate"] else []
+            reasons += [f"{w}:{r['field']}" if ":" not in w else w for w in why]
+            parts.setdefault(r["field"], []).append(text)
+            details.append({"field": r["field"], "segment": r["segment"], "source": r["source"], "output": text,
+                            "raw": r["completion"], "reasons": why})
+        if not details:
+            reasons.append("no_generations")
+        translated = spec.assemble(ex, parts, job.language)
+        reasons += spec.check(ex, translated)
+        base = {"id": ex_id, "task": spec.name, "language": job.language, "shard": job.shard}
+        tokens = {"prompt_tokens": sum(r["prompt_tokens"] for r in by_example.get(ex_id, [])),
+                  "completion_tokens": sum(r["completion_tokens"] for r in by_example.get(ex_id, []))}
+        if reasons:
+            reasons = list(dict.fromkeys(reasons))
+            rejected.append({**base, "reason": reasons[0].split(":")[0], "reasons": reasons,
+                             "source": json.dumps({k: ex[k] for k in spec.translated}, ensure_ascii=False),
+                             "output": json.dumps({k: translated[k] for k in spec.translated}, ensure_ascii=False),
+                             "details": json.dumps(details, ensure_ascii=False),
+                             **{k: provenance[k] for k in ("model_id", "prompt_version", "validation_version",
+                                                           "generation_key")}})
+        else:
+            accepted.append({**base, **translated, **{f"src_{k}": ex[k] for k in spec.translated},
+                             **provenance, **tokens, "segments": len(details)})
+    file_meta = {"stt.generation_key": job.generation_key, "stt.validation_version": VALIDATION_VERSION}
+    sha = shards.write_parquet_atomic(_table(accepted, _output_schema(spec)), out / f"{job.shard}.parquet",
+                                      file_meta)
+    rej_path = out / "_rejects" / f"{job.shard}.parquet"
+    rej_sha = shards.write_parquet_atomic(_table(rejected, REJECT_SCHEMA), rej_path, file_meta)
+    raw_rows = raw_table.to_pylist()
+    entry = {
+        "language": job.language, "index": job.index, "file": f"{job.shard}.parquet", "rows": len(accepted),
+        "sha256": sha, "rejects_file": f"_rejects/{job.shard}.parquet", "rejects": len(rejected),
+        "rejects_sha256": rej_sha, "reject_reasons": dict(Counter(r["reason"] for r in rejected)),
+        "input_file": str(Path(job.input_path).relative_to(out)), "input_sha256": job.input_sha256,
+        "input_rows": job.rows, "raw_file": f"_raw/{job.shard}.parquet", "generation_key": job.generation_key,
+        "validation_version": VALIDATION_VERSION, "prompt_version": provenance["prompt_version"],
+        "completion_tokens": sum(r["completion_tokens"] for r in raw_rows),
+        "generate_seconds": float(meta.get("stt.seconds", 0)),
+    }
+    shards.update_manifest(out, job.shard, entry)
+    return {"shard": job.shard, **entry}
+
+
+def summarize(out_dir: Path) -> list[dict[str, Any]]:
+    """Per language: examples, accepted rows, rejects by reason, generated tokens and tokens/s."""
+    manifest = shards.read_manifest(out_dir)
+    planned = set(manifest.get("plan", manifest["shards"]))
+    per: dict[str, dict[str, Any]] = {}
+    for name, e in sorted(manifest["shards"].items()):
+        if name not in planned:
+            continue
+        s = per.setdefault(e["language"], {"language": e["language"], "shards": 0, "examples": 0, "rows": 0,
+                                           "rejects": 0, "reasons": Counter(), "tokens": 0, "seconds": 0.0})
+        s["shards"] += 1
+        s["examples"] += e["input_rows"]
+        s["rows"] += e["rows"]
+        s["rejects"] += e["rejects"]
+        s["reasons"].update(e["reject_reasons"])
+        s["tokens"] += e["completion_tokens"]
+        s["seconds"] += e["generate_seconds"]
+    table = []
+    for s in per.values():
+        table.append({
+            "language": s["language"], "shards": s["shards"], "examples": s["examples"], "rows": s["rows"],
+            "rejects": s["rejects"],
+            "rejects_by_reason": ", ".join(f"{k}={v}" for k, v in s["reasons"].most_common()) or "-",
+            "generated_tokens": s["tokens"],
+            "tokens_per_s": round(s["tokens"] / s["seconds"], 2) if s["seconds"] else None,
+        })
+    return table
+
+
+def run_translate(config: TranslateConfig) -> Path:
+    """The whole stage without Prefect: the same steps the flow runs, in one process."""
+    plan = plan_translation(config)
+    for job in plan.todo:
+        if not raw_complete(job):
+            generate_shard(job, config)
+        validate_shard(job, config)
+    return Path(plan.out_dir)
+
+
+def job_from_dict(d: dict[str, Any]) -> ShardJob:
+    return ShardJob(**d)
+
+
+def job_to_dict(job: ShardJob) -> dict[str, Any]:
+    return asdict(job)
