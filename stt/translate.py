@@ -67,6 +67,19 @@ class Plan:
         return TranslateConfig.model_validate_json(self.config_json)
 
 
+def check_config(config: TranslateConfig) -> None:
+    """Fail fast, before any work, on a bad task, language, model or missing input. Raises SttError."""
+    spec = get_task(config.task)
+    if not config.languages:
+        raise ConfigError("no target languages given")
+    for lang in config.languages:
+        build_prompt_builder(lang, config.prompt, config.resolved_data_dir())
+    path = Path(config.input_path) if config.input_path else spec.default_source(config.resolved_data_dir())
+    if not path.is_file():
+        raise DataError(f"input file not found: {path}")
+    resolve_model(config.engine.model)
+
+
 def load_examples(config: TranslateConfig) -> tuple[TaskSpec, list[dict[str, Any]]]:
     spec = get_task(config.task)
     path = Path(config.input_path) if config.input_path else spec.default_source(config.resolved_data_dir())
@@ -86,10 +99,7 @@ def _string_schema(fields: list[str], ints: tuple[str, ...] = ()) -> pa.Schema:
 
 def plan_translation(config: TranslateConfig) -> Plan:
     """Load and shard the English data, pin the model, and find which shards are already done."""
-    for lang in config.languages:
-        build_prompt_builder(lang, config.prompt, config.resolved_data_dir())  # fails fast on a bad language
-    if not config.languages:
-        raise ConfigError("no target languages given")
+    check_config(config)
     spec, examples = load_examples(config)
     model = resolve_model(config.engine.model)
     out = Path(config.out_dir)
@@ -144,8 +154,9 @@ def shard_complete(out: Path, entry: dict[str, Any] | None, job: ShardJob) -> bo
         return False
     same = (entry.get("input_sha256") == job.input_sha256 and entry.get("generation_key") == job.generation_key
             and entry.get("validation_version") == VALIDATION_VERSION)
-    return (same and shards.file_ok(out / entry["file"], entry.get("sha256"))
-            and shards.file_ok(out / entry["rejects_file"], entry.get("rejects_sha256")))
+    files = [(entry.get("file"), entry.get("sha256")), (entry.get("rejects_file"), entry.get("rejects_sha256"))]
+    # A shard with no accepted rows (or no rejects) has no file for them; the manifest says so.
+    return same and all(name is None or shards.file_ok(out / name, sha) for name, sha in files)
 
 
 def raw_complete(job: ShardJob) -> bool:
@@ -212,6 +223,14 @@ def generate_shard(job: ShardJob, config: TranslateConfig, progress: Any = None)
     generated = sum(c.completion_tokens for c in completions.values())
     return {"raw_path": job.raw_path, "segments": len(requests), "completion_tokens": generated,
             "seconds": round(seconds, 3)}
+
+
+def existing_generation(job: ShardJob) -> dict[str, Any]:
+    """What generate_shard returned, read back from a raw file that is already complete."""
+    table = pq.read_table(job.raw_path, columns=["translate", "completion_tokens"])
+    return {"raw_path": job.raw_path, "segments": sum(table["translate"].to_pylist()),
+            "completion_tokens": sum(table["completion_tokens"].to_pylist()),
+            "seconds": float(shards.read_metadata(Path(job.raw_path)).get("stt.seconds", 0)), "reused": True}
 
 
 def _output_schema(spec: TaskSpec) -> pa.Schema:
@@ -283,14 +302,13 @@ def validate_shard(job: ShardJob, config: TranslateConfig) -> dict[str, Any]:
             accepted.append({**base, **translated, **{f"src_{k}": ex[k] for k in spec.translated},
                              **provenance, **tokens, "segments": len(details)})
     file_meta = {"stt.generation_key": job.generation_key, "stt.validation_version": VALIDATION_VERSION}
-    sha = shards.write_parquet_atomic(_table(accepted, _output_schema(spec)), out / f"{job.shard}.parquet",
-                                      file_meta)
-    rej_path = out / "_rejects" / f"{job.shard}.parquet"
-    rej_sha = shards.write_parquet_atomic(_table(rejected, REJECT_SCHEMA), rej_path, file_meta)
+    data_file, sha = _write_or_remove(_table(accepted, _output_schema(spec)), out, f"{job.shard}.parquet", file_meta)
+    rej_file, rej_sha = _write_or_remove(_table(rejected, REJECT_SCHEMA), out, f"_rejects/{job.shard}.parquet",
+                                         file_meta)
     raw_rows = raw_table.to_pylist()
     entry = {
-        "language": job.language, "index": job.index, "file": f"{job.shard}.parquet", "rows": len(accepted),
-        "sha256": sha, "rejects_file": f"_rejects/{job.shard}.parquet", "rejects": len(rejected),
+        "language": job.language, "index": job.index, "file": data_file, "rows": len(accepted),
+        "sha256": sha, "rejects_file": rej_file, "rejects": len(rejected),
         "rejects_sha256": rej_sha, "reject_reasons": dict(Counter(r["reason"] for r in rejected)),
         "input_file": str(Path(job.input_path).relative_to(out)), "input_sha256": job.input_sha256,
         "input_rows": job.rows, "raw_file": f"_raw/{job.shard}.parquet", "generation_key": job.generation_key,
@@ -300,6 +318,15 @@ def validate_shard(job: ShardJob, config: TranslateConfig) -> dict[str, Any]:
     }
     shards.update_manifest(out, job.shard, entry)
     return {"shard": job.shard, **entry}
+
+
+def _write_or_remove(table: pa.Table, out: Path, name: str, meta: dict[str, str]) -> tuple[str | None, str | None]:
+    """Write a non-empty table; an empty shard gets no file (datasets cannot read zero-row Parquet files)."""
+    path = out / name
+    if table.num_rows == 0:
+        path.unlink(missing_ok=True)
+        return None, None
+    return name, shards.write_parquet_atomic(table, path, meta)
 
 
 def summarize(out_dir: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,1 @@
+"""Thin Prefect tasks over the `stt` library: retries, cache policies, logging, concurrency."""

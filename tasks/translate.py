@@ -1,0 +1,79 @@
+"""Prefect tasks of the translate stage. The work itself is in `stt.translate`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
+from prefect.context import TaskRunContext
+from prefect.exceptions import ObjectNotFound
+
+from stt import translate as lib
+from stt.config import TranslateConfig
+
+
+def model_slot_name() -> str:
+    """One model-holding task at a time per machine (a GPU or the CPU holds one model)."""
+    return os.environ.get("STT_MODEL_SLOT", f"stt-model-{socket.gethostname()}")
+
+
+def ensure_model_slot(limit: int = 1) -> str:
+    """Create the machine's global concurrency limit unless it exists (then the user's value stands)."""
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    name = model_slot_name()
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+    return name
+
+
+def generation_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    # The key is computed by the library from content: input rows, weights hash, prompt, generation
+    # parameters. Validation rules are deliberately not part of it.
+    return f"stt-generate-{parameters['job']['generation_key']}"
+
+
+@task(
+    name="generate-shard",
+    task_run_name="generate {job[shard]}",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    cache_key_fn=generation_cache_key,
+    persist_result=True,
+    result_serializer="json",
+)
+def generate_shard(job: dict[str, Any], config: TranslateConfig) -> dict[str, Any]:
+    logger = get_run_logger()
+    shard = lib.job_from_dict(job)
+    if lib.raw_complete(shard):  # e.g. written by an earlier run whose Prefect result store is gone
+        logger.info("%s: raw generations already on disk, model not needed", shard.shard)
+        return lib.existing_generation(shard)
+    t0 = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        rate = done / (time.perf_counter() - t0)
+        logger.info("%s: %d/%d segments generated, %.2f segments/s", shard.shard, done, total, rate)
+
+    with concurrency(model_slot_name(), occupy=1):
+        result = lib.generate_shard(shard, config, progress)
+    logger.info("%s: %d segments, %d tokens in %.1fs (%.1f tokens/s)", shard.shard, result["segments"],
+                result["completion_tokens"], result["seconds"],
+                result["completion_tokens"] / result["seconds"] if result["seconds"] else 0.0)
+    return result
+
+
+@task(name="validate-shard", task_run_name="validate {job[shard]}", retries=1, retry_delay_seconds=5)
+def validate_shard(job: dict[str, Any], config: TranslateConfig, generated: dict[str, Any]) -> dict[str, Any]:
+    # `generated` is only here so Prefect orders this task after the generation of the same shard.
+    entry = lib.validate_shard(lib.job_from_dict(job), config)
+    get_run_logger().info("%s: %d rows accepted, %d rejected %s", entry["shard"], entry["rows"],
+                          entry["rejects"], entry["reject_reasons"] or "")
+    return entry

@@ -1,0 +1,62 @@
+"""The transformers engine on the real Gemma 3 270M weights."""
+
+import pytest
+import torch
+
+from stt.config import EngineConfig, GenerationParams, PromptConfig
+from stt.engines import Request, get_engine
+from stt.prompts import build_prompt_builder
+
+from .conftest import DATA
+
+pytestmark = pytest.mark.model
+
+SOURCES = ["Weng earns $12 an hour for babysitting.", "How much did she earn?",
+           "Natalia sold clips to 48 of her friends in April."]
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    builder = build_prompt_builder("de", PromptConfig(), DATA)
+    return [builder.completion_prompt(s) for s in SOURCES]
+
+
+def test_batched_generation_with_prefix_cache_matches_plain_and_keeps_order(prompts):
+    requests = [Request(p, 32, ("\n",)) for p in prompts]
+    cached = get_engine(EngineConfig(batch_size=2, reuse_prefix_cache=True)).generate(requests)
+    plain = get_engine(EngineConfig(batch_size=3, reuse_prefix_cache=False)).generate(requests)
+    assert [c.text for c in cached] == [c.text for c in plain]
+    for c in cached:
+        assert c.text and "\n" not in c.text
+        assert c.finish_reason == "stop"
+        assert 0 < c.completion_tokens <= 32
+        assert c.prompt_tokens > 500  # 8-shot prefix
+    assert "Weng" in cached[0].text and "verdien" in cached[0].text  # real German
+
+
+def test_max_new_tokens_is_per_request(prompts):
+    engine = get_engine(EngineConfig(batch_size=3))
+    out = engine.generate([Request(prompts[2], 3, ("\n",)), Request(prompts[0], 32, ("\n",))])
+    assert out[0].completion_tokens == 3 and out[0].finish_reason == "length"
+    assert out[1].finish_reason == "stop"
+
+
+def test_oom_backs_off_batch_size(prompts, monkeypatch):
+    engine = get_engine(EngineConfig(batch_size=4, reuse_prefix_cache=False, device="cpu"))
+    real = engine._generate_batch
+
+    def flaky(requests, encoded, prefix_ids):
+        if len(requests) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return real(requests, encoded, prefix_ids)
+
+    monkeypatch.setattr(engine, "_generate_batch", flaky)
+    out = engine.generate([Request(p, 16, ("\n",)) for p in prompts])
+    assert len(out) == 3 and all(c.text for c in out)
+    assert engine.batch_size == 1 and engine.stats.oom_backoffs == 2
+
+
+def test_max_new_tokens_derived_from_source_length():
+    g = GenerationParams(max_new_tokens_ratio=2.0, max_new_tokens_extra=16, max_new_tokens_cap=100)
+    assert g.max_new_tokens(10) == 36
+    assert g.max_new_tokens(200) == 100
