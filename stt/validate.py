@@ -23,7 +23,8 @@ _SCRIPTS = {
 }
 # English function words that are not words of the Latin-script targets (de, fr, es, sw).
 _ENGLISH = set(
-    ["the", "and", "of", "with", "how", "many", "much", "she", "he", "her", "his", "they", "their", "does", "did", "each", "every", "what", "which", "has", "have", "had", "would", "for", "from", "are", "is", "this", "that", "there", "were", "been", "it", "its", "after", "before", "then", "than", "if", "when", "who"]
+    "the and of with how many much she he her his they their does did each every what which has have "
+    "had would for from are is this that there were been it its after before then than if when who".split()
 )
 _WORD = re.compile(r"[^\W\d_]+")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")

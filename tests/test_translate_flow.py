@@ -43,7 +43,7 @@ def test_flow_writes_shards_with_schema_and_manifest(first_run, config):
     assert manifest["model"]["model_id"] == "gemma3-270m"
     assert manifest["prompt_version"] == "translate-completion-v1"
     total = 0
-    for name, entry in manifest["shards"].items():
+    for entry in manifest["shards"].values():
         for kind, file_key, sha_key in (("rows", "file", "sha256"), ("rejects", "rejects_file", "rejects_sha256")):
             if entry[kind]:  # a shard with nothing to write has no file
                 assert file_sha256(out / entry[file_key]) == entry[sha_key]

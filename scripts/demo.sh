@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up, start a local Prefect server (UI on http://127.0.0.1:4200) unless PREFECT_API_URL is set,
+# and translate real GSM8K training examples into German and Thai with the real Gemma 3 270M.
+# Rerunning resumes: finished shards are kept. Pass extra `stt translate` options as arguments.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
+mkdir -p runs
+if [ -z "${PREFECT_API_URL:-}" ]; then
+  export PREFECT_API_URL=http://127.0.0.1:4200/api
+  if ! curl -sf "$PREFECT_API_URL/health" >/dev/null 2>&1; then
+    echo "starting Prefect server (log: runs/prefect-server.log)"
+    nohup .venv/bin/prefect server start --host 127.0.0.1 --port 4200 > runs/prefect-server.log 2>&1 &
+    echo $! > runs/prefect-server.pid
+    for _ in $(seq 60); do curl -sf "$PREFECT_API_URL/health" >/dev/null 2>&1 && break; sleep 1; done
+  fi
+  echo "Prefect UI: http://127.0.0.1:4200  (stop the server: kill \$(cat runs/prefect-server.pid))"
+fi
+.venv/bin/stt translate --task gsm8k --languages de,th --limit 24 --shard-size 4 --model gemma3-270m \
+  --out runs/demo-gsm8k "$@"
