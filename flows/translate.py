@@ -14,6 +14,14 @@ from stt.config import TranslateConfig
 from tasks.translate import ensure_model_slot, generate_shard, validate_shard
 
 
+class ShardsFailed(RuntimeError):
+    def __init__(self, failed: dict[str, str]):
+        listing = "; ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
+        super().__init__(f"{len(failed)} shard(s) failed after retries ({listing}); "
+                         "finished shards are kept, rerun the same config to retry the rest")
+        self.failed = failed
+
+
 @flow(name="translate", log_prints=True)
 def translate(config: TranslateConfig = TranslateConfig()) -> dict[str, Any]:  # noqa: B008 - pydantic default
     """Self-translate the task's English training data into every target language.
@@ -39,10 +47,18 @@ def translate(config: TranslateConfig = TranslateConfig()) -> dict[str, Any]:  #
         pending.append((job, gen_future, validate_shard.submit(payload, config, gen_future)))
     done_rows = sum(j.rows for j in plan.jobs if j.shard in plan.done)
     statuses = {s: "complete" for s in plan.done}
+    failed: dict[str, str] = {}
     for job, gen_future, val_future in pending:
-        val_future.result()  # raises if the shard failed after its retries
-        statuses[job.shard] = "cached" if gen_future.state.is_completed() and gen_future.state.name == "Cached" \
-            else "generated"
+        val_future.wait()
+        state = val_future.state
+        if not state.is_completed():
+            # One bad shard must not hide the others: record it, keep going, fail the run at the end.
+            gen_state = gen_future.state
+            failed[job.shard] = str(gen_state.message if not gen_state.is_completed() else state.message)
+            statuses[job.shard] = "failed"
+            logger.error("%s failed: %s", job.shard, failed[job.shard])
+            continue
+        statuses[job.shard] = "cached" if gen_future.state.name == "Cached" else "generated"
         done_rows += job.rows
         elapsed = time.perf_counter() - t0
         logger.info("progress: %d/%d examples (%.0f%%), %.2f examples/s", done_rows, total_rows,
@@ -51,6 +67,8 @@ def translate(config: TranslateConfig = TranslateConfig()) -> dict[str, Any]:  #
     create_table_artifact(key="translate-summary", table=summary,
                           description=f"Self-translation of {config.task} -> {plan.out_dir}")
     create_markdown_artifact(key="translate-output", markdown=_markdown(plan, summary, statuses))
+    if failed:
+        raise ShardsFailed(failed)
     logger.info("shards are in %s (pandas.read_parquet(%r))", plan.out_dir, plan.out_dir)
     return {"out_dir": plan.out_dir, "summary": summary, "shards": statuses}
 
@@ -61,7 +79,7 @@ def _markdown(plan: lib.Plan, summary: list[dict[str, Any]], statuses: dict[str,
              "| language | rows | rejects | rejects by reason | tokens/s |", "|---|---|---|---|---|"]
     lines += [f"| {s['language']} | {s['rows']} | {s['rejects']} | {s['rejects_by_reason']} | {s['tokens_per_s']} |"
               for s in summary]
-    counts = {k: list(statuses.values()).count(k) for k in ("complete", "cached", "generated")}
+    counts = {k: list(statuses.values()).count(k) for k in ("complete", "cached", "generated", "failed")}
     lines += ["", f"shards this run: {counts}", "", "```python", "import pandas as pd",
               f"df = pd.read_parquet({plan.out_dir!r})", "```"]
     return "\n".join(lines)

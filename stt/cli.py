@@ -69,6 +69,9 @@ def translate_cmd(
             out_dir = run_translate(config)
     except SttError as exc:
         _fail(str(exc))
+    except Exception as exc:  # the flow's logs above hold the traceback
+        typer.echo(f"error: translate failed: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo("")
     for row in summarize(out_dir):
         typer.echo(f"{row['language']}: {row['rows']}/{row['examples']} rows accepted, {row['rejects']} rejected "

@@ -115,3 +115,23 @@ def test_missing_raw_generations_rerun_the_model(first_run, config):
     result = translate(config)
     assert result["shards"]["de-00001"] == "generated"
     assert _calls() == calls + 1
+
+
+def test_a_failing_shard_fails_the_run_but_not_the_others(first_run, config, monkeypatch):
+    from flows.translate import ShardsFailed
+
+    monkeypatch.setattr(lib, "VALIDATION_VERSION", "validate-test-failure")  # make every shard revalidate
+    real = lib.validate_shard
+
+    def broken(job, cfg):
+        if job.shard == "th-00000":
+            raise OSError("disk full")
+        return real(job, cfg)
+
+    monkeypatch.setattr(lib, "validate_shard", broken)
+    with pytest.raises(ShardsFailed, match=r"1 shard\(s\) failed .*th-00000: .*disk full"):
+        translate(config)
+    monkeypatch.setattr(lib, "validate_shard", real)
+    result = translate(config)  # the rerun only redoes the failed shard
+    assert result["shards"]["th-00000"] == "cached"
+    assert [s for s, v in result["shards"].items() if v == "complete"] == ["de-00000", "de-00001", "th-00001"]
