@@ -11,7 +11,11 @@ if [ -z "${PREFECT_API_URL:-}" ]; then
   export PREFECT_API_URL=http://127.0.0.1:4200/api
   if ! curl -sf "$PREFECT_API_URL/health" >/dev/null 2>&1; then
     echo "starting Prefect server (log: runs/prefect-server.log)"
-    nohup .venv/bin/prefect server start --host 127.0.0.1 --port 4200 > runs/prefect-server.log 2>&1 &
+    # Leases on disk: a run killed while holding the model slot frees it when its lease expires, even
+    # across a server restart (the default in-memory store forgets the lease and the slot stays taken).
+    export PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem
+    # setsid: its own session, so Ctrl-C on the demo stops the demo and leaves the UI up.
+    setsid nohup .venv/bin/prefect server start --host 127.0.0.1 --port 4200 > runs/prefect-server.log 2>&1 < /dev/null &
     echo $! > runs/prefect-server.pid
     for _ in $(seq 60); do curl -sf "$PREFECT_API_URL/health" >/dev/null 2>&1 && break; sleep 1; done
   fi

@@ -5,7 +5,11 @@ The library itself does not import Prefect; the commands that run flows import t
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -81,6 +85,132 @@ def translate_cmd(
     typer.echo(f"  rejects: {out_dir / '_rejects'}   manifest: {out_dir / '_manifest.json'}")
 
 
+def _overrides(pairs: list[str]) -> dict[str, object]:
+    import yaml
+
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            _fail(f"--set expects key=value (e.g. eval.limit=8), got '{pair}'")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _print_table(table: list[dict]) -> None:
+    import pandas as pd
+
+    typer.echo(pd.DataFrame(table).to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.2f}"))
+
+
+@app.command("run")
+def run_cmd(
+    config: Annotated[Path, typer.Option("--config", help="Preset YAML: configs/demo.yaml, configs/paper.yaml.")],
+    set_: Annotated[list[str], typer.Option("--set", help="Override a setting: --set eval.limit=8 (repeatable).")]
+    = [],  # noqa: B006 - typer needs a literal default
+    run_dir: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<name>).")] = None,
+    prefect: Annotated[bool, typer.Option(help="Run as the Prefect flow (--no-prefect: plain Python).")] = True,
+) -> None:
+    """Run the whole method: translate, build sets, fine-tune, evaluate, report (zero-shot vs Self-Translate-Train)."""
+    from stt.config import load_run_config
+
+    try:
+        overrides = _overrides(set_)
+        if run_dir:
+            overrides["run_dir"] = str(run_dir)
+        cfg = load_run_config(config, **overrides)
+        for task in cfg.tasks:
+            from stt.translate import check_config
+
+            check_config(cfg.translate_config(task))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        _fail(f"invalid {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+    except SttError as exc:
+        _fail(str(exc))
+    try:
+        if prefect:
+            from flows.self_translate_train import self_translate_train
+
+            out = self_translate_train(cfg)
+        else:
+            from stt.pipeline import run_pipeline
+
+            result = run_pipeline(cfg)
+            out = {**result, "table": result["table"].to_dict(orient="records"), "run_dir": str(cfg.root)}
+    except SttError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # the flow's logs above hold the traceback
+        typer.echo(f"error: run failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo("")
+    _print_table(out["table"])
+    typer.echo(f"\nreport: {out['report']}\nresults: {out['results']}\nplot: {out['plot']}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    task: Annotated[str, typer.Option(help="gsm8k (MGSM), squad (XQuAD held-out half), mnli (XNLI).")] = "gsm8k",
+    languages: Annotated[str, typer.Option(help="Comma-separated test languages, e.g. en,de,th.")] = "en,de,th",
+    model: Annotated[str, typer.Option(help="Short name, .gguf file or HF folder.")] = "gemma3-270m",
+    adapter: Annotated[Path | None, typer.Option(help="LoRA adapter folder to apply (from stt run / finetune).")]
+    = None,
+    label: Annotated[str | None, typer.Option(help="Name of the model in the outputs (default: base/adapter).")]
+    = None,
+    limit: Annotated[int | None, typer.Option(help="First N test items per language.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generate call.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Token limit of a math answer.")] = 256,
+    xnli_split: Annotated[str, typer.Option(help="XNLI split: test or dev.")] = "test",
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory (default: $STT_DATA_DIR or ../shared/data).")]
+    = None,
+    out: Annotated[Path, typer.Option(help="Output directory: <out>/<label>-<language>/predictions.parquet.")]
+    = Path("runs/evaluate"),
+    prefect: Annotated[bool, typer.Option(help="Run as the Prefect flow (--no-prefect: plain Python).")] = True,
+) -> None:
+    """Evaluate a model (optionally with a LoRA adapter) on a task's test set; saves predictions and scores."""
+    from stt.config import EngineConfig, EvalConfig, resolve_data_dir
+    from stt.evaluate import adapter_fingerprint
+    from stt.models import resolve_model
+    from stt.prompts import language_name
+    from stt.testsets import TEST_SETS
+
+    try:
+        if task not in TEST_SETS:
+            _fail(f"unknown task '{task}': choose from {', '.join(TEST_SETS)}")
+        langs = [x.strip() for x in languages.split(",") if x.strip()]
+        for lang in langs:
+            if lang != "en":
+                language_name(lang)
+        resolve_model(model)
+        adapter_fingerprint(adapter)
+        engine = EngineConfig(model=model, adapter=adapter, batch_size=batch_size, reuse_prefix_cache=False)
+        cfg = EvalConfig(limit=limit, batch_size=batch_size, max_new_tokens_math=max_new_tokens,
+                         xnli_split=xnli_split)
+        data = resolve_data_dir(data_dir)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        _fail(f"invalid {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+    except SttError as exc:
+        _fail(str(exc))
+    name = label or ("base" if adapter is None else adapter.name)
+    try:
+        if prefect:
+            from flows.evaluate import evaluate_model
+
+            results = evaluate_model(task, langs, engine, cfg, str(data), str(out), name)
+        else:
+            from stt.evaluate import evaluate
+
+            results = [evaluate(task, lang, engine, cfg, data, out / f"{name}-{lang}", name) for lang in langs]
+    except SttError as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        typer.echo(f"error: evaluate failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    _print_table([{"model": r["model"], "task": r["task"], "language": r["language"], **r["scores"],
+                   "predictions": str(Path(r["folder"]) / "predictions.parquet")} for r in results])
+
+
 @app.command("models")
 def models_cmd() -> None:
     """List the model short names."""
@@ -90,12 +220,30 @@ def models_cmd() -> None:
         typer.echo(f"{name:14} {m.description} (package {m.package})")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C: let Prefect mark the run crashed, then leave even if worker threads are still busy."""
+    def hard_exit() -> None:
+        time.sleep(10)
+        typer.echo("interrupted: rerun the same command to resume (finished shards are kept)", err=True)
+        sys.stderr.flush()
+        # Safe: every output file is written to a temp name and renamed into place.
+        os._exit(130)
+
+    threading.Thread(target=hard_exit, daemon=True).start()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         app()
     except KeyboardInterrupt:
         typer.echo("interrupted: rerun the same command to resume (finished shards are kept)", err=True)
-        sys.exit(130)
+        sys.stderr.flush()
+        # Hard exit: worker threads (a shard mid-generation, Prefect retries) would otherwise keep the
+        # process alive. Safe, because every output file is written to a temp name and renamed.
+        os._exit(130)
 
 
 if __name__ == "__main__":

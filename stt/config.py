@@ -22,6 +22,7 @@ class EngineConfig(BaseModel):
     device: str = "auto"  # "auto": cuda when available, else cpu
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
     reuse_prefix_cache: bool = True  # compute the shared few-shot prefix once per language
+    adapter: Path | None = None  # a LoRA adapter folder (peft) applied on top of the model
 
 
 class GenerationParams(BaseModel):
@@ -98,3 +99,114 @@ def resolve_data_dir(configured: Path | None = None) -> Path:
 
 def stable_json(obj: object) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
+
+
+# --- the whole method: translate -> build sets -> fine-tune -> evaluate -> report -----------------------
+
+SetKind = Literal["english", "self-translate-train", "code-switch"]
+
+
+class BuildConfig(BaseModel):
+    """Which training sets to build from the English data and its self-translations."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sets: tuple[SetKind, ...] = ("english", "self-translate-train")
+    seed: int = 0  # shuffles the mixed set
+
+
+class TrainConfig(BaseModel):
+    """LoRA fine-tuning (peft on transformers Trainer)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rank: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)  # overrides epochs when set
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    max_length: int = Field(256, ge=16)  # tokens of prompt + answer
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    save_steps: int = Field(50, ge=1)  # checkpoint every N steps (a killed run resumes from the last)
+    seed: int = 0
+
+
+class EvalConfig(BaseModel):
+    """Evaluation on the target-language test sets (and English)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: int | None = Field(None, ge=1)  # first N test items per language (the same items in every language)
+    include_english: bool = True
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens_math: int = Field(256, ge=1)
+    max_new_tokens_qa: int = Field(32, ge=1)
+    xnli_split: Literal["dev", "test"] = "test"
+    quality_limit: int | None = Field(32, ge=1)  # human-translated items scored for translation quality (chrF)
+
+
+class RunConfig(BaseModel):
+    """One end-to-end Self-Translate-Train experiment. Saved as the run directory's config.json."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "run"
+    run_dir: Path | None = None  # default: runs/<name>
+    tasks: tuple[Literal["gsm8k", "squad", "mnli"], ...] = ("gsm8k",)
+    languages: tuple[str, ...] = ("de", "th")
+    inputs: dict[str, Path] = {}  # task -> training file (needed for mnli; default: the task's file in data_dir)
+    data_dir: Path | None = None
+    limit: int | None = Field(None, ge=1)  # English training examples per task (and translated)
+    shard_size: int = Field(16, ge=1)
+    engine: EngineConfig = EngineConfig()
+    generation: GenerationParams = GenerationParams()
+    prompt: PromptConfig = PromptConfig()
+    build: BuildConfig = BuildConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @field_validator("languages", "tasks", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @property
+    def root(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+    def resolved_data_dir(self) -> Path:
+        return resolve_data_dir(self.data_dir)
+
+    def translate_config(self, task: str) -> TranslateConfig:
+        return TranslateConfig(
+            task=task, languages=self.languages, limit=self.limit, input_path=self.inputs.get(task),
+            data_dir=self.data_dir, out_dir=self.root / task / "translate", shard_size=self.shard_size,
+            engine=self.engine, generation=self.generation, prompt=self.prompt,
+        )
+
+
+def load_run_config(path: Path, **overrides: object) -> RunConfig:
+    """A YAML (or JSON) preset, with dotted overrides such as {"eval.limit": 8}."""
+    import yaml
+
+    if not Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return RunConfig.model_validate(data)

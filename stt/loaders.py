@@ -61,8 +61,11 @@ def load_gsm8k(path: Path, split: str = "train") -> list[Example]:
 
 
 def load_squad(path: Path, split: str = "train", dataset: str = "squad",
-               articles: range | None = None) -> list[Example]:
-    """SQuAD v1.1 JSON: one example per question (first answer), optionally only some articles."""
+               articles: range | None = None, all_answers: bool = False) -> list[Example]:
+    """SQuAD v1.1 JSON: one example per question (first answer), optionally only some articles.
+
+    `all_answers` adds `answers` (every gold answer text), which SQuAD scoring takes the best of.
+    """
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     try:
@@ -88,6 +91,8 @@ def load_squad(path: Path, split: str = "train", dataset: str = "squad",
                         "answer_text": answer["text"],
                         "answer_start": int(answer["answer_start"]),
                     })
+                    if all_answers:
+                        examples[-1]["answers"] = [a["text"] for a in qa["answers"]]
                 index += 1
     return examples
 

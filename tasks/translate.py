@@ -2,37 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.client.orchestration import get_client
-from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
-from prefect.exceptions import ObjectNotFound
 
 from stt import translate as lib
 from stt.config import TranslateConfig
+from tasks.model_slot import ensure_model_slot, model_slot, model_slot_name
 
-
-def model_slot_name() -> str:
-    """One model-holding task at a time per machine (a GPU or the CPU holds one model)."""
-    return os.environ.get("STT_MODEL_SLOT", f"stt-model-{socket.gethostname()}")
-
-
-def ensure_model_slot(limit: int = 1) -> str:
-    """Create the machine's global concurrency limit unless it exists (then the user's value stands)."""
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-
-    name = model_slot_name()
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
-    return name
+__all__ = ["ensure_model_slot", "generate_shard", "model_slot_name", "validate_shard"]
 
 
 def generation_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -62,7 +42,7 @@ def generate_shard(job: dict[str, Any], config: TranslateConfig) -> dict[str, An
         rate = done / (time.perf_counter() - t0)
         logger.info("%s: %d/%d segments generated, %.2f segments/s", shard.shard, done, total, rate)
 
-    with concurrency(model_slot_name(), occupy=1):
+    with model_slot():
         result = lib.generate_shard(shard, config, progress)
     logger.info("%s: %d segments, %d tokens in %.1fs (%.1f tokens/s)", shard.shard, result["segments"],
                 result["completion_tokens"], result["seconds"],

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 
 from stt.config import EngineConfig, GenerationParams
-from stt.engines.base import Completion, Engine, EngineStats, Request
+from stt.engines.base import Completion, Engine, EngineStats, Request, Score
 from stt.errors import ConfigError
 from stt.models import resolve_model
 
-__all__ = ["Completion", "Engine", "EngineStats", "Request", "get_engine", "loaded_engines"]
+__all__ = ["Completion", "Engine", "EngineStats", "Request", "Score", "get_engine", "loaded_engines", "release_engines"]
 
 _ENGINES: dict[str, Engine] = {}
 _LOAD_LOCK = threading.Lock()
@@ -33,3 +33,14 @@ def get_engine(config: EngineConfig, generation: GenerationParams | None = None)
 
 def loaded_engines() -> list[Engine]:
     return list(_ENGINES.values())
+
+
+def release_engines(keep: EngineConfig | None = None) -> None:
+    """Drop loaded models (except `keep`'s), e.g. before evaluating the next adapter."""
+    import gc
+
+    with _LOAD_LOCK:
+        for key in list(_ENGINES):
+            if keep is None or not key.startswith(keep.model_dump_json()):
+                del _ENGINES[key]
+    gc.collect()

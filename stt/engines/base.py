@@ -26,6 +26,15 @@ class Completion:
     finish_reason: str  # "stop" (stop string or end of sequence) or "length" (hit max_new_tokens)
 
 
+@dataclass(frozen=True)
+class Score:
+    """Log-likelihood of a continuation given a context (vLLM: prompt_logprobs)."""
+
+    logprob: float  # sum over the continuation's tokens
+    tokens: int
+    is_greedy: bool  # every continuation token was the model's top choice
+
+
 # Called after each batch with (requests done, requests total).
 ProgressFn = Callable[[int, int], None]
 
@@ -49,6 +58,8 @@ class Engine(Protocol):
     stats: EngineStats
 
     def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[Completion]: ...
+
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]], progress: ProgressFn | None = None) -> list[Score]: ...
 
     def count_tokens(self, text: str) -> int: ...
 

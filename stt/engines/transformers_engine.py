@@ -12,13 +12,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 from stt.config import EngineConfig, GenerationParams
-from stt.engines.base import Completion, EngineStats, ProgressFn, Request
+from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score
 from stt.models import ResolvedModel, hf_folder
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,13 @@ class TransformersEngine:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(self.device).eval()
+        self.adapter = str(config.adapter) if config.adapter else None
+        if self.adapter:
+            from peft import PeftModel
+
+            # Applied, not merged: the base weights stay as they are and the adapter is auditable.
+            self.model = PeftModel.from_pretrained(self.model, self.adapter).eval()
+            self.model_id = f"{self.model_id}+{self.adapter}"
         self.batch_size = config.batch_size
         self._prefix_cache: tuple[str, list[int], object] | None = None
         log.info("loaded %s from %s on %s in %.1fs", self.model_id, folder, self.device, time.perf_counter() - t0)
@@ -84,15 +91,22 @@ class TransformersEngine:
             return []
         prefix_text, prefix_ids = self._shared_prefix([r.prompt for r in requests])
         encoded = [self._encode(r.prompt, prefix_text) for r in requests]
+        return self._batched(
+            [len(e) for e in encoded],
+            lambda idx: self._generate_batch([requests[i] for i in idx], [encoded[i] for i in idx], prefix_ids),
+            progress,
+        )
+
+    def _batched(self, lengths: list[int], run: Callable[[list[int]], list], progress: ProgressFn | None) -> list:
+        """Run `run` on batches of indices, longest first; halve the batch size on out-of-memory."""
         # Longest first: similar lengths share a batch (less padding), and an OOM shows up at once.
-        order = sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
-        results: list[Completion | None] = [None] * len(requests)
-        done = 0
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        results: list = [None] * len(lengths)
         pos = 0
         while pos < len(order):
             idx = order[pos : pos + self.batch_size]
             try:
-                outs = self._generate_batch([requests[i] for i in idx], [encoded[i] for i in idx], prefix_ids)
+                outs = run(idx)
             except RuntimeError as exc:
                 if not _is_oom(exc) or self.batch_size == 1:
                     raise
@@ -106,10 +120,54 @@ class TransformersEngine:
                 results[i] = out
             self.stats.batch_sizes.append(len(idx))
             pos += len(idx)
-            done += len(idx)
             if progress:
-                progress(done, len(requests))
-        return [r for r in results if r is not None]
+                progress(pos, len(lengths))
+        return results
+
+    # -- scoring -------------------------------------------------------------------------------
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]], progress: ProgressFn | None = None) -> list[Score]:
+        """Sum of log-probabilities of each continuation given its context (NLI label scoring)."""
+        with self.lock:
+            t0 = time.perf_counter()
+            encoded = []
+            for context, continuation in pairs:
+                ctx = self.tokenizer(context)["input_ids"]
+                cont = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+                if not cont:
+                    raise ValueError(f"empty continuation after tokenising {continuation!r}")
+                encoded.append((ctx, cont))
+            out = self._batched([len(c) + len(t) for c, t in encoded],
+                                lambda idx: self._score_batch([encoded[i] for i in idx]), progress)
+            self.stats.calls += 1
+            self.stats.requests += len(pairs)
+            self.stats.seconds += time.perf_counter() - t0
+            return out
+
+    def _score_batch(self, batch: list[tuple[list[int], list[int]]]) -> list[Score]:
+        pad = self.tokenizer.pad_token_id
+        seqs = [c + t for c, t in batch]
+        width = max(len(s) for s in seqs)
+        keep = max(len(t) for _, t in batch) + 1
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, width - len(s) :] = torch.tensor(s)
+            mask[row, width - len(s) :] = 1
+        # Left padding: positions must count real tokens only, or padded rows would score differently.
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            # Only the last `keep` positions' logits: a 262k vocabulary makes full logits huge.
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                position_ids=positions.to(self.device), logits_to_keep=keep).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        scores = []
+        for row, (_, cont) in enumerate(batch):
+            n = len(cont)
+            rows = logprobs[row, keep - n - 1 : keep - 1].cpu()  # position t predicts token t + 1
+            target = torch.tensor(cont)
+            picked = rows.gather(-1, target[:, None])
+            scores.append(Score(float(picked.sum()), n, bool((rows.argmax(-1) == target).all())))
+        return scores
 
     def _encode(self, prompt: str, prefix_text: str) -> list[int]:
         """Token ids of the prompt after the shared prefix (all of it when there is none)."""

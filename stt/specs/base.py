@@ -25,6 +25,9 @@ class TaskSpec(ABC):
     family: str  # "math" | "qa" | "nli"
     translated: dict[str, SplitMode]  # field -> how it is split into segments
     kept: tuple[str, ...]  # copied unchanged (labels, numeric answers, ids)
+    # Code-switched training pairs swap these groups between English and the target language
+    # (fields that must agree, such as a QA context and its answer span, stay in one group).
+    switch_groups: tuple[tuple[str, ...], ...] = ()
 
     @abstractmethod
     def default_source(self, data_dir: Path) -> Path:

@@ -28,4 +28,5 @@ class MathSpec(TaskSpec):
         return reasons
 
 
-GSM8K = MathSpec("gsm8k", "math", {"question": "whole", "rationale": "lines"}, ("id", "answer"))
+GSM8K = MathSpec("gsm8k", "math", {"question": "whole", "rationale": "lines"}, ("id", "answer"),
+                (("question",), ("rationale",)))

@@ -22,4 +22,5 @@ class NLISpec(TaskSpec):
         return load_mnli(path)
 
 
-MNLI = NLISpec("mnli", "nli", {"premise": "sentences", "hypothesis": "sentences"}, ("id", "source_id", "label"))
+MNLI = NLISpec("mnli", "nli", {"premise": "sentences", "hypothesis": "sentences"}, ("id", "source_id", "label"),
+             (("premise",), ("hypothesis",)))

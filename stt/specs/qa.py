@@ -34,4 +34,5 @@ class QASpec(TaskSpec):
 SQUAD = QASpec(
     "squad", "qa", {"context": "sentences", "question": "whole", "answer_text": "whole"},
     ("id", "source_id", "title", "paragraph"),
+    (("context", "answer_text", "answer_start"), ("question",)),
 )

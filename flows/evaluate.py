@@ -1,0 +1,31 @@
+"""Evaluate one model (optionally with a LoRA adapter) on a task's test set in several languages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+
+from stt.config import EngineConfig, EvalConfig
+from tasks.pipeline import evaluate, evaluate_options
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_model(task: str = "gsm8k", languages: list[str] = ["en", "de", "th"],  # noqa: B006 - flow parameter
+                   engine: EngineConfig = EngineConfig(), config: EvalConfig = EvalConfig(),  # noqa: B008
+                   data_dir: str | None = None, out_dir: str = "runs/evaluate", label: str = "base"
+                   ) -> list[dict[str, Any]]:
+    from stt.config import resolve_data_dir
+
+    data = resolve_data_dir(Path(data_dir) if data_dir else None)
+    results = []
+    for lang in languages:
+        folder = Path(out_dir) / f"{label}-{lang}"
+        opts = evaluate_options(task, lang, engine, config, data, folder)
+        results.append(evaluate.with_options(**opts)(task, lang, engine, config, str(data), str(folder), label))
+    create_table_artifact(key="stt-evaluate", table=[{"model": r["model"], "task": r["task"],
+                                                      "language": r["language"], **r["scores"]} for r in results],
+                          description=f"{label} on {task}")
+    return results

@@ -1,0 +1,183 @@
+"""LoRA fine-tuning with peft on the transformers Trainer, loss on the answer tokens only.
+
+The output folder holds the adapter (`peft.PeftModel.from_pretrained(base, folder)` loads it), the
+training config, the loss curve (`loss.csv`, `metrics.json`) and `_manifest.json`. Checkpoints go
+to `checkpoints/`; a run killed mid-way resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from stt import stages
+from stt.config import TrainConfig
+from stt.errors import DataError
+from stt.models import ResolvedModel, hf_folder, resolve_model
+from stt.templates import TEMPLATE_VERSION
+
+log = logging.getLogger(__name__)
+
+ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
+
+
+def tokenize_pairs(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> list[dict[str, list[int]]]:
+    """prompt + target + EOS; labels are -100 on the prompt so the loss is on the answer only."""
+    features = []
+    for r in rows:
+        prompt = tokenizer(r["prompt"], add_special_tokens=True)["input_ids"]
+        target = tokenizer(r["target"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        # Keep the answer: long prompts (QA contexts) lose their beginning, never the answer.
+        room = max_length - len(target)
+        if room < 8:
+            target = target[: max_length - 8]
+            room = 8
+        prompt = prompt[-room:]
+        features.append({"input_ids": prompt + target, "labels": [-100] * len(prompt) + target})
+    return features
+
+
+class PadCollator:
+    """Right-pads a batch; padding is masked out of attention and loss."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[i, :n] = torch.tensor(b["input_ids"])
+            labels[i, :n] = torch.tensor(b["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def train_key(model: ResolvedModel, set_key: str, config: TrainConfig) -> str:
+    return stages.stage_key(stage="finetune", weights=model.weights_sha256, set=set_key,
+                            template=TEMPLATE_VERSION, config=config.model_dump(mode="json"))
+
+
+def _set_info(set_folder: Path) -> dict[str, Any]:
+    marker = Path(set_folder) / stages.MARKER
+    info = json.loads(marker.read_text()) if marker.exists() else {}
+    if not info.get("key"):
+        raise DataError(f"{set_folder}: not a finished training set (no {stages.MARKER}); build it first")
+    return info
+
+
+def finetune_key(model_name: str, set_folder: Path, config: TrainConfig) -> str:
+    """What the adapter depends on: base weights, the training set's content key, the training config."""
+    return train_key(resolve_model(model_name), _set_info(set_folder)["key"], config)
+
+
+def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainConfig = TrainConfig(),  # noqa: B008
+             device: str = "auto") -> dict[str, Any]:
+    """Train (or reuse) a LoRA adapter on one training set; returns the adapter's manifest."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+
+    set_folder, out_folder = Path(set_folder), Path(out_folder)
+    set_info = _set_info(set_folder)
+    model = resolve_model(model_name)
+    key = train_key(model, set_info["key"], config)
+    done = stages.read_done(out_folder, key)
+    if done:
+        return {**done, "folder": str(out_folder), "reused": True}
+    stages.clear(out_folder)
+    out_folder.mkdir(parents=True, exist_ok=True)
+    rows = pq.read_table(set_folder / "data.parquet").to_pylist()
+    if not rows:
+        raise DataError(f"{set_folder}/data.parquet: no training rows")
+
+    cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    folder = hf_folder(model)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # bf16 on a GPU; fp32 on the CPU (bf16 matmuls are slow there and the model is small).
+    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16 if cuda else torch.float32)
+    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                      target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+    peft_model = get_peft_model(base, lora)
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    features = tokenize_pairs(tokenizer, rows, config.max_length)
+
+    args = TrainingArguments(
+        output_dir=str(out_folder / "checkpoints"),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        logging_steps=1,
+        save_steps=config.save_steps,
+        save_total_limit=1,
+        seed=config.seed,
+        bf16=cuda,
+        use_cpu=not cuda,
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    curve: list[dict[str, float]] = []
+    step_times: list[float] = []
+
+    class Record(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001 - Trainer's signature
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            step_times.append(time.perf_counter() - self.t0)
+
+        def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
+            if logs and "loss" in logs:
+                curve.append({"step": state.global_step, "epoch": round(state.epoch or 0, 4),
+                              "loss": float(logs["loss"]), "learning_rate": float(logs.get("learning_rate", 0))})
+                log.info("step %d/%d loss %.4f", state.global_step, state.max_steps, logs["loss"])
+
+    trainer = Trainer(model=peft_model, args=args, train_dataset=features,
+                      data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[Record()])
+    checkpoints = sorted((out_folder / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    resume = str(checkpoints[-1]) if checkpoints else None
+    if resume:
+        log.info("resuming from %s", resume)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - t0
+    peft_model.save_pretrained(out_folder)
+
+    with open(out_folder / "loss.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["step", "epoch", "loss", "learning_rate"])
+        writer.writeheader()
+        writer.writerows(curve)
+    metrics = {
+        "steps": result.global_step, "train_loss": result.training_loss, "seconds": round(seconds, 2),
+        "seconds_per_step": round(sum(step_times) / len(step_times), 3) if step_times else None,
+        "examples": len(features), "trainable_params": trainable, "total_params": total,
+        "device": "cuda" if cuda else "cpu", "dtype": "bfloat16" if cuda else "float32",
+        "resumed_from": resume, "loss_curve": curve,
+    }
+    (out_folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out_folder / "train_config.json").write_text(config.model_dump_json(indent=2))
+    info = stages.mark_done(out_folder, key, [*ADAPTER_FILES, "loss.csv", "metrics.json", "train_config.json"],
+                            stage="finetune", model_id=model.model_id, weights_sha256=model.weights_sha256,
+                            set_folder=str(set_folder), set_key=set_info["key"], set=set_info.get("set"),
+                            template_version=TEMPLATE_VERSION, config=config.model_dump(mode="json"),
+                            metrics={k: v for k, v in metrics.items() if k != "loss_curve"})
+    log.info("adapter %s: %d steps, loss %.4f, %.1fs", out_folder, result.global_step, result.training_loss, seconds)
+    return {**info, "folder": str(out_folder), "reused": False}

@@ -1,0 +1,59 @@
+"""Stage outputs on disk: a content key says what made them, a marker file says they are complete.
+
+Each later stage (build, fine-tune, evaluate, quality) writes its folder, then `_manifest.json` with
+its key and the checksums of its files, last. A rerun with the same key and intact files reuses
+the folder; anything else is redone. The same key is the Prefect cache key of the stage's task, so
+caching works in Prefect and, without Prefect, on disk alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from stt.config import stable_json
+from stt.models import file_sha256
+
+MARKER = "_manifest.json"
+
+
+def stage_key(**parts: Any) -> str:
+    return hashlib.sha256(stable_json(parts).encode()).hexdigest()
+
+
+def read_done(folder: Path, key: str) -> dict[str, Any] | None:
+    """The marker of a complete stage made under `key` whose files are intact, else None."""
+    marker = Path(folder) / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        info = json.loads(marker.read_text())
+    except ValueError:
+        return None
+    if info.get("key") != key:
+        return None
+    for name, sha in info.get("files", {}).items():
+        path = Path(folder) / name
+        if not path.is_file() or file_sha256(path) != sha:
+            return None
+    return info
+
+
+def mark_done(folder: Path, key: str, files: list[str], **info: Any) -> dict[str, Any]:
+    """Write the marker last: the stage counts as done only once every file is in place."""
+    folder = Path(folder)
+    record = {"key": key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "files": {name: file_sha256(folder / name) for name in files}, **info}
+    tmp = folder / f".{MARKER}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str))
+    os.replace(tmp, folder / MARKER)
+    return record
+
+
+def clear(folder: Path) -> None:
+    """Forget a stale result before redoing it (the folder's other files are overwritten)."""
+    (Path(folder) / MARKER).unlink(missing_ok=True)

@@ -1,0 +1,136 @@
+"""Training sets from the translate stage's output.
+
+- `english`: the English examples that were translated (the zero-shot-transfer baseline);
+- `self-translate-train`: English + the accepted self-translations into one target language;
+- `code-switch`: additionally, for each translated example, two mixed copies (one field group in the
+  target language, the rest in English, and the reverse).
+
+Each set is a folder with `data.parquet` (one row per training pair: prompt, target, provenance)
+and `_manifest.json` (how the set was mixed, from what, with checksums).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stt import shards, stages
+from stt.config import BuildConfig, SetKind
+from stt.errors import DataError
+from stt.specs import TaskSpec, get_task
+from stt.templates import TEMPLATE_VERSION, to_pair
+
+SET_SCHEMA = pa.schema([
+    ("id", pa.string()), ("source_id", pa.string()), ("language", pa.string()), ("variant", pa.string()),
+    ("prompt", pa.string()), ("target", pa.string()), ("fields", pa.string()),
+])
+
+
+def translate_fingerprint(translate_dir: Path) -> str:
+    """A content hash of a finished translate stage: every planned shard's files and checksums."""
+    manifest = shards.read_manifest(Path(translate_dir))
+    planned = manifest.get("plan")
+    if not planned:
+        raise DataError(f"{translate_dir}: no translate manifest (run the translate stage first)")
+    missing = [s for s in planned if s not in manifest["shards"]]
+    if missing:
+        raise DataError(f"{translate_dir}: translate stage incomplete, shards missing: {', '.join(missing)}")
+    parts = {s: (manifest["shards"][s]["sha256"], manifest["shards"][s]["rejects_sha256"],
+                 manifest["shards"][s]["input_sha256"]) for s in sorted(planned)}
+    return stages.stage_key(shards=parts)
+
+
+def english_examples(translate_dir: Path) -> list[dict[str, Any]]:
+    """The English examples the translate stage read, in their original order."""
+    manifest = shards.read_manifest(Path(translate_dir))
+    inputs = sorted({manifest["shards"][s]["input_file"] for s in manifest["plan"]})
+    rows: list[dict[str, Any]] = []
+    for name in inputs:
+        rows += pq.read_table(Path(translate_dir) / name).to_pylist()
+    return rows
+
+
+def translated_examples(translate_dir: Path, language: str) -> list[dict[str, Any]]:
+    manifest = shards.read_manifest(Path(translate_dir))
+    files = sorted(e["file"] for s, e in manifest["shards"].items()
+                   if s in manifest["plan"] and e["language"] == language and e["file"])
+    rows: list[dict[str, Any]] = []
+    for name in files:
+        rows += pq.read_table(Path(translate_dir) / name).to_pylist()
+    return rows
+
+
+def set_name(kind: SetKind, language: str | None) -> str:
+    return "english" if kind == "english" else f"{kind}-{language}"
+
+
+def _row(spec: TaskSpec, ex: dict[str, Any], language: str, variant: str) -> dict[str, Any]:
+    fields = {k: ex[k] for k in (*spec.kept, *spec.translated, "answer_start") if k in ex}
+    pair = to_pair(spec.family, fields)
+    return {"id": ex["id"], "source_id": ex["id"], "language": language, "variant": variant,
+            "prompt": pair.prompt, "target": pair.target, "fields": json.dumps(fields, ensure_ascii=False)}
+
+
+def _switched(spec: TaskSpec, english: dict[str, Any], translated: dict[str, Any], target_group: int) -> dict:
+    """One field group from the translation, the others from the English original."""
+    mixed = dict(english)
+    for field in spec.switch_groups[target_group]:
+        if field in translated:
+            mixed[field] = translated[field]
+    return mixed
+
+
+def build_rows(spec: TaskSpec, kind: SetKind, language: str | None, english: list[dict[str, Any]],
+               translated: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    rows = [_row(spec, ex, "en", "english") for ex in english]
+    if kind != "english":
+        assert language is not None
+        rows += [_row(spec, ex, language, "translated") for ex in translated]
+    if kind == "code-switch":
+        by_id = {ex["id"]: ex for ex in english}
+        for tr in translated:
+            for g in range(len(spec.switch_groups)):
+                mixed = _switched(spec, by_id[tr["id"]], tr, g)
+                rows.append(_row(spec, mixed, f"{language}+en", f"code-switch-{g}"))
+    random.Random(seed).shuffle(rows)  # one language per batch would bias early steps
+    return rows
+
+
+def build_key(task: str, kind: SetKind, language: str | None, translate_dir: Path, config: BuildConfig) -> str:
+    return stages.stage_key(stage="build", task=task, kind=kind, language=language if kind != "english" else None,
+                            translate=translate_fingerprint(translate_dir), template=TEMPLATE_VERSION,
+                            config=config.model_dump(mode="json"))
+
+
+def build_set(task: str, kind: SetKind, language: str | None, translate_dir: Path, out_root: Path,
+              config: BuildConfig = BuildConfig()) -> dict[str, Any]:  # noqa: B008 - frozen pydantic default
+    """Build (or reuse) one training set; returns its manifest (folder, key, counts)."""
+    spec = get_task(task)
+    fingerprint = translate_fingerprint(translate_dir)
+    key = build_key(task, kind, language, translate_dir, config)
+    folder = Path(out_root) / set_name(kind, language)
+    done = stages.read_done(folder, key)
+    if done:
+        return {**done, "folder": str(folder), "reused": True}
+    stages.clear(folder)
+    english = english_examples(translate_dir)
+    translated = translated_examples(translate_dir, language) if kind != "english" else []
+    if kind != "english" and not translated:
+        raise DataError(f"{translate_dir}: no accepted translations into '{language}' to build {kind} from "
+                        "(see _rejects/ for why)")
+    rows = build_rows(spec, kind, language, english, translated, config.seed)
+    shards.write_parquet_atomic(pa.Table.from_pylist(rows, schema=SET_SCHEMA), folder / "data.parquet",
+                                {"stt.key": key, "stt.template_version": TEMPLATE_VERSION})
+    mixing: dict[str, int] = {}
+    for r in rows:
+        mixing[r["variant"]] = mixing.get(r["variant"], 0) + 1
+    info = stages.mark_done(folder, key, ["data.parquet"], stage="build", task=task, set=set_name(kind, language),
+                            kind=kind, language=language, rows=len(rows), mixing=mixing,
+                            template_version=TEMPLATE_VERSION, translate_dir=str(translate_dir),
+                            translate_fingerprint=fingerprint, config=config.model_dump(mode="json"))
+    return {**info, "folder": str(folder), "reused": False}

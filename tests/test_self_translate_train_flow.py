@@ -1,0 +1,102 @@
+"""The end-to-end flow on the CPU with the real model and real data, under a real Prefect test server."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from flows.self_translate_train import self_translate_train
+from stt.config import BuildConfig, EngineConfig, EvalConfig, GenerationParams, RunConfig, TrainConfig
+from stt.evaluate import score_predictions
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    return RunConfig(
+        name="tiny", run_dir=tmp_path_factory.mktemp("stt") / "run", tasks=("gsm8k",), languages=("de",), limit=3,
+        shard_size=3, engine=EngineConfig(batch_size=4), generation=GenerationParams(max_new_tokens_cap=40),
+        build=BuildConfig(sets=("english", "self-translate-train")),
+        train=TrainConfig(rank=4, alpha=8, max_steps=2, batch_size=2, max_length=96, save_steps=1),
+        eval=EvalConfig(limit=2, batch_size=2, max_new_tokens_math=16, quality_limit=2),
+    )
+
+
+@pytest.fixture(scope="module")
+def first(prefect_server, config):
+    return self_translate_train(config)
+
+
+def test_every_artifact_exists(first, config):
+    root = config.root
+    for name in ("report.md", "results.parquet", "plot.png", "config.json"):
+        assert (root / name).is_file(), name
+    assert (root / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| gsm8k" in (root / "report.md").read_text()
+    assert json.loads((root / "config.json").read_text())["train"]["max_steps"] == 2
+    sets = {p.name: json.loads((p / "_manifest.json").read_text()) for p in (root / "gsm8k" / "sets").iterdir()}
+    assert sets["english"]["rows"] == 3 and sets["english"]["mixing"] == {"english": 3}
+    accepted = len(pd.read_parquet(root / "gsm8k" / "translate"))
+    assert sets["self-translate-train-de"]["mixing"] == {"english": 3, "translated": accepted}
+
+
+def test_adapters_load_with_peft_and_record_their_loss_curve(first, config):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from stt.models import hf_folder, resolve_model
+
+    for name in ("english", "self-translate-train-de"):
+        folder = config.root / "gsm8k" / "adapters" / name
+        curve = pd.read_csv(folder / "loss.csv")
+        assert list(curve["step"]) == [1, 2] and (curve["loss"] > 0).all()
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["steps"] == 2 and metrics["seconds_per_step"] > 0
+    base = AutoModelForCausalLM.from_pretrained(hf_folder(resolve_model("gemma3-270m")))
+    model = PeftModel.from_pretrained(base, config.root / "gsm8k" / "adapters" / "english")
+    assert model.active_adapter == "default"
+
+
+def test_scores_are_computed_from_the_saved_predictions(first, config):
+    results = pd.read_parquet(config.root / "results.parquet")
+    assert set(results["language"]) == {"en", "de"}
+    checked = 0
+    for _, row in results.iterrows():
+        for column in ("base", "zero_shot", "stt"):
+            path = row.get(f"{column}_predictions")
+            if isinstance(path, str):
+                preds = pd.read_parquet(path)
+                assert len(preds) == row["n"] == 2
+                assert score_predictions("gsm8k", row["language"], preds.to_dict("records"))["accuracy"] == \
+                    pytest.approx(row[column])
+                checked += 1
+    assert checked == 5  # base + zero-shot in en and de, Self-Translate-Train in de
+    de = results.set_index("language").loc["de"]
+    assert 0 <= de["chrf"] <= 100
+    assert de["gain"] == pytest.approx(de["stt"] - de["zero_shot"])
+    assert {r["language"] for r in first["table"]} == {"en", "de"}
+
+
+def test_artifacts_are_published(first):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        for key, kind in (("stt-results", "table"), ("stt-report", "markdown")):
+            found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            assert found and found[0].type == kind
+    assert "data:image/png;base64," in found[0].data
+
+
+def test_changing_only_evaluation_reruns_only_evaluation(first, config):
+    adapters = config.root / "gsm8k" / "adapters"
+    before = {p: (p / "_manifest.json").read_text() for p in adapters.iterdir()}
+    quality_before = (config.root / "gsm8k" / "quality" / "de" / "_manifest.json").read_text()
+    changed = config.model_copy(update={"eval": config.eval.model_copy(update={"max_new_tokens_math": 8})})
+    again = self_translate_train(changed)
+    assert {p: (p / "_manifest.json").read_text() for p in adapters.iterdir()} == before
+    assert (config.root / "gsm8k" / "quality" / "de" / "_manifest.json").read_text() == quality_before
+    preds = pd.read_parquet(config.root / "gsm8k" / "eval" / "zero-shot-de" / "predictions.parquet")
+    assert (preds["completion_tokens"] <= 8).all()  # the evaluations did rerun, with the new setting
+    assert again["timings"]["gsm8k: build + fine-tune"] < first["timings"]["gsm8k: build + fine-tune"]

@@ -1,0 +1,75 @@
+"""Training-set mixing and the answer-only loss mask."""
+
+import json
+
+import pytest
+
+from stt.finetune import PadCollator, tokenize_pairs
+from stt.loaders import load_gsm8k
+from stt.specs import get_task
+from stt.templates import math_pair, to_pair
+from stt.trainsets import build_rows
+
+from .conftest import DATA
+
+ENGLISH = load_gsm8k(DATA / "gsm8k" / "train.jsonl")[:2]
+# Shaped like the translate stage's accepted rows (same id, translated fields under their English names).
+GERMAN = [{"id": ENGLISH[0]["id"], "answer": ENGLISH[0]["answer"], "question": "Natalia verkaufte im April Clips an 48 "
+           "ihrer Freunde und im Mai halb so viele. Wie viele Clips verkaufte sie im April und Mai insgesamt?",
+           "rationale": "Natalia verkaufte im Mai 48/2 = 24 Clips.\nNatalia verkaufte insgesamt 48+24 = 72 Clips."}]
+
+
+def test_english_set_is_the_english_examples_only():
+    rows = build_rows(get_task("gsm8k"), "english", None, ENGLISH, [], seed=0)
+    assert sorted(r["id"] for r in rows) == [e["id"] for e in ENGLISH]
+    assert {r["variant"] for r in rows} == {"english"}
+
+
+def test_self_translate_train_adds_the_translations():
+    rows = build_rows(get_task("gsm8k"), "self-translate-train", "de", ENGLISH, GERMAN, seed=0)
+    assert len(rows) == 3
+    de = [r for r in rows if r["language"] == "de"]
+    assert len(de) == 1 and de[0]["prompt"] == "Question: " + GERMAN[0]["question"] + "\nAnswer:"
+    assert de[0]["target"].endswith("\nThe answer is 72.")  # the kept final answer closes the target
+
+
+def test_code_switch_pairs_swap_field_groups():
+    rows = build_rows(get_task("gsm8k"), "code-switch", "de", ENGLISH, GERMAN, seed=0)
+    mixed = {r["variant"]: r for r in rows if r["variant"].startswith("code-switch")}
+    assert set(mixed) == {"code-switch-0", "code-switch-1"}
+    assert "Natalia verkaufte im April" in mixed["code-switch-0"]["prompt"]  # German question
+    assert "Natalia sold 48/2" in mixed["code-switch-0"]["target"]  # English answer
+    assert "Natalia sold clips" in mixed["code-switch-1"]["prompt"]
+    assert "verkaufte im Mai" in mixed["code-switch-1"]["target"]
+
+
+def test_code_switch_keeps_a_qa_answer_inside_its_context():
+    spec = get_task("squad")
+    en = {"id": "q:0", "source_id": "a", "title": "t", "paragraph": "0:0", "context": "Paris is in France.",
+          "question": "Where is Paris?", "answer_text": "France", "answer_start": 12}
+    de = {**en, "context": "Paris liegt in Frankreich.", "question": "Wo liegt Paris?", "answer_text": "Frankreich",
+          "answer_start": 15}
+    for r in build_rows(spec, "code-switch", "de", [en], [de], seed=0):
+        f = json.loads(r["fields"])
+        assert f["context"][f["answer_start"]:].startswith(f["answer_text"])
+
+
+@pytest.mark.model
+def test_loss_only_on_answer_tokens_and_truncation_keeps_the_answer():
+    from transformers import AutoTokenizer
+
+    from stt.models import hf_folder, resolve_model
+
+    tok = AutoTokenizer.from_pretrained(hf_folder(resolve_model("gemma3-270m")))
+    pair = math_pair(ENGLISH[0])
+    [f] = tokenize_pairs(tok, [{"prompt": pair.prompt, "target": pair.target}], max_length=512)
+    n_prompt = len(tok(pair.prompt)["input_ids"])
+    assert f["labels"][:n_prompt] == [-100] * n_prompt
+    assert tok.decode([t for t in f["labels"] if t != -100]) == pair.target + tok.eos_token
+    assert f["labels"][-1] == tok.eos_token_id
+    qa = to_pair("qa", {"context": "word " * 400, "question": "Which word?", "answer_text": "word"})
+    [g] = tokenize_pairs(tok, [{"prompt": qa.prompt, "target": qa.target}], max_length=64)
+    assert len(g["input_ids"]) == 64 and tok.decode(g["input_ids"][-3:-1]).strip().endswith("word")
+    batch = PadCollator(tok.pad_token_id)([f, g])
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    assert int(batch["attention_mask"][1].sum()) == 64
