@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up, start a local Prefect server (UI on http://127.0.0.1:4200) unless PREFECT_API_URL is set,
-# and translate real GSM8K training examples into German and Thai with the real Gemma 3 270M.
-# Rerunning resumes: finished shards are kept. Pass extra `stt translate` options as arguments.
+# and run the whole method on the CPU with the real Gemma 3 270M (configs/demo.yaml): translate real
+# GSM8K examples into German and Thai, fine-tune zero-shot and Self-Translate-Train LoRA adapters,
+# evaluate on MGSM, report. Rerunning resumes: finished stages are reused.
+# Extra arguments go to `stt run`, e.g. `bash scripts/demo.sh --set eval.limit=20`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -21,5 +23,4 @@ if [ -z "${PREFECT_API_URL:-}" ]; then
   fi
   echo "Prefect UI: http://127.0.0.1:4200  (stop the server: kill \$(cat runs/prefect-server.pid))"
 fi
-.venv/bin/stt translate --task gsm8k --languages de,th --limit 24 --shard-size 4 --model gemma3-270m \
-  --out runs/demo-gsm8k "$@"
+.venv/bin/stt run --config configs/demo.yaml "$@"

@@ -10,6 +10,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +27,26 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
+
+
+@contextmanager
+def _reported(failed: str | None = None) -> Iterator[None]:
+    """Bad input -> one `error:` line, exit 2. With `failed`, any other error -> one line, exit 1."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        _fail(f"invalid {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+    except SttError as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        if failed is None:
+            raise
+        # The flow's logs above hold the traceback.
+        typer.echo(f"error: {failed} failed: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command("translate")
@@ -51,7 +73,7 @@ def translate_cmd(
     from stt.config import EngineConfig, GenerationParams, PromptConfig, TranslateConfig
     from stt.translate import check_config, run_translate, summarize
 
-    try:
+    with _reported():
         config = TranslateConfig(
             task=task, languages=languages, limit=limit, input_path=input_path, data_dir=data_dir, out_dir=out,
             shard_size=shard_size, engine=EngineConfig(model=model, batch_size=batch_size),
@@ -59,23 +81,13 @@ def translate_cmd(
             prompt=PromptConfig(style=prompt_style, num_shots=shots),
         )
         check_config(config)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        _fail(f"invalid {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
-    except SttError as exc:
-        _fail(str(exc))
-    try:
+    with _reported("translate"):
         if prefect:
             from flows.translate import translate
 
             out_dir = Path(translate(config)["out_dir"])
         else:
             out_dir = run_translate(config)
-    except SttError as exc:
-        _fail(str(exc))
-    except Exception as exc:  # the flow's logs above hold the traceback
-        typer.echo(f"error: translate failed: {exc}", err=True)
-        raise typer.Exit(1) from None
     typer.echo("")
     for row in summarize(out_dir):
         typer.echo(f"{row['language']}: {row['rows']}/{row['examples']} rows accepted, {row['rejects']} rejected "
@@ -113,22 +125,16 @@ def run_cmd(
 ) -> None:
     """Run the whole method: translate, build sets, fine-tune, evaluate, report (zero-shot vs Self-Translate-Train)."""
     from stt.config import load_run_config
+    from stt.translate import check_config
 
-    try:
+    with _reported():
         overrides = _overrides(set_)
         if run_dir:
             overrides["run_dir"] = str(run_dir)
         cfg = load_run_config(config, **overrides)
         for task in cfg.tasks:
-            from stt.translate import check_config
-
             check_config(cfg.translate_config(task))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        _fail(f"invalid {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
-    except SttError as exc:
-        _fail(str(exc))
-    try:
+    with _reported("run"):
         if prefect:
             from flows.self_translate_train import self_translate_train
 
@@ -138,11 +144,6 @@ def run_cmd(
 
             result = run_pipeline(cfg)
             out = {**result, "table": result["table"].to_dict(orient="records"), "run_dir": str(cfg.root)}
-    except SttError as exc:
-        _fail(str(exc))
-    except Exception as exc:  # the flow's logs above hold the traceback
-        typer.echo(f"error: run failed: {exc}", err=True)
-        raise typer.Exit(1) from None
     typer.echo("")
     _print_table(out["table"])
     typer.echo(f"\nreport: {out['report']}\nresults: {out['results']}\nplot: {out['plot']}")
@@ -174,7 +175,7 @@ def evaluate_cmd(
     from stt.prompts import language_name
     from stt.testsets import TEST_SETS
 
-    try:
+    with _reported():
         if task not in TEST_SETS:
             _fail(f"unknown task '{task}': choose from {', '.join(TEST_SETS)}")
         langs = [x.strip() for x in languages.split(",") if x.strip()]
@@ -187,13 +188,8 @@ def evaluate_cmd(
         cfg = EvalConfig(limit=limit, batch_size=batch_size, max_new_tokens_math=max_new_tokens,
                          xnli_split=xnli_split)
         data = resolve_data_dir(data_dir)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        _fail(f"invalid {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
-    except SttError as exc:
-        _fail(str(exc))
     name = label or ("base" if adapter is None else adapter.name)
-    try:
+    with _reported("evaluate"):
         if prefect:
             from flows.evaluate import evaluate_model
 
@@ -202,11 +198,6 @@ def evaluate_cmd(
             from stt.evaluate import evaluate
 
             results = [evaluate(task, lang, engine, cfg, data, out / f"{name}-{lang}", name) for lang in langs]
-    except SttError as exc:
-        _fail(str(exc))
-    except Exception as exc:
-        typer.echo(f"error: evaluate failed: {exc}", err=True)
-        raise typer.Exit(1) from None
     _print_table([{"model": r["model"], "task": r["task"], "language": r["language"], **r["scores"],
                    "predictions": str(Path(r["folder"]) / "predictions.parquet")} for r in results])
 

@@ -42,3 +42,30 @@ def test_library_imports_neither_prefect_nor_vllm():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'vllm')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--config", "/nonexistent.yaml"], "error: config file not found: /nonexistent.yaml"),
+    (["run", "--config", "configs/demo.yaml", "--set", "eval.limit"], "error: --set expects key=value"),
+    (["run", "--config", "configs/demo.yaml", "--set", "languages=[de,xx]"], "error: unknown target language 'xx'"),
+    (["run", "--config", "configs/demo.yaml", "--set", "train.rank=0"], "error: invalid train.rank"),
+    (["run", "--config", "configs/demo.yaml", "--set", "tasks=[mnli]"], "error: MultiNLI train is not available"),
+    (["evaluate", "--task", "nope"], "error: unknown task 'nope'"),
+    (["evaluate", "--adapter", "/tmp"], "error: adapter folder /tmp has no adapter_model.safetensors"),
+    (["evaluate", "--languages", "en,qq"], "error: unknown target language 'qq'"),
+])
+def test_run_and_evaluate_bad_arguments(args, message):
+    result = _run(*args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(message), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_presets_load_and_validate():
+    from stt.config import load_run_config
+
+    demo = load_run_config(ROOT / "configs" / "demo.yaml")
+    assert demo.engine.model == "gemma3-270m" and demo.languages == ("de", "th")
+    paper = load_run_config(ROOT / "configs" / "paper.yaml", **{"eval.limit": 5})
+    assert paper.tasks == ("gsm8k", "squad", "mnli") and paper.eval.limit == 5
+    assert set(paper.languages) == {"de", "ru", "th", "zh"}
