@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stt import stages
 from stt.config import EngineConfig, RunConfig, SetKind
+from stt.errors import DataError
 from stt.evaluate import evaluate
 from stt.finetune import finetune
 from stt.quality import translation_quality
@@ -104,6 +106,25 @@ def notes(config: RunConfig) -> list[str]:
     if config.limit:
         out.append(f"Training data: the first {config.limit} English training examples per task.")
     return out
+
+
+def collect(config: RunConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The finished evaluations and translation-quality results of a run, read from its folders."""
+    evaluations, quality = [], []
+    for task in config.tasks:
+        plan = plan_task(config, task)
+        for job in plan.evals:
+            evaluations.append(_finished(plan.eval_dir(job), "evaluation", "evaluate-stage"))
+        for lang in config.languages:
+            quality.append(_finished(plan.quality_dir(lang), "translation quality", "evaluate-stage"))
+    return evaluations, quality
+
+
+def _finished(folder: Path, what: str, stage: str) -> dict[str, Any]:
+    marker = folder / stages.MARKER
+    if not marker.is_file():
+        raise DataError(f"{what} missing: {folder} has no {stages.MARKER} (run the {stage} flow first)")
+    return {**json.loads(marker.read_text()), "folder": str(folder)}
 
 
 def run_pipeline(config: RunConfig) -> dict[str, Any]:

@@ -35,10 +35,10 @@ def cached_on(key: str, folder: Path) -> dict[str, Any]:
     return {"cache_key_fn": lambda *_: key, "refresh_cache": stages.read_done(folder, key) is None}
 
 
-@task(name="build-dataset", task_run_name="build {kind}-{language}", retries=1, retry_delay_seconds=5,
+@task(name="build-dataset", task_run_name="build {task_name} {set_name}", retries=1, retry_delay_seconds=5,
       persist_result=True, result_serializer="json")
-def build_dataset(task_name: str, kind: SetKind, language: str | None, translate_dir: str, sets_root: str,
-                  config: BuildConfig) -> dict[str, Any]:
+def build_dataset(task_name: str, set_name: str, kind: SetKind, language: str | None, translate_dir: str,
+                  sets_root: str, config: BuildConfig) -> dict[str, Any]:
     info = build_set(task_name, kind, language, Path(translate_dir), Path(sets_root), config)
     get_run_logger().info("%s: %d rows %s -> %s", info["set"], info["rows"], info["mixing"], info["folder"])
     return _summary(info)

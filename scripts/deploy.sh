@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create the work pools (if missing) and register every deployment of deployments/prefect.yaml.
+# Needs PREFECT_API_URL (and PREFECT_API_AUTH_STRING when the server has basic auth).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PREFECT=${PREFECT:-prefect}
+command -v "$PREFECT" >/dev/null || PREFECT=.venv/bin/prefect
+for pool in gpu cpu; do
+  "$PREFECT" work-pool inspect "$pool" >/dev/null 2>&1 || "$PREFECT" work-pool create "$pool" --type process
+done
+# One model-holding flow run at a time per GPU worker pool.
+"$PREFECT" work-pool set-concurrency-limit gpu "${STT_GPU_POOL_LIMIT:-1}"
+"$PREFECT" --no-prompt deploy --all --prefect-file deployments/prefect.yaml
+"$PREFECT" deployment ls

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Start a process worker on this host (no docker): bash scripts/worker.sh gpu   (or cpu)
+# Flow runs execute in this checkout (STT_PROJECT_DIR) with its .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+POOL=${1:-gpu}
+export STT_PROJECT_DIR=${STT_PROJECT_DIR:-$PWD}
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1}
+export PATH="$PWD/.venv/bin:$PATH"
+exec prefect worker start --pool "$POOL" --type process --name "stt-$POOL-$(hostname)"

@@ -1,0 +1,127 @@
+"""Real services as processes: PostgreSQL, a Prefect server on it, process workers. Used by test_services.py.
+
+Everything lives under one temporary folder and is stopped (and checked gone) at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from contextlib import suppress
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pg_bin() -> Path | None:
+    for found in sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True):
+        return found.parent
+    return None
+
+
+class Postgres:
+    """A private PostgreSQL cluster on loopback (trust auth), as the postgres user when run as root."""
+
+    def __init__(self, folder: Path):
+        self.bin = pg_bin()
+        if self.bin is None:
+            raise RuntimeError("PostgreSQL is not installed (Debian package 'postgresql'; .ci/run installs it)")
+        self.folder = folder
+        self.data = folder / "pgdata"
+        self.port = free_port()
+        self.as_root = os.geteuid() == 0
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess:
+        cmd = [str(a) for a in args]
+        if self.as_root:  # PostgreSQL refuses to run as root
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
+
+    def start(self) -> str:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.as_root:
+            shutil.chown(self.folder, "postgres")
+        self._run(self.bin / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self._run(self.bin / "pg_ctl", "-D", self.data, "-l", self.folder / "pg.log", "-w", "start", "-o",
+                  f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1")
+        self._run(self.bin / "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "prefect")
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/prefect"
+
+    def query(self, sql: str) -> list[list[str]]:
+        out = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "prefect",
+                              "-At", "-F", "\t", "-c", sql], check=True, capture_output=True, text=True, timeout=60)
+        return [line.split("\t") for line in out.stdout.splitlines() if line]
+
+    def stop(self) -> None:
+        with suppress(subprocess.CalledProcessError, FileNotFoundError):
+            self._run(self.bin / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+
+class Processes:
+    """Background processes in their own process groups, stopped together."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log = open(self.folder / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append((name, proc))
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text(errors="replace")
+
+    def stop(self) -> list[str]:
+        """SIGTERM each group, then SIGKILL what is left; returns the names that needed the kill."""
+        killed = []
+        for _, proc in reversed(self.procs):
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for name, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                killed.append(name)
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        return killed
+
+    def group_alive(self) -> list[str]:
+        alive = []
+        for name, proc in self.procs:
+            try:
+                os.killpg(proc.pid, 0)
+                alive.append(name)
+            except ProcessLookupError:
+                pass
+        return alive
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            if r.status == 200:
+                return
+        time.sleep(1)
+    raise TimeoutError(f"{url} not healthy after {timeout}s")

@@ -1,0 +1,181 @@
+"""Operate it for real: PostgreSQL + `prefect server start` + `prefect deploy --all` + process workers.
+
+The end-to-end demo deployment is triggered from Python through `stt.client`; the chained stage
+deployments run one after another through their event triggers; a schedule produces a run; the flow
+runs are read back from PostgreSQL. Everything is stopped at the end and checked gone.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from stt.config import RunConfig
+
+from .services import ROOT, VENV_BIN, Postgres, Processes, free_port, pg_bin, wait_healthy
+
+pytestmark = [pytest.mark.model, pytest.mark.services]
+
+TINY = {
+    "tasks": ["gsm8k"], "languages": ["de"], "limit": 2, "shard_size": 2,
+    "engine": {"model": "gemma3-270m", "batch_size": 4}, "generation": {"max_new_tokens_cap": 32},
+    "train": {"rank": 4, "alpha": 8, "max_steps": 1, "batch_size": 2, "max_length": 96},
+    "eval": {"limit": 2, "batch_size": 2, "max_new_tokens_math": 12, "quality_limit": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    if pg_bin() is None:
+        pytest.fail("PostgreSQL is not installed: `apt-get install postgresql` (.ci/run does it)")
+    folder = tmp_path_factory.mktemp("services")
+    pg = Postgres(folder / "pg")
+    procs = Processes(folder)
+    api = f"http://127.0.0.1:{free_port()}/api"
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(folder / "prefect-home"),
+           "PREFECT_LOCAL_STORAGE_PATH": str(folder / "results"),  # shared by workers and this test: results
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "STT_PROJECT_DIR": str(ROOT),
+           "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    env.pop("PREFECT_API_KEY", None)
+    try:
+        t0 = time.time()
+        db_url = pg.start()
+        port = api.split(":")[2].split("/")[0]
+        server = procs.start("server", [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+                                        "--port", port], {
+            **env, "PREFECT_API_DATABASE_CONNECTION_URL": db_url,
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"})
+        wait_healthy(api, server)
+        deploy = subprocess.run(["bash", "scripts/deploy.sh"], cwd=ROOT, env={**env, "PREFECT": str(VENV_BIN /
+                                "prefect")}, capture_output=True, text=True, timeout=180)
+        assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+        for pool in ("gpu", "cpu"):
+            procs.start(f"worker-{pool}", [str(VENV_BIN / "prefect"), "worker", "start", "--pool", pool, "--type",
+                                           "process", "--name", f"test-{pool}"], env)
+        os.environ.update({k: env[k] for k in ("PREFECT_API_URL", "PREFECT_LOCAL_STORAGE_PATH")})
+        yield {"api": api, "pg": pg, "procs": procs, "folder": folder, "started_in": time.time() - t0,
+               "deploy_output": deploy.stdout}
+    finally:
+        killed = procs.stop()
+        pg.stop()
+        os.environ.pop("PREFECT_API_URL", None)
+        assert not procs.group_alive(), f"processes left behind: {procs.group_alive()}"
+        assert not pg.running(), "PostgreSQL still running"
+        print(f"services stopped (needed SIGKILL: {killed or 'none'})")
+
+
+def _client():
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+def _runs_of(deployment_name: str, flow_name: str):
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowFilter, FlowFilterName
+
+    with _client() as client:
+        return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                                     deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment_name])))
+
+
+def test_deployments_are_registered(stack):
+    with _client() as client:
+        names = {f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments()}
+        pools = {p.name: p for p in client.read_work_pools()}
+    assert {"self-translate-train/demo", "translate-stage/chain", "build-sets/chain", "finetune/chain",
+            "evaluate-stage/chain", "report/chain", "evaluate/adhoc", "check-data/daily"} <= names
+    assert pools["gpu"].type == pools["cpu"].type == "process" and pools["gpu"].concurrency_limit == 1
+
+
+def test_end_to_end_deployment_from_python(stack, tmp_path):
+    from stt.client import run
+
+    config = RunConfig.model_validate({**TINY, "name": "svc-e2e", "run_dir": str(tmp_path / "e2e")})
+    t0 = time.time()
+    handle = run("self-translate-train/demo", config=config, timeout=1200)
+    took = time.time() - t0
+    assert handle.state == "Completed", stack["procs"].log("worker-gpu")[-4000:]
+    results = pd.read_parquet(handle.outputs["results"])
+    assert set(results["language"]) == {"en", "de"}
+    assert (tmp_path / "e2e" / "report.md").read_text().startswith("# Self-Translate-Train")
+    assert handle.result and handle.result["report"] == handle.outputs["report"]
+    # The run is in PostgreSQL, completed, with its parameters.
+    rows = stack["pg"].query(f"select state_type, parameters::text from flow_run where id = '{handle.flow_run_id}'")
+    assert rows and rows[0][0] == "COMPLETED" and "svc-e2e" in rows[0][1]
+    subflows = stack["pg"].query(f"select count(*) from flow_run where parent_task_run_id in (select id from task_run "
+                                 f"where flow_run_id = '{handle.flow_run_id}')")
+    assert int(subflows[0][0]) >= 5  # translate, build, finetune, evaluate, report stages
+    print(f"end-to-end deployment run: {took:.1f}s")
+
+
+def test_chained_deployments_run_in_order(stack, tmp_path):
+    from stt.client import submit, wait
+
+    config = RunConfig.model_validate({**TINY, "name": "svc-chain", "run_dir": str(tmp_path / "chain")})
+    t0 = time.time()
+    wait(submit("translate-stage/chain", config=config), timeout=900)
+    chain = [("build-sets", "chain"), ("finetune", "chain"), ("evaluate-stage", "chain"), ("report", "chain")]
+    deadline = time.time() + 1200
+    finished = {}
+    while time.time() < deadline and len(finished) < len(chain):
+        for flow_name, dep in chain:
+            runs = [r for r in _runs_of(dep, flow_name) if r.parameters.get("config", {}).get("name") == "svc-chain"]
+            if runs and runs[0].state and runs[0].state.is_final():
+                assert runs[0].state.is_completed(), f"{flow_name}: {runs[0].state.message}"
+                finished[flow_name] = runs[0]
+        time.sleep(3)
+    assert len(finished) == len(chain), f"chain stopped after {list(finished)}"
+    starts = [finished[f].start_time for f, _ in chain]
+    ends = [finished[f].end_time for f, _ in chain]
+    assert all(ends[i] <= starts[i + 1] for i in range(len(chain) - 1))  # each began after the previous ended
+    assert (tmp_path / "chain" / "results.parquet").is_file()
+    with _client() as client:
+        events = client.request("POST", "/events/filter", json={"filter": {"event": {"prefix": ["stt."]}}}).json()
+    names = {e["event"] for e in events["events"]}
+    assert {"stt.translate.completed", "stt.sets.built", "stt.finetune.completed", "stt.evaluate.completed"} <= names
+    print(f"chained deployments: {time.time() - t0:.1f}s")
+
+
+def test_a_schedule_produces_a_run(stack):
+    from prefect.client.schemas.schedules import IntervalSchedule
+
+    with _client() as client:
+        dep = client.read_deployment_by_name("check-data/daily")
+        client.create_deployment_schedules(dep.id, [(IntervalSchedule(interval=timedelta(seconds=10)), True)])
+    deadline = time.time() + 180
+    done = None
+    while time.time() < deadline and done is None:
+        done = next((r for r in _runs_of("daily", "check-data") if r.auto_scheduled and r.state
+                     and r.state.is_completed()), None)
+        time.sleep(3)
+    assert done is not None, stack["procs"].log("worker-cpu")[-3000:]
+    rows = stack["pg"].query(f"select auto_scheduled, state_type from flow_run where id = '{done.id}'")
+    assert rows == [["t", "COMPLETED"]]
+
+
+def test_docker_compose_file_validates():
+    compose = subprocess.run(["docker-compose", "--env-file", ".env.example", "config"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    if compose.returncode == 127 or "not found" in compose.stderr:
+        pytest.fail("docker-compose is not installed (Debian package docker-compose; .ci/run installs it)")
+    assert compose.returncode == 0, compose.stderr
+    import yaml
+
+    services = yaml.safe_load(compose.stdout)["services"]
+    assert {"postgres", "prefect-server", "worker-gpu", "worker-cpu"} <= set(services)
+    server_env = services["prefect-server"]["environment"]
+    assert server_env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
+    assert server_env["PREFECT_SERVER_API_AUTH_STRING"]
+    gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    assert services["worker-gpu"]["depends_on"]["prefect-server"]["condition"] == "service_healthy"
+    assert "healthcheck" in services["postgres"] and "healthcheck" in services["prefect-server"]
+    missing = subprocess.run(["docker-compose", "--env-file", "/dev/null", "config"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode != 0 and "set it in .env" in missing.stderr  # secrets are never defaulted
