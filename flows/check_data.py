@@ -13,7 +13,7 @@ from stt.datacheck import check_data as check
 from stt.errors import DataError
 
 
-@flow(name="check-data", log_prints=True)
+@flow(name="check-data", log_prints=True, persist_result=True, result_serializer="json")
 def check_data(data_dir: str | None = None) -> dict[str, Any]:
     folder = resolve_data_dir(Path(data_dir) if data_dir else None)
     rows = check(folder)

@@ -12,7 +12,7 @@ from stt.config import EngineConfig, EvalConfig
 from tasks.pipeline import evaluate, evaluate_options
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", log_prints=True, persist_result=True, result_serializer="json")
 def evaluate_model(task: str = "gsm8k", languages: list[str] = ["en", "de", "th"],  # noqa: B006 - flow parameter
                    engine: EngineConfig = EngineConfig(), config: EvalConfig = EvalConfig(),  # noqa: B008
                    data_dir: str | None = None, out_dir: str = "runs/evaluate", label: str = "base"

@@ -11,7 +11,7 @@ from flows.stages import build_sets, evaluate_stage, finetune, report, translate
 from stt.config import RunConfig
 
 
-@flow(name="self-translate-train", log_prints=True)
+@flow(name="self-translate-train", log_prints=True, persist_result=True, result_serializer="json")
 def self_translate_train(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
     """The whole method: translate -> build sets -> fine-tune -> evaluate -> report.
 

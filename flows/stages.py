@@ -39,7 +39,7 @@ def _announce(event: str, config: RunConfig, **payload: Any) -> None:
     get_run_logger().info("announced %s for run %s", event, config.name)
 
 
-@flow(name="translate-stage", log_prints=True)
+@flow(name="translate-stage", log_prints=True, persist_result=True, result_serializer="json")
 def translate_stage(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008 - pydantic default
     """Self-translate every task's English training data (the translate flow per task)."""
     out = {task: translate(config.translate_config(task))["out_dir"] for task in config.tasks}
@@ -47,7 +47,7 @@ def translate_stage(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa:
     return {"translate_dirs": out}
 
 
-@flow(name="build-sets", log_prints=True)
+@flow(name="build-sets", log_prints=True, persist_result=True, result_serializer="json")
 def build_sets(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
     """Build the english / self-translate-train / code-switch training sets from the translations."""
     built: dict[str, list[dict[str, Any]]] = {}
@@ -63,7 +63,7 @@ def build_sets(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
     return {"sets": built}
 
 
-@flow(name="finetune", log_prints=True)
+@flow(name="finetune", log_prints=True, persist_result=True, result_serializer="json")
 def finetune(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
     """Train one LoRA adapter per training set (the sets must be built)."""
     adapters: dict[str, list[dict[str, Any]]] = {}
@@ -80,7 +80,7 @@ def finetune(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
     return {"adapters": adapters}
 
 
-@flow(name="evaluate-stage", log_prints=True)
+@flow(name="evaluate-stage", log_prints=True, persist_result=True, result_serializer="json")
 def evaluate_stage(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
     """Translation quality, then every model of the plan on every test language."""
     data_dir = config.resolved_data_dir()
@@ -102,7 +102,7 @@ def evaluate_stage(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: 
     return {"evaluations": evaluations, "quality": quality}
 
 
-@flow(name="report", log_prints=True)
+@flow(name="report", log_prints=True, persist_result=True, result_serializer="json")
 def report(config: RunConfig = RunConfig(), timings: dict[str, float] | None = None) -> dict[str, Any]:  # noqa: B008
     """Collect the evaluations from the run directory; write and publish the comparison."""
     evaluations, quality = pipeline.collect(config)

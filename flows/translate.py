@@ -22,7 +22,7 @@ class ShardsFailed(RuntimeError):
         self.failed = failed
 
 
-@flow(name="translate", log_prints=True)
+@flow(name="translate", log_prints=True, persist_result=True, result_serializer="json")
 def translate(config: TranslateConfig = TranslateConfig()) -> dict[str, Any]:  # noqa: B008 - pydantic default
     """Self-translate the task's English training data into every target language.
 

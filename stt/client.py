@@ -12,6 +12,7 @@ Prefect; it imports it only when called. Calling the flows as Python functions k
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,12 +66,21 @@ def submit(deployment: str, config: RunConfig | str | Path | dict | None = None,
                      run_dir=_run_dir(params))
 
 
-def wait(handle: RunHandle | str, timeout: float = 3600, deployment: str = "") -> RunHandle:
+def wait(handle: RunHandle | str, timeout: float = 3600, deployment: str = "", poll: float = 3) -> RunHandle:
     """Wait for a flow run to end; fill in its result and output locations. Raises RunFailed."""
-    from prefect.flow_runs import wait_for_flow_run
+    from prefect.client.orchestration import get_client
 
     run_id = handle.flow_run_id if isinstance(handle, RunHandle) else handle
-    flow_run = wait_for_flow_run(run_id, timeout=int(timeout))
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            flow_run = client.read_flow_run(run_id)
+            if flow_run.state and flow_run.state.is_final():
+                break
+            if time.monotonic() > deadline:
+                raise RunFailed(f"flow run {run_id} still {flow_run.state.name if flow_run.state else '?'} "
+                                f"after {timeout:.0f}s (it goes on; wait again or cancel it in the UI)")
+            time.sleep(poll)
     params = flow_run.parameters or {}
     out = RunHandle(run_id, handle.deployment if isinstance(handle, RunHandle) else deployment,
                     flow_run.state.name if flow_run.state else "Unknown", run_dir=_run_dir(params))

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from contextlib import suppress
@@ -34,12 +35,13 @@ def pg_bin() -> Path | None:
 class Postgres:
     """A private PostgreSQL cluster on loopback (trust auth), as the postgres user when run as root."""
 
-    def __init__(self, folder: Path):
+    def __init__(self):
         self.bin = pg_bin()
         if self.bin is None:
             raise RuntimeError("PostgreSQL is not installed (Debian package 'postgresql'; .ci/run installs it)")
-        self.folder = folder
-        self.data = folder / "pgdata"
+        # Its own folder in /tmp: the postgres user cannot enter pytest's root-only temp folders.
+        self.folder = Path(tempfile.mkdtemp(prefix="stt-pg-"))
+        self.data = self.folder / "pgdata"
         self.port = free_port()
         self.as_root = os.geteuid() == 0
 
@@ -47,7 +49,10 @@ class Postgres:
         cmd = [str(a) for a in args]
         if self.as_root:  # PostgreSQL refuses to run as root
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+        return done
 
     def start(self) -> str:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -65,8 +70,11 @@ class Postgres:
         return [line.split("\t") for line in out.stdout.splitlines() if line]
 
     def stop(self) -> None:
-        with suppress(subprocess.CalledProcessError, FileNotFoundError):
+        with suppress(RuntimeError, FileNotFoundError):
             self._run(self.bin / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()

@@ -22,8 +22,8 @@ from .services import ROOT, VENV_BIN, Postgres, Processes, free_port, pg_bin, wa
 pytestmark = [pytest.mark.model, pytest.mark.services]
 
 TINY = {
-    "tasks": ["gsm8k"], "languages": ["de"], "limit": 2, "shard_size": 2,
-    "engine": {"model": "gemma3-270m", "batch_size": 4}, "generation": {"max_new_tokens_cap": 32},
+    "tasks": ["gsm8k"], "languages": ["de"], "limit": 3, "shard_size": 3,
+    "engine": {"model": "gemma3-270m", "batch_size": 4}, "generation": {"max_new_tokens_cap": 40},
     "train": {"rank": 4, "alpha": 8, "max_steps": 1, "batch_size": 2, "max_length": 96},
     "eval": {"limit": 2, "batch_size": 2, "max_new_tokens_math": 12, "quality_limit": 2},
 }
@@ -34,7 +34,7 @@ def stack(tmp_path_factory):
     if pg_bin() is None:
         pytest.fail("PostgreSQL is not installed: `apt-get install postgresql` (.ci/run does it)")
     folder = tmp_path_factory.mktemp("services")
-    pg = Postgres(folder / "pg")
+    pg = Postgres()
     procs = Processes(folder)
     api = f"http://127.0.0.1:{free_port()}/api"
     env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(folder / "prefect-home"),
@@ -67,6 +67,7 @@ def stack(tmp_path_factory):
         os.environ.pop("PREFECT_API_URL", None)
         assert not procs.group_alive(), f"processes left behind: {procs.group_alive()}"
         assert not pg.running(), "PostgreSQL still running"
+        pg.remove()
         print(f"services stopped (needed SIGKILL: {killed or 'none'})")
 
 
@@ -159,7 +160,7 @@ def test_a_schedule_produces_a_run(stack):
     assert rows == [["t", "COMPLETED"]]
 
 
-def test_docker_compose_file_validates():
+def test_docker_compose_file_validates(tmp_path):
     compose = subprocess.run(["docker-compose", "--env-file", ".env.example", "config"], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
     if compose.returncode == 127 or "not found" in compose.stderr:
@@ -176,6 +177,7 @@ def test_docker_compose_file_validates():
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
     assert services["worker-gpu"]["depends_on"]["prefect-server"]["condition"] == "service_healthy"
     assert "healthcheck" in services["postgres"] and "healthcheck" in services["prefect-server"]
-    missing = subprocess.run(["docker-compose", "--env-file", "/dev/null", "config"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=60)
+    (tmp_path / "empty.env").write_text("")
+    missing = subprocess.run(["docker-compose", "--env-file", str(tmp_path / "empty.env"), "config"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "set it in .env" in missing.stderr  # secrets are never defaulted
