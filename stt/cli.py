@@ -202,6 +202,26 @@ def evaluate_cmd(
                    "predictions": str(Path(r["folder"]) / "predictions.parquet")} for r in results])
 
 
+@app.command("prepare-model")
+def prepare_model_cmd(
+    model: Annotated[str, typer.Argument(help="Short name (gemma3-270m, smollm2-135m) or a .gguf file.")],
+    out: Annotated[Path | None, typer.Option(help="Copy the Hugging Face folder here (default: only the cache).")]
+    = None,
+) -> None:
+    """Turn a GGUF model into a Hugging Face folder (dequantised) that vLLM, peft and transformers all read."""
+    import shutil
+
+    from stt.models import hf_folder, resolve_model
+
+    with _reported("prepare-model"):
+        resolved = resolve_model(model)
+        folder = hf_folder(resolved)
+        if out:
+            shutil.copytree(folder, out, dirs_exist_ok=True)
+            folder = out
+    typer.echo(f"{resolved.model_id} (sha256 {resolved.weights_sha256[:12]}): {Path(folder).resolve()}")
+
+
 @app.command("models")
 def models_cmd() -> None:
     """List the model short names."""

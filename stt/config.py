@@ -16,13 +16,28 @@ from stt.errors import ConfigError
 class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["transformers"] = "transformers"  # vllm engines come in a later issue
+    # transformers: in-process (CPU or one GPU); vllm-batch: offline vllm.LLM.generate in the vLLM
+    # environment's Python (a subprocess per call); openai: a /v1/completions endpoint (vllm serve).
+    kind: Literal["transformers", "vllm-batch", "openai"] = "transformers"
     model: str = "gemma3-270m"
     batch_size: int = Field(8, ge=1)
     device: str = "auto"  # "auto": cuda when available, else cpu
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
     reuse_prefix_cache: bool = True  # compute the shared few-shot prefix once per language
     adapter: Path | None = None  # a LoRA adapter folder (peft) applied on top of the model
+    # vllm-batch: the vLLM environment (scripts/setup-vllm.sh) and its engine settings.
+    vllm_python: str | None = None  # default: $STT_VLLM_PYTHON
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=16)
+    load_format: str = "auto"  # "dummy": random weights of the model's shape (benchmarks without weights)
+    max_lora_rank: int = Field(64, ge=1)
+    # openai: one or more endpoints, used round-robin.
+    base_urls: tuple[str, ...] = ()  # default: $STT_OPENAI_BASE_URLS (comma-separated), e.g. http://vllm:8000/v1
+    served_model: str | None = None  # the model name the server knows (default: its first model)
+    concurrency: int = Field(16, ge=1)  # requests in flight
+    timeout_s: float = Field(300, gt=0)
+    max_retries: int = Field(5, ge=0)
 
 
 class GenerationParams(BaseModel):

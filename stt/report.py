@@ -57,8 +57,16 @@ def plot(df: pd.DataFrame, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(df["task"]))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(max(5, 3 + 1.6 * len(df)), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
+    quality = df[df["chrf"].notna()]
+    panels = len(tasks) + (1 if len(quality) else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(max(6, 3 + 1.8 * len(df) + 1.2 * len(quality)), 4), squeeze=False)
+    if len(quality):  # the paper's observation: the gain tracks how well the model translates
+        ax = axes[0][-1]
+        labels = [f"{t}\n{lang}" for t, lang in zip(quality["task"], quality["language"], strict=True)]
+        ax.bar(labels, quality["chrf"], color="grey")
+        ax.set_title("translation chrF (en->X)")
+        ax.set_ylim(0, 100)
+    for ax, task in zip(axes[0], tasks, strict=False):
         sub = df[df["task"] == task]
         columns = [c for c in ("base", "zero_shot", "stt", "code_switch") if sub[c].notna().any()]
         width = 0.8 / len(columns)

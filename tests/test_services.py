@@ -58,13 +58,16 @@ def stack(tmp_path_factory):
         for pool in ("gpu", "cpu"):
             procs.start(f"worker-{pool}", [str(VENV_BIN / "prefect"), "worker", "start", "--pool", pool, "--type",
                                            "process", "--name", f"test-{pool}"], env)
-        os.environ.update({k: env[k] for k in ("PREFECT_API_URL", "PREFECT_LOCAL_STORAGE_PATH")})
-        yield {"api": api, "pg": pg, "procs": procs, "folder": folder, "started_in": time.time() - t0,
-               "deploy_output": deploy.stdout}
+        # This process's Prefect client must talk to this server, even when another test module's
+        # prefect_test_harness is active in the same session: settings, not only the environment.
+        from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: api, PREFECT_LOCAL_STORAGE_PATH: env["PREFECT_LOCAL_STORAGE_PATH"]}):
+            yield {"api": api, "pg": pg, "procs": procs, "folder": folder, "started_in": time.time() - t0,
+                   "deploy_output": deploy.stdout}
     finally:
         killed = procs.stop()
         pg.stop()
-        os.environ.pop("PREFECT_API_URL", None)
         assert not procs.group_alive(), f"processes left behind: {procs.group_alive()}"
         assert not pg.running(), "PostgreSQL still running"
         pg.remove()

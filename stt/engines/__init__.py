@@ -26,6 +26,14 @@ def get_engine(config: EngineConfig, generation: GenerationParams | None = None)
                 from stt.engines.transformers_engine import TransformersEngine
 
                 _ENGINES[key] = TransformersEngine(model, config, generation)
+            elif config.kind == "vllm-batch":
+                from stt.engines.vllm_batch import VLLMBatchEngine
+
+                _ENGINES[key] = VLLMBatchEngine(model, config, generation)
+            elif config.kind == "openai":
+                from stt.engines.openai_engine import OpenAIEngine
+
+                _ENGINES[key] = OpenAIEngine(model, config, generation)
             else:  # pragma: no cover - pydantic restricts kind
                 raise ConfigError(f"unknown engine kind '{config.kind}'")
         return _ENGINES[key]

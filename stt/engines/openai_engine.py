@@ -1,0 +1,171 @@
+"""Engine over OpenAI-compatible `/v1/completions` endpoints (`vllm serve`, llama.cpp's server, ...).
+
+Same interface as the other engines: a list of requests in, one completion per request out, in order,
+with token counts taken from the responses' `usage`. Requests go round-robin over the endpoints with
+a bounded number in flight; 429, 5xx, timeouts and refused connections are retried with exponential
+backoff, so a server restarting mid-run costs time, not the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from stt.config import EngineConfig, GenerationParams
+from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score
+from stt.engines.tokenizer import LocalTokenizer
+from stt.errors import ConfigError
+from stt.models import ResolvedModel
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class EndpointError(RuntimeError):
+    """An endpoint kept failing after every retry."""
+
+
+def base_urls(config: EngineConfig) -> list[str]:
+    urls = list(config.base_urls) or [u.strip() for u in os.environ.get("STT_OPENAI_BASE_URLS", "").split(",")
+                                      if u.strip()]
+    if not urls:
+        raise ConfigError("engine 'openai' needs an endpoint: set engine.base_urls or STT_OPENAI_BASE_URLS "
+                          "(e.g. http://127.0.0.1:8000/v1 from `vllm serve <model>`)")
+    return [u.rstrip("/") for u in urls]
+
+
+class OpenAIEngine(LocalTokenizer):
+    def __init__(self, model: ResolvedModel, config: EngineConfig, generation: GenerationParams | None = None):
+        self.resolved = model
+        self.model_id = model.model_id
+        self.weights_sha256 = model.weights_sha256  # the weights the server is told to serve (see README)
+        self.config = config
+        self.generation = generation or GenerationParams()
+        self.urls = base_urls(config)
+        self.stats = EngineStats()
+        self.retries = 0  # requests that needed another attempt (tests read it)
+        self._rr = itertools.cycle(range(len(self.urls)))
+        self._lock = threading.Lock()
+        self.served_model = config.served_model or self._first_model()
+        self.adapter = str(config.adapter) if config.adapter else None
+
+    # -- the interface ------------------------------------------------------------------------------
+    def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[Completion]:
+        t0 = time.perf_counter()
+        results = asyncio.run(self._all([self._body(r) for r in requests], progress))
+        out = []
+        for r, data in zip(requests, results, strict=True):
+            choice = data["choices"][0]
+            text = choice.get("text") or ""
+            cut = min((p for p in (text.find(s) for s in r.stop) if p >= 0), default=-1)
+            if cut >= 0:  # servers that honour `stop` never return it; the rest are cut here
+                text = text[:cut]
+            usage = data.get("usage") or {}
+            out.append(Completion(text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)),
+                                  "length" if choice.get("finish_reason") == "length" else "stop"))
+        self._count(len(out), sum(c.prompt_tokens for c in out), sum(c.completion_tokens for c in out), t0)
+        return out
+
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]], progress: ProgressFn | None = None) -> list[Score]:
+        """Scores from `echo` + `logprobs` with no new tokens (vLLM's completions endpoint supports it)."""
+        t0 = time.perf_counter()
+        bodies = [{"model": self.served_model, "prompt": c + x, "max_tokens": 1, "echo": True, "logprobs": 1,
+                   "temperature": 0.0} for c, x in pairs]
+        results = asyncio.run(self._all(bodies, progress))
+        scores = []
+        for (context, _), data in zip(pairs, results, strict=True):
+            lp = data["choices"][0].get("logprobs") or {}
+            offsets, token_lps, tops = lp.get("text_offset"), lp.get("token_logprobs"), lp.get("top_logprobs")
+            if not offsets or token_lps is None:
+                raise EndpointError("the endpoint returned no prompt logprobs (echo + logprobs): use vllm serve")
+            # Prompt tokens that start at or after the context's end belong to the continuation (the last
+            # entry is the one generated token, which is not part of it).
+            idx = [i for i, off in enumerate(offsets[:-1]) if off >= len(context)]
+            total = sum(token_lps[i] for i in idx)
+            greedy = all(tops and tops[i] and max(tops[i].values()) <= token_lps[i] + 1e-6 for i in idx)
+            scores.append(Score(float(total), len(idx), bool(greedy)))
+        self._count(len(scores), 0, 0, t0)
+        return scores
+
+    # -- transport ----------------------------------------------------------------------------------
+    def _body(self, r: Request) -> dict[str, Any]:
+        g = self.generation
+        body: dict[str, Any] = {"model": self.adapter_name or self.served_model, "prompt": r.prompt,
+                                "max_tokens": r.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p,
+                                "seed": g.seed}
+        if r.stop:
+            body["stop"] = list(r.stop)
+        return body
+
+    @property
+    def adapter_name(self) -> str | None:
+        # `vllm serve --enable-lora --lora-modules <name>=<path>`: the adapter is addressed by its name.
+        return os.path.basename(self.adapter.rstrip("/")) if self.adapter else None
+
+    def _first_model(self) -> str:
+        last: Exception | None = None
+        for url in self.urls:
+            try:
+                r = httpx.get(f"{url}/models", timeout=30)
+                r.raise_for_status()
+                return r.json()["data"][0]["id"]
+            except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+                last = exc
+        raise ConfigError(f"no OpenAI-compatible endpoint answers at {', '.join(self.urls)} ({last}); "
+                          "start `vllm serve <model>` or set engine.base_urls")
+
+    async def _all(self, bodies: list[dict[str, Any]], progress: ProgressFn | None) -> list[dict[str, Any]]:
+        sem = asyncio.Semaphore(self.config.concurrency)
+        done = 0
+        limits = httpx.Limits(max_connections=self.config.concurrency)
+        async with httpx.AsyncClient(timeout=self.config.timeout_s, limits=limits) as client:
+            async def one(body: dict[str, Any]) -> dict[str, Any]:
+                nonlocal done
+                async with sem:
+                    data = await self._post(client, body)
+                done += 1
+                if progress:
+                    progress(done, len(bodies))
+                return data
+
+            return await asyncio.gather(*(one(b) for b in bodies))
+
+    async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+        delay = 0.5
+        for attempt in range(self.config.max_retries + 1):
+            with self._lock:
+                url = self.urls[next(self._rr)]
+            try:
+                r = await client.post(f"{url}/completions", json=body)
+                if r.status_code not in RETRY_STATUS:
+                    if r.status_code >= 400:
+                        raise EndpointError(f"{url}/completions answered {r.status_code}: {r.text[:300]}")
+                    return r.json()
+                why = f"HTTP {r.status_code}"
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            if attempt == self.config.max_retries:
+                raise EndpointError(f"{url}/completions failed {attempt + 1} times, last: {why}")
+            self.retries += 1
+            log.warning("%s/completions: %s; retry %d/%d in %.1fs", url, why, attempt + 1, self.config.max_retries,
+                        delay)
+            await asyncio.sleep(delay * (1 + random.random() / 4))
+            delay = min(delay * 2, 30)
+        raise AssertionError("unreachable")
+
+    def _count(self, n: int, prompt_tokens: int, completion_tokens: int, t0: float) -> None:
+        self.stats.calls += 1
+        self.stats.requests += n
+        self.stats.prompt_tokens += prompt_tokens
+        self.stats.completion_tokens += completion_tokens
+        self.stats.seconds += time.perf_counter() - t0

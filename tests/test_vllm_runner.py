@@ -1,0 +1,65 @@
+"""The vLLM batch runner's contract (Parquet in -> subprocess -> Parquet out), run with the CPU engine.
+
+The runner is the same file the vLLM environment executes; `--backend transformers` swaps only the
+generation call, so the files, the subprocess and the error reporting are what a GPU run goes through.
+"""
+
+import sys
+
+import pytest
+
+from stt.config import EngineConfig, PromptConfig
+from stt.engines import Request, get_engine
+from stt.engines.vllm_batch import RunnerError, VLLMBatchEngine
+from stt.errors import ConfigError
+from stt.models import resolve_model
+from stt.prompts import build_prompt_builder
+
+from .conftest import DATA
+
+pytestmark = pytest.mark.model
+
+SOURCES = ["Weng earns $12 an hour for babysitting.", "How much did she earn?"]
+
+
+def _runner_engine(model: str = "gemma3-270m") -> VLLMBatchEngine:
+    config = EngineConfig(kind="vllm-batch", model="gemma3-270m", vllm_python=sys.executable, batch_size=4)
+    engine = VLLMBatchEngine(resolve_model("gemma3-270m"), config, backend="transformers")
+    engine.model_path = model
+    return engine
+
+
+def test_runner_gives_the_same_completions_as_the_engine_in_process():
+    builder = build_prompt_builder("de", PromptConfig(), DATA)
+    requests = [Request(builder.completion_prompt(s), 24, ("\n",)) for s in SOURCES]
+    via_runner = _runner_engine().generate(requests)
+    direct = get_engine(EngineConfig(batch_size=4)).generate(requests)
+    assert [c.text for c in via_runner] == [c.text for c in direct]
+    assert [c.completion_tokens for c in via_runner] == [c.completion_tokens for c in direct]
+    assert all(c.prompt_tokens > 500 and c.finish_reason in ("stop", "length") for c in via_runner)
+
+
+def test_runner_scores_continuations():
+    pairs = [("The capital of France is", " Paris"), ("The capital of France is", " banana")]
+    scores = _runner_engine().loglikelihood(pairs)
+    direct = get_engine(EngineConfig(batch_size=4, reuse_prefix_cache=False)).loglikelihood(pairs)
+    assert scores[0].logprob > scores[1].logprob
+    assert [round(s.logprob, 3) for s in scores] == [round(s.logprob, 3) for s in direct]
+
+
+def test_runner_errors_surface_with_the_runners_message():
+    with pytest.raises(RunnerError, match=r"vLLM batch runner failed \(exit 1\): ConfigError: unknown model "
+                                          r"'no-such-model'"):
+        _runner_engine("no-such-model").generate([Request("Hello", 4, ())])
+
+
+def test_missing_vllm_environment_is_one_clear_error(monkeypatch):
+    monkeypatch.delenv("STT_VLLM_PYTHON", raising=False)
+    with pytest.raises(ConfigError, match="engine 'vllm-batch' needs the vLLM environment: run "
+                                          "scripts/setup-vllm.sh"):
+        get_engine(EngineConfig(kind="vllm-batch"))
+    with pytest.raises(ConfigError, match="vLLM python '/nowhere/python' not found"):
+        get_engine(EngineConfig(kind="vllm-batch", vllm_python="/nowhere/python"))
+    monkeypatch.delenv("STT_OPENAI_BASE_URLS", raising=False)
+    with pytest.raises(ConfigError, match="engine 'openai' needs an endpoint"):
+        get_engine(EngineConfig(kind="openai"))
