@@ -4,8 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# pip's own failures fail the script; the machine's harmless "location is ignored" warnings are hidden.
+pip_quiet() { .venv/bin/pip install -q "$@" 2>&1 | { grep -v "is ignored" || true; }; }
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-.venv/bin/pip install -q -c constraints/cpu.txt torch 2>&1 | grep -v "is ignored" || true
-.venv/bin/pip install -q -c constraints/cpu.txt -e ".[dev]" 2>&1 | grep -v "is ignored" || true
+pip_quiet --upgrade pip
+pip_quiet -c constraints/cpu.txt torch
+# llama-cpp-python (dev extra: the test endpoint) compiles llama.cpp once (pip caches the wheel). A portable
+# AVX2 build: the default native build crashed in libggml-cpu (AVX-512/AMX paths) on this machine type.
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF}"
+pip_quiet -c constraints/cpu.txt -e ".[dev]"
 .venv/bin/python -c "import stt, torch, prefect, transformers; print('stt ready: torch', torch.__version__, '| prefect', prefect.__version__, '| transformers', transformers.__version__)"

@@ -25,6 +25,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# Model load and generation times of this run, written to the output's metadata (benchmarks read them).
+TIMES: dict[str, float] = {}
+
 OUT_SCHEMA = pa.schema([
     ("text", pa.string()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
     ("finish_reason", pa.string()), ("logprob", pa.float64()), ("score_tokens", pa.int64()),
@@ -36,6 +39,7 @@ def run_vllm(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[
     from vllm import LLM, SamplingParams
 
     loras = sorted({r["lora"] for r in rows if r.get("lora")})
+    t_load = time.perf_counter()
     llm = LLM(
         model=settings["model"], tokenizer=settings.get("tokenizer") or settings["model"],
         dtype=settings.get("dtype", "auto"), tensor_parallel_size=settings.get("tensor_parallel_size", 1),
@@ -45,6 +49,8 @@ def run_vllm(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[
         enable_lora=bool(loras), max_lora_rank=settings.get("max_lora_rank", 64), max_loras=max(1, len(loras)),
         seed=settings.get("seed", 0),
     )
+    TIMES["load_seconds"] = time.perf_counter() - t_load
+    t_gen = time.perf_counter()
     lora_requests: dict[str, Any] = {}
     if loras:
         from vllm.lora.request import LoRARequest
@@ -84,6 +90,7 @@ def run_vllm(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[
                 greedy &= lp.rank == 1
             out[i] = {"text": "", "prompt_tokens": len(ids), "completion_tokens": 0, "finish_reason": "score",
                       "logprob": total, "score_tokens": len(ids) - n_ctx, "is_greedy": greedy}
+    TIMES["generate_seconds"] = time.perf_counter() - t_gen
     return [o for o in out if o is not None]
 
 
@@ -131,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         out = (run_vllm if args.backend == "vllm" else run_transformers)(rows, settings)
         if len(out) != len(rows):
             raise RuntimeError(f"{len(out)} results for {len(rows)} requests")
-        table = pa.Table.from_pylist(out, schema=OUT_SCHEMA).replace_schema_metadata(
-            {"stt.seconds": f"{time.perf_counter() - t0:.3f}", "stt.backend": args.backend})
+        meta = {"stt.seconds": f"{time.perf_counter() - t0:.3f}", "stt.backend": args.backend}
+        meta.update({f"stt.{k}": f"{v:.3f}" for k, v in TIMES.items()})
+        table = pa.Table.from_pylist(out, schema=OUT_SCHEMA).replace_schema_metadata(meta)
         tmp = args.output + ".tmp"
         pq.write_table(table, tmp)
         os.replace(tmp, args.output)

@@ -87,7 +87,7 @@ class Processes:
         self.folder = folder
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
-    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append((name, proc))
@@ -123,12 +123,12 @@ class Processes:
         return alive
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120, path: str = "/health") -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
-        with suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+        with suppress(OSError), urllib.request.urlopen(f"{url}{path}", timeout=2) as r:
             if r.status == 200:
                 return
         time.sleep(1)

@@ -16,6 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -57,7 +58,10 @@ class OpenAIEngine(LocalTokenizer):
         self._rr = itertools.cycle(range(len(self.urls)))
         self._lock = threading.Lock()
         self.served_model = config.served_model or self._first_model()
-        self.adapter = str(config.adapter) if config.adapter else None
+        # Absolute: the server resolves it (docker-compose mounts the runs volume at the same path).
+        self.adapter = str(Path(config.adapter).resolve()) if config.adapter else None
+        if self.adapter:
+            self._ensure_adapter()
 
     # -- the interface ------------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[Completion]:
@@ -109,8 +113,29 @@ class OpenAIEngine(LocalTokenizer):
 
     @property
     def adapter_name(self) -> str | None:
-        # `vllm serve --enable-lora --lora-modules <name>=<path>`: the adapter is addressed by its name.
-        return os.path.basename(self.adapter.rstrip("/")) if self.adapter else None
+        """The name the server knows the adapter by: folder name + weights hash (unique across runs)."""
+        if not self.adapter:
+            return None
+        from stt.models import file_sha256
+
+        digest = file_sha256(Path(self.adapter) / "adapter_model.safetensors")[:10]
+        return f"{Path(self.adapter).name}-{digest}"
+
+    def _ensure_adapter(self) -> None:
+        """Load the adapter into the server by name unless it is there (`vllm serve --enable-lora` with
+        VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; the path must be the same on the server, e.g. a shared volume)."""
+        name = self.adapter_name
+        for url in self.urls:
+            models = {m["id"] for m in httpx.get(f"{url}/models", timeout=30).json().get("data", [])}
+            if name in models:
+                continue
+            r = httpx.post(f"{url}/load_lora_adapter", json={"lora_name": name, "lora_path": self.adapter},
+                           timeout=300)
+            if r.status_code >= 400:
+                raise ConfigError(
+                    f"{url} cannot load LoRA adapter {self.adapter} ({r.status_code}: {r.text[:200]}): start "
+                    f"`vllm serve --enable-lora` with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, or pass "
+                    f"--lora-modules {name}={self.adapter}")
 
     def _first_model(self) -> str:
         last: Exception | None = None

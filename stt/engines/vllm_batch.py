@@ -64,7 +64,8 @@ class VLLMBatchEngine(LocalTokenizer):
         self.model_path = str(hf_folder(model)) if backend == "vllm" else model.model_id
         self.adapter = str(config.adapter) if config.adapter else ""
         self.stats = EngineStats()
-        self.last_runner_seconds = 0.0
+        self.last_runner_seconds = 0.0  # the whole subprocess, start to exit
+        self.last_timings: dict[str, float] = {}  # the runner's own: seconds, load_seconds, generate_seconds
 
     def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[Completion]:
         rows = [{"prompt": r.prompt, "max_tokens": r.max_new_tokens, "stop": list(r.stop), "kind": "generate",
@@ -120,7 +121,11 @@ class VLLMBatchEngine(LocalTokenizer):
                 message = lines[-1].removeprefix("stt-runner-error:").strip() if lines else \
                     (done.stderr.strip().splitlines() or ["(no output)"])[-1]
                 raise RunnerError(f"vLLM batch runner failed (exit {done.returncode}): {message}")
-            return pq.read_table(out).to_pylist()
+            table = pq.read_table(out)
+            meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+            self.last_timings = {k.removeprefix("stt."): float(v) for k, v in meta.items()
+                                 if k.endswith("seconds")}
+            return table.to_pylist()
 
     def _count(self, completions: list[Completion], t0: float) -> None:
         self.stats.calls += 1

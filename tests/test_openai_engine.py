@@ -1,0 +1,112 @@
+"""The endpoint engine against a real OpenAI-compatible server: llama-cpp-python's, serving the Gemma GGUF.
+
+The server runs on loopback, started and stopped here; the retry test stops it mid-run and starts
+it again, and the run still completes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import threading
+import time
+
+import pandas as pd
+import pytest
+
+from stt.config import EngineConfig, GenerationParams, PromptConfig, TranslateConfig
+from stt.engines import Request
+from stt.engines.openai_engine import OpenAIEngine
+from stt.models import resolve_model
+from stt.prompts import build_prompt_builder
+from stt.translate import run_translate
+
+from .conftest import DATA
+from .services import Processes, free_port, wait_healthy
+
+pytestmark = [pytest.mark.model, pytest.mark.services]
+
+
+class LlamaServer:
+    def __init__(self, folder):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.procs = Processes(folder)
+        self.gguf = str(resolve_model("gemma3-270m").path)
+        self.proc = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        self.proc = self.procs.start(f"llama-{self.starts}", [
+            sys.executable, "-m", "llama_cpp.server", "--model", self.gguf, "--host", "127.0.0.1",
+            "--port", str(self.port), "--n_ctx", "4096", "--n_threads", "2", "--model_alias", "gemma3-270m"],
+            env=None)
+        wait_healthy(self.url, self.proc, timeout=120, path="/models")
+
+    def stop(self) -> None:
+        self.procs.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.fail("llama-cpp-python[server] is not installed (the dev extra installs it)")
+    s = LlamaServer(tmp_path_factory.mktemp("llama"))
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+        assert not s.procs.group_alive()
+
+
+def _engine(server, **kw) -> OpenAIEngine:
+    config = EngineConfig(kind="openai", model="gemma3-270m", base_urls=(server.url,), **kw)
+    return OpenAIEngine(resolve_model("gemma3-270m"), config, GenerationParams())
+
+
+def test_generates_with_token_counts_from_the_server(server):
+    builder = build_prompt_builder("de", PromptConfig(), DATA)
+    engine = _engine(server, concurrency=2)
+    assert engine.served_model == "gemma3-270m"
+    outs = engine.generate([Request(builder.completion_prompt(s), 24, ("\n",)) for s in
+                            ("Weng earns $12 an hour for babysitting.", "How much did she earn?")])
+    assert all(o.text and "\n" not in o.text for o in outs)
+    assert all(o.prompt_tokens > 500 and 0 < o.completion_tokens <= 24 for o in outs)  # from `usage`
+    assert "Weng" in outs[0].text
+    assert engine.count_tokens("How much did she earn?") == 6  # the model's own tokenizer
+
+
+def test_translate_stage_runs_on_the_endpoint(server, tmp_path):
+    config = TranslateConfig(task="gsm8k", languages=("de",), limit=1, out_dir=tmp_path / "out",
+                             engine=EngineConfig(kind="openai", model="gemma3-270m", base_urls=(server.url,)),
+                             generation=GenerationParams(max_new_tokens_cap=40))
+    out = run_translate(config)
+    rows = pd.read_parquet(out / "_raw")
+    assert len(rows) >= 3 and (rows.loc[rows["translate"], "completion_tokens"] > 0).all()
+    accepted = list(out.glob("de-*.parquet"))
+    rejects = list((out / "_rejects").glob("*.parquet"))
+    assert len(accepted) + len(rejects) == 1  # the one example is either accepted or set aside with a reason
+
+
+def test_retries_ride_out_a_server_restart(server):
+    engine = _engine(server, concurrency=1, max_retries=10, timeout_s=30)
+    requests = [Request(f"Count to three: one, two,{' ' * i}", 6, ()) for i in range(8)]
+    first_done = threading.Event()
+
+    def progress(done: int, total: int) -> None:
+        if done == 1:
+            first_done.set()
+
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.setdefault("outs", engine.generate(requests, progress)))
+    worker.start()
+    assert first_done.wait(120)
+    server.stop()  # mid-run: the next requests are refused
+    time.sleep(3)
+    server.start()
+    worker.join(300)
+    assert not worker.is_alive()
+    assert len(result["outs"]) == 8 and all(o.completion_tokens > 0 for o in result["outs"])
+    assert engine.retries > 0
