@@ -87,8 +87,12 @@ def plot(df: pd.DataFrame, path: Path) -> Path:
 
 
 def _markdown_table(df: pd.DataFrame) -> str:
-    shown = df.astype(object).where(df.notna(), "-")  # a model not run for a language shows "-", not nan
-    return shown.to_markdown(index=False, floatfmt=".2f")
+    def cell(v: object) -> object:
+        if isinstance(v, float):
+            return "-" if v != v else f"{v:.2f}"  # a model not run for a language shows "-", not nan
+        return v
+
+    return df.map(cell).to_markdown(index=False, disable_numparse=True)
 
 
 def markdown(df: pd.DataFrame, config: dict[str, Any], notes: list[str]) -> str:
