@@ -19,12 +19,10 @@ def _tokenizer(folder: str) -> Any:
     return AutoTokenizer.from_pretrained(folder)
 
 
-class LocalTokenizer:
-    resolved: ResolvedModel
+class TokenizerMethods:
+    """Token counting and chat templates for any engine with a Hugging Face `tokenizer`."""
 
-    @property
-    def tokenizer(self) -> Any:
-        return _tokenizer(str(hf_folder(self.resolved)))
+    tokenizer: Any
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -35,3 +33,13 @@ class LocalTokenizer:
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+class LocalTokenizer(TokenizerMethods):
+    """For engines whose model runs elsewhere: the tokenizer of the same weights, loaded here."""
+
+    resolved: ResolvedModel
+
+    @property
+    def tokenizer(self) -> Any:
+        return _tokenizer(str(hf_folder(self.resolved)))

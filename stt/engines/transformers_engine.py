@@ -19,6 +19,7 @@ import torch
 
 from stt.config import EngineConfig, GenerationParams
 from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score
+from stt.engines.tokenizer import TokenizerMethods
 from stt.models import ResolvedModel, hf_folder
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-class TransformersEngine:
+class TransformersEngine(TokenizerMethods):
     def __init__(self, model: ResolvedModel, config: EngineConfig, generation: GenerationParams | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -62,17 +63,6 @@ class TransformersEngine:
         self.batch_size = config.batch_size
         self._prefix_cache: tuple[str, list[int], object] | None = None
         log.info("loaded %s from %s on %s in %.1fs", self.model_id, folder, self.device, time.perf_counter() - t0)
-
-    # -- helpers the prompt builder uses -------------------------------------------------------
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    @property
-    def chat_template(self) -> str | None:
-        return getattr(self.tokenizer, "chat_template", None)
-
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     # -- generation ------------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[Completion]:
