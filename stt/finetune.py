@@ -90,6 +90,8 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
+    # transformers 5 warns about its own deprecated attribute when peft wraps the model: not actionable here.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     set_folder, out_folder = Path(set_folder), Path(out_folder)
     set_info = _set_info(set_folder)
     model = resolve_model(model_name)
@@ -151,8 +153,6 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
                               "loss": float(logs["loss"]), "learning_rate": float(logs.get("learning_rate", 0))})
                 log.info("step %d/%d loss %.4f", state.global_step, state.max_steps, logs["loss"])
 
-    # transformers 5 warns about its own deprecated attribute on every Trainer start: not actionable here.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     trainer = Trainer(model=peft_model, args=args, train_dataset=features,
                       data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[Record()])
     checkpoints = sorted((out_folder / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))

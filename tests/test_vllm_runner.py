@@ -63,3 +63,31 @@ def test_missing_vllm_environment_is_one_clear_error(monkeypatch):
     monkeypatch.delenv("STT_OPENAI_BASE_URLS", raising=False)
     with pytest.raises(ConfigError, match="engine 'openai' needs an endpoint"):
         get_engine(EngineConfig(kind="openai"))
+
+
+def test_runner_applies_a_lora_adapter_like_the_engine_in_process(tmp_path):
+    """LoRA evaluation through the runner: the adapter path travels in the Parquet, per request."""
+    import pyarrow as pa
+
+    from stt.config import TrainConfig
+    from stt.finetune import finetune
+    from stt.shards import write_parquet_atomic
+    from stt.stages import mark_done
+    from stt.trainsets import SET_SCHEMA
+
+    rows = [{"id": f"x:{i}", "source_id": f"x:{i}", "language": "en", "variant": "english",
+             "prompt": f"Question: What is {i} plus {i}?\nAnswer:", "target": f" {2 * i}", "fields": "{}"}
+            for i in range(4)]
+    write_parquet_atomic(pa.Table.from_pylist(rows, schema=SET_SCHEMA), tmp_path / "set" / "data.parquet")
+    mark_done(tmp_path / "set", "test-set", ["data.parquet"])
+    # A large learning rate so that one step visibly changes what the model writes.
+    finetune("gemma3-270m", tmp_path / "set", tmp_path / "adapter",
+             TrainConfig(rank=4, alpha=8, max_steps=1, batch_size=4, max_length=48, learning_rate=0.05))
+    requests = [Request("Question: What is 3 plus 3?\nAnswer:", 8, ("\n",))]
+    engine = _runner_engine()
+    engine.adapter = str(tmp_path / "adapter")
+    via_runner = engine.generate(requests)
+    direct = get_engine(EngineConfig(adapter=tmp_path / "adapter", reuse_prefix_cache=False)).generate(requests)
+    base = get_engine(EngineConfig(reuse_prefix_cache=False)).generate(requests)
+    assert [c.text for c in via_runner] == [c.text for c in direct]
+    assert via_runner[0].text != base[0].text  # the adapter was applied, not ignored
