@@ -21,6 +21,8 @@ from .services import ROOT, VENV_BIN, Postgres, Processes, free_port, pg_bin, wa
 
 pytestmark = [pytest.mark.model, pytest.mark.services]
 
+AUTH = "stt-test:not-a-secret"
+
 TINY = {
     "tasks": ["gsm8k"], "languages": ["de"], "limit": 3, "shard_size": 3,
     "engine": {"model": "gemma3-270m", "batch_size": 4}, "generation": {"max_new_tokens_cap": 40},
@@ -40,6 +42,7 @@ def stack(tmp_path_factory):
     env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(folder / "prefect-home"),
            "PREFECT_LOCAL_STORAGE_PATH": str(folder / "results"),  # shared by workers and this test: results
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "STT_PROJECT_DIR": str(ROOT),
+           "PREFECT_API_AUTH_STRING": AUTH,  # basic auth on, as in docker-compose.yml
            "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
     env.pop("PREFECT_API_KEY", None)
     try:
@@ -50,6 +53,7 @@ def stack(tmp_path_factory):
                                         "--port", port], {
             **env, "PREFECT_API_DATABASE_CONNECTION_URL": db_url,
             "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
+            "PREFECT_SERVER_API_AUTH_STRING": AUTH,
             "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"})
         wait_healthy(api, server)
         deploy = subprocess.run(["bash", "scripts/deploy.sh"], cwd=ROOT, env={**env, "PREFECT": str(VENV_BIN /
@@ -60,9 +64,15 @@ def stack(tmp_path_factory):
                                            "process", "--name", f"test-{pool}"], env)
         # This process's Prefect client must talk to this server, even when another test module's
         # prefect_test_harness is active in the same session: settings, not only the environment.
-        from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+        from prefect.settings import (
+            PREFECT_API_AUTH_STRING,
+            PREFECT_API_URL,
+            PREFECT_LOCAL_STORAGE_PATH,
+            temporary_settings,
+        )
 
-        with temporary_settings({PREFECT_API_URL: api, PREFECT_LOCAL_STORAGE_PATH: env["PREFECT_LOCAL_STORAGE_PATH"]}):
+        with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: AUTH,
+                                 PREFECT_LOCAL_STORAGE_PATH: env["PREFECT_LOCAL_STORAGE_PATH"]}):
             yield {"api": api, "pg": pg, "procs": procs, "folder": folder, "started_in": time.time() - t0,
                    "deploy_output": deploy.stdout}
     finally:
@@ -86,6 +96,16 @@ def _runs_of(deployment_name: str, flow_name: str):
     with _client() as client:
         return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
                                      deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment_name])))
+
+
+def test_the_api_requires_the_auth_string(stack):
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{stack['api']}/flows/filter", data=b"{}", timeout=10)
+    assert refused.value.code == 401
+    assert urllib.request.urlopen(f"{stack['api']}/health", timeout=10).status == 200  # probes stay open
 
 
 def test_deployments_are_registered(stack):
