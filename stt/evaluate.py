@@ -43,12 +43,15 @@ def adapter_fingerprint(adapter: Path | None) -> str | None:
 def evaluate_key(task: str, language: str, engine_config: EngineConfig, config: EvalConfig, data_dir: Path) -> str:
     """What the predictions depend on: weights, adapter, test items, template, evaluation settings."""
     items = load_test_set(task, data_dir, language, config.limit, config.xnli_split)
+    return _key(task, language, resolve_model(engine_config.model).weights_sha256,
+                adapter_fingerprint(engine_config.adapter), stages.stage_key(items=items), config)
+
+
+def _key(task: str, language: str, weights: str, adapter_sha: str | None, data_sha: str, config: EvalConfig) -> str:
     # Batch size changes speed, not what is scored; the rest changes the predictions.
     settings = config.model_dump(mode="json", exclude={"batch_size", "include_english", "quality_limit"})
-    return stages.stage_key(stage="evaluate", task=task, language=language,
-                            weights=resolve_model(engine_config.model).weights_sha256,
-                            adapter=adapter_fingerprint(engine_config.adapter), data=stages.stage_key(items=items),
-                            template=TEMPLATE_VERSION, config=settings)
+    return stages.stage_key(stage="evaluate", task=task, language=language, weights=weights, adapter=adapter_sha,
+                            data=data_sha, template=TEMPLATE_VERSION, config=settings)
 
 
 def _rows_math(engine: Any, items: list[dict], config: EvalConfig) -> list[dict[str, Any]]:
@@ -119,7 +122,7 @@ def evaluate(task: str, language: str, engine_config: EngineConfig, config: Eval
     model = resolve_model(engine_config.model)
     adapter_sha = adapter_fingerprint(engine_config.adapter)
     data_sha = stages.stage_key(items=items)
-    key = evaluate_key(task, language, engine_config, config, data_dir)
+    key = _key(task, language, model.weights_sha256, adapter_sha, data_sha, config)
     out_folder = Path(out_folder)
     done = stages.read_done(out_folder, key)
     if done:

@@ -20,7 +20,7 @@ from stt.config import EngineConfig, GenerationParams, PromptConfig
 from stt.engines import Request, get_engine
 from stt.metrics import translation_scores
 from stt.models import resolve_model
-from stt.prompts import build_prompt_builder
+from stt.prompts import PromptBuilder, build_prompt_builder
 from stt.testsets import load_test_set
 from stt.validate import clean_completion
 
@@ -47,12 +47,16 @@ def reference_pairs(task: str, data_dir: Path, language: str, limit: int | None)
 
 def quality_key(task: str, language: str, engine_config: EngineConfig, generation: GenerationParams,
                 prompt: PromptConfig, data_dir: Path, limit: int | None) -> str:
-    builder = build_prompt_builder(language, prompt, data_dir)
-    return stages.stage_key(stage="quality", task=task, language=language,
-                            weights=resolve_model(engine_config.model).weights_sha256,
+    return _key(task, language, resolve_model(engine_config.model).weights_sha256,
+                build_prompt_builder(language, prompt, data_dir), generation,
+                reference_pairs(task, data_dir, language, limit))
+
+
+def _key(task: str, language: str, weights: str, builder: PromptBuilder, generation: GenerationParams,
+         pairs: list[dict[str, str]]) -> str:
+    return stages.stage_key(stage="quality", task=task, language=language, weights=weights,
                             prefix=builder.completion_prompt(""), prompt_version=builder.version,
-                            generation=generation.model_dump(mode="json"),
-                            data=reference_pairs(task, data_dir, language, limit))
+                            generation=generation.model_dump(mode="json"), data=pairs)
 
 
 def translation_quality(task: str, language: str, engine_config: EngineConfig, generation: GenerationParams,
@@ -63,7 +67,7 @@ def translation_quality(task: str, language: str, engine_config: EngineConfig, g
     builder = build_prompt_builder(language, prompt, data_dir)
     pairs = reference_pairs(task, data_dir, language, limit)
     model = resolve_model(engine_config.model)
-    key = quality_key(task, language, engine_config, generation, prompt, data_dir, limit)
+    key = _key(task, language, model.weights_sha256, builder, generation, pairs)
     out_folder = Path(out_folder)
     done = stages.read_done(out_folder, key)
     if done:
