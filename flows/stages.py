@@ -25,6 +25,7 @@ from prefect.events import emit_event
 from flows.translate import translate
 from stt import pipeline
 from stt.config import RunConfig
+from stt.trainsets import training_source
 from tasks import pipeline as t
 
 
@@ -54,11 +55,13 @@ def build_sets(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
     for task in config.tasks:
         plan = pipeline.plan_task(config, task)
         built[task] = []
+        source = training_source(config.translate_config(task))
         for s in plan.sets:
             opts = t.build_dataset_options(task, s.kind, s.language, plan.translate_dir, plan.set_dir(s.name),
-                                           config.build)
+                                           config.build, source)
             built[task].append(t.build_dataset.with_options(**opts)(
-                task, s.name, s.kind, s.language, str(plan.translate_dir), str(plan.root / "sets"), config.build))
+                task, s.name, s.kind, s.language, str(plan.translate_dir), str(plan.root / "sets"), config.build,
+                str(source) if source else None))
     _announce("stt.sets.built", config, sets={k: [b["folder"] for b in v] for k, v in built.items()})
     return {"sets": built}
 
@@ -70,11 +73,12 @@ def finetune(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
     for task in config.tasks:
         plan = pipeline.plan_task(config, task)
         adapters[task] = []
-        for s in plan.sets:
-            opts = t.finetune_options(config.engine.model, plan.set_dir(s.name), plan.adapter_dir(s.name),
-                                      config.train)
+        for a in plan.adapters:
+            # Submitted in plan order: an equal-steps adapter reads the step count of one trained before it.
+            train = pipeline.adapter_train_config(config, plan, a)
+            opts = t.finetune_options(config.engine.model, plan.set_dir(a.set_name), plan.adapter_dir(a.name), train)
             adapters[task].append(t.finetune.with_options(**opts)(
-                config.engine.model, s.name, str(plan.set_dir(s.name)), str(plan.adapter_dir(s.name)), config.train,
+                config.engine.model, a.name, str(plan.set_dir(a.set_name)), str(plan.adapter_dir(a.name)), train,
                 config.engine.device))
     _announce("stt.finetune.completed", config, adapters={k: [a["folder"] for a in v] for k, v in adapters.items()})
     return {"adapters": adapters}
@@ -95,6 +99,13 @@ def evaluate_stage(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: 
                 str(plan.quality_dir(lang)), config.eval.quality_limit))
         for job in plan.evals:
             engine = pipeline.eval_engine(config, plan, job)
+            if job.translate_test:
+                translator = pipeline.translator_engine(config)
+                args = (task, job.language, translator, engine, config.eval, config.generation, config.prompt)
+                opts = t.translate_test_options(*args, data_dir, plan.eval_dir(job))
+                evaluations.append(t.translate_test.with_options(**opts)(*args, str(data_dir),
+                                                                         str(plan.eval_dir(job))))
+                continue
             opts = t.evaluate_options(task, job.language, engine, config.eval, data_dir, plan.eval_dir(job))
             evaluations.append(t.evaluate.with_options(**opts)(
                 task, job.language, engine, config.eval, str(data_dir), str(plan.eval_dir(job)), job.model))

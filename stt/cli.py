@@ -198,7 +198,9 @@ def evaluate_cmd(
             from stt.evaluate import evaluate
 
             results = [evaluate(task, lang, engine, cfg, data, out / f"{name}-{lang}", name) for lang in langs]
-    _print_table([{"model": r["model"], "task": r["task"], "language": r["language"], **r["scores"],
+    hidden = {"ci_level", "bootstrap_resamples", "bootstrap_seed"}
+    _print_table([{"model": r["model"], "task": r["task"], "language": r["language"],
+                   **{k: v for k, v in r["scores"].items() if k not in hidden},
                    "predictions": str(Path(r["folder"]) / "predictions.parquet")} for r in results])
 
 

@@ -93,6 +93,15 @@ class TranslateConfig(BaseModel):
     def resolved_data_dir(self) -> Path:
         return resolve_data_dir(self.data_dir)
 
+    def resolved_input(self) -> Path | None:
+        """The training file: as given, or relative to the data directory (`xnli/xtreme_dev-en.tsv`)."""
+        if self.input_path is None:
+            return None
+        path = Path(self.input_path).expanduser()
+        if not path.is_absolute() and not path.exists() and (self.resolved_data_dir() / path).exists():
+            return self.resolved_data_dir() / path
+        return path
+
     def digest(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
@@ -118,7 +127,7 @@ def stable_json(obj: object) -> str:
 
 # --- the whole method: translate -> build sets -> fine-tune -> evaluate -> report -----------------------
 
-SetKind = Literal["english", "self-translate-train", "code-switch"]
+SetKind = Literal["english", "self-translate-train", "code-switch", "human-translate-train"]
 
 
 class BuildConfig(BaseModel):
@@ -162,6 +171,25 @@ class EvalConfig(BaseModel):
     max_new_tokens_qa: int = Field(32, ge=1)
     xnli_split: Literal["dev", "test"] = "test"
     quality_limit: int | None = Field(32, ge=1)  # human-translated items scored for translation quality (chrF)
+    # Uncertainty: 95% bootstrap intervals over test items (paired for gains); recorded with every score.
+    bootstrap_resamples: int = Field(10_000, ge=100)
+    bootstrap_seed: int = 0
+
+
+class ControlsConfig(BaseModel):
+    """Baselines that make the gain mean what it says; each is a column of the table when enabled."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # English-only adapter trained for as many optimizer steps as each language's Self-Translate-Train adapter:
+    # separates the gain from "more training".
+    equal_steps: bool = True
+    # English + human translations of the same training items (an upper bound); needs them to exist:
+    # NLI trained on XNLI English dev (its human translations), QA on XQuAD (its human translations).
+    human_translate_train: bool = False
+    # The model translates each test input into English (same few-shot prompt, reversed) and the English
+    # adapter answers (Etxaniz et al. 2023). Math and NLI.
+    translate_test: bool = False
 
 
 class RunConfig(BaseModel):
@@ -183,6 +211,7 @@ class RunConfig(BaseModel):
     build: BuildConfig = BuildConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    controls: ControlsConfig = ControlsConfig()
 
     @field_validator("languages", "tasks", mode="before")
     @classmethod

@@ -17,10 +17,20 @@ import pyarrow as pa
 
 from stt import shards, stages
 from stt.config import EngineConfig, EvalConfig
-from stt.engines import Request, get_engine
-from stt.errors import ConfigError
-from stt.metrics import best_over_golds, extract_final_number, math_correct, squad_exact_match, squad_f1
+from stt.engines import Request, engine_signature, get_engine
+from stt.engines.tokenizer import SPLIT_VERSION
+from stt.errors import ConfigError, DataError
+from stt.metrics import (
+    CHAR_LEVEL,
+    best_over_golds,
+    char_f1,
+    extract_final_number,
+    math_correct,
+    squad_exact_match,
+    squad_f1,
+)
 from stt.models import file_sha256, resolve_model
+from stt.stats import RESAMPLES, SEED, bootstrap_ci
 from stt.templates import NLI_LABELS, TEMPLATE_VERSION, math_prompt, nli_prompt, qa_prompt
 from stt.testsets import TEST_SETS, load_test_set
 
@@ -29,6 +39,9 @@ log = logging.getLogger(__name__)
 METRICS = {"gsm8k": "accuracy", "squad": "f1", "mnli": "accuracy"}
 # Base models run on past the answer into a new "Question:"; fine-tuned ones stop at EOS.
 MATH_STOPS = ("\nQuestion:", "\n\n")
+QA_STOPS = ("\n",)
+# Changes to how predictions are made or read that are not in a config: part of the evaluation key.
+SCORING_VERSION = f"eval-v2/{SPLIT_VERSION}"
 
 
 def adapter_fingerprint(adapter: Path | None) -> str | None:
@@ -40,114 +53,157 @@ def adapter_fingerprint(adapter: Path | None) -> str | None:
     return file_sha256(weights)
 
 
-def evaluate_key(task: str, language: str, engine_config: EngineConfig, config: EvalConfig, data_dir: Path) -> str:
-    """What the predictions depend on: weights, adapter, test items, template, evaluation settings."""
-    items = load_test_set(task, data_dir, language, config.limit, config.xnli_split)
+def evaluate_key(task: str, language: str, engine_config: EngineConfig, config: EvalConfig, data_dir: Path,
+                 items: list[dict] | None = None) -> str:
+    """What the predictions depend on: weights, adapter, engine, test items, template, stops, settings."""
+    items = items if items is not None else load_test_set(task, data_dir, language, config.limit, config.xnli_split)
     return _key(task, language, resolve_model(engine_config.model).weights_sha256,
-                adapter_fingerprint(engine_config.adapter), stages.stage_key(items=items), config)
+                adapter_fingerprint(engine_config.adapter), stages.stage_key(items=items), config,
+                engine_signature(engine_config))
 
 
-def _key(task: str, language: str, weights: str, adapter_sha: str | None, data_sha: str, config: EvalConfig) -> str:
+def _key(task: str, language: str, weights: str, adapter_sha: str | None, data_sha: str, config: EvalConfig,
+         engine: dict[str, Any]) -> str:
     # Batch size changes speed, not what is scored; the rest changes the predictions.
-    settings = config.model_dump(mode="json", exclude={"batch_size", "include_english", "quality_limit"})
+    settings = config.model_dump(mode="json", exclude={"batch_size", "include_english", "quality_limit",
+                                                       "translate_test", "bootstrap_resamples", "bootstrap_seed"})
     return stages.stage_key(stage="evaluate", task=task, language=language, weights=weights, adapter=adapter_sha,
-                            data=data_sha, template=TEMPLATE_VERSION, config=settings)
+                            data=data_sha, template=TEMPLATE_VERSION, config=settings, engine=engine,
+                            stops={"math": MATH_STOPS, "qa": QA_STOPS}, scoring=SCORING_VERSION)
 
 
-def _rows_math(engine: Any, items: list[dict], config: EvalConfig) -> list[dict[str, Any]]:
+def _rows_math(engine: Any, items: list[dict], config: EvalConfig, language: str) -> list[dict[str, Any]]:
     prompts = [math_prompt(it["question"]) for it in items]
     outs = engine.generate([Request(p, config.max_new_tokens_math, MATH_STOPS) for p in prompts])
-    return [{"prompt": p, "output": o.text, "prediction": extract_final_number(o.text) or "", "gold": it["answer"],
-             "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens}
+    return [{"prompt": p, "output": o.text, "prediction": extract_final_number(o.text, language) or "",
+             "gold": it["answer"], "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens}
             for it, p, o in zip(items, prompts, outs, strict=True)]
 
 
-def _rows_qa(engine: Any, items: list[dict], config: EvalConfig) -> list[dict[str, Any]]:
+def _rows_qa(engine: Any, items: list[dict], config: EvalConfig, language: str) -> list[dict[str, Any]]:
     prompts = [qa_prompt(it["context"], it["question"]) for it in items]
-    outs = engine.generate([Request(p, config.max_new_tokens_qa, ("\n",)) for p in prompts])
+    outs = engine.generate([Request(p, config.max_new_tokens_qa, QA_STOPS) for p in prompts])
     return [{"prompt": p, "output": o.text, "prediction": o.text.strip(), "gold": json.dumps(it["answers"],
              ensure_ascii=False), "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens}
             for it, p, o in zip(items, prompts, outs, strict=True)]
 
 
-def _rows_nli(engine: Any, items: list[dict], config: EvalConfig) -> list[dict[str, Any]]:
+def _rows_nli(engine: Any, items: list[dict], config: EvalConfig, language: str) -> list[dict[str, Any]]:
     prompts = [nli_prompt(it["premise"], it["hypothesis"]) for it in items]
     pairs = [(p, f" {label}") for p in prompts for label in NLI_LABELS]
     scores = engine.loglikelihood(pairs)
     rows = []
     for k, (it, p) in enumerate(zip(items, prompts, strict=True)):
-        lp = [s.logprob for s in scores[3 * k : 3 * k + 3]]
-        pred = NLI_LABELS[max(range(3), key=lambda j: lp[j])]
-        rows.append({"prompt": p, "output": json.dumps(dict(zip(NLI_LABELS, lp, strict=True))), "prediction": pred,
+        lp = {label: s.logprob for label, s in zip(NLI_LABELS, scores[3 * k : 3 * k + 3], strict=True)}
+        rows.append({"prompt": p, "output": json.dumps(lp), "prediction": nli_choice(lp, normalized=False),
                      "gold": it["label"], "prompt_tokens": 0, "completion_tokens": 0})
     return rows
 
 
+def nli_choice(logprobs: dict[str, float], normalized: bool) -> str:
+    """lm-evaluation-harness: `acc` takes the label with the highest summed log-likelihood (primary here);
+    `acc_norm` divides each by the continuation's length in bytes (" entailment" is 11 bytes)."""
+    def value(label: str) -> float:
+        return logprobs[label] / len(f" {label}".encode()) if normalized else logprobs[label]
+
+    return max(NLI_LABELS, key=value)
+
+
 def score_row(task: str, language: str, row: dict[str, Any]) -> float:
-    """Per-item score from a saved prediction row (math/NLI: 0/1; QA: F1)."""
+    """Per-item primary score from a saved prediction row (math/NLI: 0/1; QA: official SQuAD F1)."""
     if task == "gsm8k":
-        return float(math_correct(row["output"], row["gold"]))
+        return float(math_correct(row["output"], row["gold"], row.get("output_language") or language))
     if task == "squad":
-        return best_over_golds(squad_f1, row["prediction"], json.loads(row["gold"]), language)
+        return best_over_golds(squad_f1, row["prediction"], json.loads(row["gold"]))
     return float(row["prediction"] == row["gold"])
 
 
-def score_predictions(task: str, language: str, rows: list[dict[str, Any]]) -> dict[str, float]:
-    """The scores of a predictions file, recomputed from its rows."""
-    n = len(rows)
+def item_scores(task: str, language: str, rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Every metric of the task, per item (0/1 or F1), recomputed from the saved rows."""
     if task == "squad":
-        em = [best_over_golds(squad_exact_match, r["prediction"], json.loads(r["gold"]), language) for r in rows]
-        f1 = [score_row(task, language, r) for r in rows]
-        return {"f1": 100 * sum(f1) / n, "exact_match": 100 * sum(em) / n, "n": n}
-    acc = [score_row(task, language, r) for r in rows]
-    out = {"accuracy": 100 * sum(acc) / n, "n": n}
-    if task == "gsm8k":
-        out["answered"] = 100 * sum(bool(r["prediction"]) for r in rows) / n  # a number was found at all
+        golds = [json.loads(r["gold"]) for r in rows]
+        out = {"f1": [best_over_golds(squad_f1, r["prediction"], g) for r, g in zip(rows, golds, strict=True)],
+               "exact_match": [best_over_golds(squad_exact_match, r["prediction"], g)
+                               for r, g in zip(rows, golds, strict=True)]}
+        if language in CHAR_LEVEL:
+            out["char_f1"] = [best_over_golds(char_f1, r["prediction"], g) for r, g in zip(rows, golds, strict=True)]
+        return out
+    if task == "mnli":
+        return {"accuracy": [float(r["prediction"] == r["gold"]) for r in rows],
+                "accuracy_norm": [float(nli_choice(json.loads(r["output"]), normalized=True) == r["gold"])
+                                  for r in rows]}
+    return {"accuracy": [score_row(task, language, r) for r in rows],
+            "answered": [float(bool(r["prediction"])) for r in rows]}  # a number was found at all
+
+
+def score_predictions(task: str, language: str, rows: list[dict[str, Any]], resamples: int = RESAMPLES,
+                      seed: int = SEED) -> dict[str, Any]:
+    """The scores of a predictions file, recomputed from its rows: every metric in percent, n, and a
+    95% bootstrap interval over items for the primary metric (`ci_lo`, `ci_hi`; seed recorded)."""
+    if not rows:
+        raise DataError(f"no predictions to score for {task} {language}")
+    per_item = item_scores(task, language, rows)
+    out: dict[str, Any] = {name: 100 * sum(v) / len(v) for name, v in per_item.items()}
+    ci = bootstrap_ci(per_item[METRICS[task]], resamples=resamples, seed=seed)
+    out.update(n=len(rows), ci_lo=ci.lo, ci_hi=ci.hi, ci_level=0.95, bootstrap_resamples=resamples,
+               bootstrap_seed=seed)
     return out
 
 
 PRED_SCHEMA = pa.schema([
     ("id", pa.string()), ("index", pa.int64()), ("task", pa.string()), ("language", pa.string()),
-    ("model", pa.string()), ("prompt", pa.string()), ("output", pa.string()), ("prediction", pa.string()),
-    ("gold", pa.string()), ("score", pa.float64()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
+    ("output_language", pa.string()), ("model", pa.string()), ("prompt", pa.string()), ("output", pa.string()),
+    ("prediction", pa.string()), ("gold", pa.string()), ("score", pa.float64()), ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
 ])
 
 
 def evaluate(task: str, language: str, engine_config: EngineConfig, config: EvalConfig, data_dir: Path,
-             out_folder: Path, label: str = "base") -> dict[str, Any]:
-    """Evaluate (or reuse) one (model, adapter, task, language); returns the manifest with the scores."""
+             out_folder: Path, label: str = "base", items: list[dict] | None = None,
+             output_language: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate (or reuse) one (model, adapter, task, language); returns the manifest with the scores.
+
+    `items` replaces the test items (translate-test passes the model's English translations of them);
+    `output_language` is the language the model answers in, when it is not `language`.
+    """
     if task not in TEST_SETS:
         raise ConfigError(f"no test set for task '{task}': choose from {', '.join(TEST_SETS)}")
-    items = load_test_set(task, data_dir, language, config.limit, config.xnli_split)
+    if items is None:
+        items = load_test_set(task, data_dir, language, config.limit, config.xnli_split)
+    output_language = output_language or language
     model = resolve_model(engine_config.model)
     adapter_sha = adapter_fingerprint(engine_config.adapter)
     data_sha = stages.stage_key(items=items)
-    key = _key(task, language, model.weights_sha256, adapter_sha, data_sha, config)
+    signature = engine_signature(engine_config)
+    key = _key(task, language, model.weights_sha256, adapter_sha, data_sha, config, signature)
     out_folder = Path(out_folder)
     done = stages.read_done(out_folder, key)
     if done:
         return {**done, "folder": str(out_folder), "reused": True}
-    stages.clear(out_folder)
+    stages.clear(out_folder, ["predictions.parquet"])
     engine = get_engine(engine_config.model_copy(update={"batch_size": config.batch_size}))
     t0 = time.perf_counter()
-    rows = {"gsm8k": _rows_math, "squad": _rows_qa, "mnli": _rows_nli}[task](engine, items, config)
+    rows = {"gsm8k": _rows_math, "squad": _rows_qa, "mnli": _rows_nli}[task](engine, items, config, output_language)
     seconds = time.perf_counter() - t0
     full = []
     for it, r in zip(items, rows, strict=True):
-        row = {"id": it["id"], "index": it["index"], "task": task, "language": language, "model": label, **r}
+        row = {"id": it["id"], "index": it["index"], "task": task, "language": language,
+               "output_language": output_language, "model": label, **r}
         row["score"] = score_row(task, language, row)
         full.append(row)
     shards.write_parquet_atomic(pa.Table.from_pylist(full, schema=PRED_SCHEMA), out_folder / "predictions.parquet",
                                 {"stt.key": key})
-    scores = score_predictions(task, language, full)
+    scores = score_predictions(task, language, full, config.bootstrap_resamples, config.bootstrap_seed)
     tokens = sum(r["completion_tokens"] for r in full)
     throughput = {"seconds": round(seconds, 2), "items_per_s": round(len(full) / seconds, 3) if seconds else None,
                   "tokens_per_s": round(tokens / seconds, 2) if seconds and tokens else None}
-    log.info("%s %s %s: %s (%d items, %.1fs)", label, task, language, scores, len(full), seconds)
+    log.info("%s %s %s: %s (%d items, %.1fs)", label, task, language,
+             {k: round(v, 2) if isinstance(v, float) else v for k, v in scores.items()}, len(full), seconds)
     info = stages.mark_done(out_folder, key, ["predictions.parquet"], stage="evaluate", task=task,
                             language=language, model=label, metric=METRICS[task], scores=scores,
                             throughput=throughput, model_id=model.model_id, weights_sha256=model.weights_sha256,
                             adapter=str(engine_config.adapter) if engine_config.adapter else None,
                             adapter_sha256=adapter_sha, data_sha256=data_sha, test_set=TEST_SETS[task],
-                            template_version=TEMPLATE_VERSION, config=config.model_dump(mode="json"))
+                            engine=signature, template_version=TEMPLATE_VERSION, scoring_version=SCORING_VERSION,
+                            config=config.model_dump(mode="json"), **(extra or {}))
     return {**info, "folder": str(out_folder), "reused": False}

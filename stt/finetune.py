@@ -10,11 +10,14 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stt import stages
@@ -26,22 +29,38 @@ from stt.templates import TEMPLATE_VERSION
 log = logging.getLogger(__name__)
 
 ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
+OUTPUTS = [*ADAPTER_FILES, "loss.csv", "metrics.json", "train_config.json", "set_aside.parquet", "checkpoints"]
+# A truncated pair keeps at least this much prompt; a target that leaves less is set aside.
+MIN_PROMPT_TOKENS = 8
 
 
-def tokenize_pairs(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> list[dict[str, list[int]]]:
-    """prompt + target + EOS; labels are -100 on the prompt so the loss is on the answer only."""
-    features = []
+def tokenize_pairs(tokenizer: Any, rows: list[dict[str, Any]], max_length: int
+                   ) -> tuple[list[dict[str, list[int]]], list[dict[str, Any]], int]:
+    """prompt + target + EOS, labels -100 on the prompt (the loss is on the answer only).
+
+    A pair longer than `max_length` keeps its whole target and loses the beginning of its prompt
+    (a QA context's first sentences). A row that would lose its answer is set aside with a reason,
+    never trained on: `target_too_long` (the target itself does not fit) or `answer_cut_from_context`
+    (QA: the answer span was in the part of the context that was cut). Returns (features, set aside,
+    number of prompts shortened).
+    """
+    features, set_aside, shortened = [], [], 0
     for r in rows:
         prompt = tokenizer(r["prompt"], add_special_tokens=True)["input_ids"]
         target = tokenizer(r["target"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        # Keep the answer: long prompts (QA contexts) lose their beginning, never the answer.
         room = max_length - len(target)
-        if room < 8:
-            target = target[: max_length - 8]
-            room = 8
-        prompt = prompt[-room:]
+        if room < MIN_PROMPT_TOKENS:
+            set_aside.append({**r, "reason": "target_too_long", "tokens": len(prompt) + len(target)})
+            continue
+        if len(prompt) > room:
+            prompt = prompt[-room:]
+            answer = json.loads(r.get("fields") or "{}").get("answer_text")
+            if answer and answer.strip() not in tokenizer.decode(prompt, skip_special_tokens=True):
+                set_aside.append({**r, "reason": "answer_cut_from_context", "tokens": room + len(target)})
+                continue
+            shortened += 1
         features.append({"input_ids": prompt + target, "labels": [-100] * len(prompt) + target})
-    return features
+    return features, set_aside, shortened
 
 
 class PadCollator:
@@ -63,6 +82,14 @@ class PadCollator:
             labels[i, :n] = torch.tensor(b["labels"])
             mask[i, :n] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def planned_steps(examples: int, config: TrainConfig) -> int:
+    """Optimizer steps the Trainer takes for this many examples (max_steps wins over epochs)."""
+    if config.max_steps:
+        return config.max_steps
+    per_epoch = max(1, math.ceil(math.ceil(examples / config.batch_size) / config.gradient_accumulation))
+    return max(1, math.ceil(per_epoch * config.epochs))
 
 
 def train_key(model: ResolvedModel, set_key: str, config: TrainConfig) -> str:
@@ -99,7 +126,12 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     done = stages.read_done(out_folder, key)
     if done:
         return {**done, "folder": str(out_folder), "reused": True}
-    stages.clear(out_folder)
+    # Checkpoints live under the key: a resume only ever continues a run of the same key, and a new key
+    # starts clean (stale adapter files and other keys' checkpoints are removed).
+    checkpoint_dir = out_folder / "checkpoints" / key[:16]
+    removed = stages.clear(out_folder, OUTPUTS, keep=checkpoint_dir.name)
+    if removed:
+        log.info("%s: removed stale outputs of another key: %s", out_folder, ", ".join(removed))
     out_folder.mkdir(parents=True, exist_ok=True)
     rows = pq.read_table(set_folder / "data.parquet").to_pylist()
     if not rows:
@@ -116,16 +148,25 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
                       target_modules=list(config.target_modules), task_type="CAUSAL_LM")
     peft_model = get_peft_model(base, lora)
     trainable, total = peft_model.get_nb_trainable_parameters()
-    features = tokenize_pairs(tokenizer, rows, config.max_length)
+    features, set_aside, shortened = tokenize_pairs(tokenizer, rows, config.max_length)
+    if set_aside:
+        pq.write_table(pa.Table.from_pylist(set_aside), out_folder / "set_aside.parquet")
+        log.warning("%s: %d of %d rows set aside (%s)", set_folder.name, len(set_aside), len(rows),
+                    dict(Counter(r["reason"] for r in set_aside)))
+    if not features:
+        raise DataError(f"{set_folder}: every row is longer than train.max_length={config.max_length} "
+                        "and would lose its answer; raise max_length")
+    total_steps = planned_steps(len(features), config)
 
     args = TrainingArguments(
-        output_dir=str(out_folder / "checkpoints"),
+        output_dir=str(checkpoint_dir),
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation,
         learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps or -1,
-        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        # Steps, computed here: transformers 4.x reads a float warmup_steps as steps, 5.x as a ratio.
+        warmup_steps=math.ceil(config.warmup_ratio * total_steps),
         logging_steps=1,
         save_steps=config.save_steps,
         save_total_limit=1,
@@ -155,7 +196,7 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
 
     trainer = Trainer(model=peft_model, args=args, train_dataset=features,
                       data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[Record()])
-    checkpoints = sorted((out_folder / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    checkpoints = sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     resume = str(checkpoints[-1]) if checkpoints else None
     if resume:
         log.info("resuming from %s", resume)
@@ -171,13 +212,19 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     metrics = {
         "steps": result.global_step, "train_loss": result.training_loss, "seconds": round(seconds, 2),
         "seconds_per_step": round(sum(step_times) / len(step_times), 3) if step_times else None,
-        "examples": len(features), "trainable_params": trainable, "total_params": total,
+        "planned_steps": total_steps, "warmup_steps": math.ceil(config.warmup_ratio * total_steps),
+        "examples": len(features), "rows": len(rows), "set_aside": dict(Counter(r["reason"] for r in set_aside)),
+        "prompts_shortened": shortened, "tokens_per_epoch": sum(len(f["input_ids"]) for f in features),
+        "target_tokens_per_epoch": sum(sum(t != -100 for t in f["labels"]) for f in features),
+        "trainable_params": trainable, "total_params": total,
         "device": "cuda" if cuda else "cpu", "dtype": "bfloat16" if cuda else "float32",
         "resumed_from": resume, "loss_curve": curve,
     }
     (out_folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_folder / "train_config.json").write_text(config.model_dump_json(indent=2))
-    info = stages.mark_done(out_folder, key, [*ADAPTER_FILES, "loss.csv", "metrics.json", "train_config.json"],
+    files = [*ADAPTER_FILES, "loss.csv", "metrics.json", "train_config.json"]
+    files += ["set_aside.parquet"] if set_aside else []
+    info = stages.mark_done(out_folder, key, files,
                             stage="finetune", model_id=model.model_id, weights_sha256=model.weights_sha256,
                             set_folder=str(set_folder), set_key=set_info["key"], set=set_info.get("set"),
                             template_version=TEMPLATE_VERSION, config=config.model_dump(mode="json"),

@@ -117,3 +117,25 @@ def load_mnli(path: Path, split: str = "train") -> list[Example]:
             "label": label,
         })
     return examples
+
+
+def load_xnli_dev(path: Path, split: str = "train") -> list[Example]:
+    """XNLI dev (`xtreme_dev-<lang>.tsv`: premise, hypothesis, label) as NLI *training* data.
+
+    The declared stand-in for MultiNLI, which is not available offline: 2,490 items, disjoint from the
+    XNLI test set, human-translated into every XNLI language (the human translate-train control uses
+    those). Row i is the same item in every language, so the id carries the row, not the language.
+    """
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 3:
+                raise DataError(f"{path} line {i + 1}: expected premise<TAB>hypothesis<TAB>label")
+            if parts[2] not in MNLI_LABELS:
+                raise DataError(f"{path} line {i + 1}: unknown label '{parts[2]}'")
+            examples.append({"id": f"xnli-dev:{split}:{i}", "source_id": str(i), "premise": parts[0],
+                             "hypothesis": parts[1], "label": parts[2]})
+    return examples

@@ -11,84 +11,63 @@ import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 
-# "1,234.5", "-3", ".5", "1.000.000" (German thousands) are numbers; a trailing "." ends a sentence.
-_NUMBER = re.compile(r"-?\d[\d,.]*\d|-?\d|-?\.\d+")
-_ANSWER_IS = re.compile(r"answer is\s*:?\s*\$?\s*(-?[\d,.]*\d)", re.IGNORECASE)
-# Languages scored on characters, not words: no spaces between words.
+from stt.numbers import final_answer, parse_number
+
+# Languages scored on characters, not words: no spaces between words (a secondary XQuAD score).
 CHAR_LEVEL = {"zh", "th", "ja"}
 
 
-def normalize_number(text: str) -> str | None:
-    """'1,234' -> '1234', '3.50' -> '3.5', '-2.0' -> '-2', '1.000.000' -> '1000000'. None if not a number."""
-    t = text.strip().rstrip(".").replace(" ", "")
-    if t.count(".") > 1:  # dots as thousands separators
-        t = t.replace(".", "")
-    t = t.replace(",", "")
-    try:
-        value = float(t)
-    except ValueError:
-        return None
-    if value == int(value):
-        return str(int(value))
-    return f"{value:.6f}".rstrip("0").rstrip(".")
+def extract_final_number(text: str, language: str = "en") -> str | None:
+    """The model's final answer, read with the language's number format (see stt.numbers)."""
+    return final_answer(text, language)
 
 
-def extract_final_number(text: str) -> str | None:
-    """The model's final answer: the number after 'The answer is', else the last number in the text."""
-    m = _ANSWER_IS.findall(text)
-    candidates = m or _NUMBER.findall(text)
-    for c in reversed(candidates):
-        n = normalize_number(c)
-        if n is not None:
-            return n
-    return None
+def math_correct(prediction: str, gold: str, language: str = "en") -> bool:
+    """MGSM accuracy: the final number of the solution equals the gold number (golds are plain numbers)."""
+    pred = final_answer(prediction, language)
+    return pred is not None and pred == parse_number(gold, "en")
 
 
-def math_correct(prediction: str, gold: str) -> bool:
-    pred = extract_final_number(prediction)
-    return pred is not None and pred == normalize_number(gold)
-
-
-# --- SQuAD (the official v1.1 evaluation's normalisation) -------------------------------------------
+# --- SQuAD v1.1 (the official evaluation script's normalisation; XTREME scores XQuAD with it) ---------
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
 
 
-def normalize_answer(text: str, language: str = "en") -> str:
-    """Lower case, no punctuation, no English articles, single spaces (plus Unicode punctuation)."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in _PUNCT and not unicodedata.category(ch).startswith("P"))
-    if language == "en":
-        text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
+def normalize_answer(text: str) -> str:
+    """Official SQuAD v1.1: lower case, ASCII punctuation removed, English articles removed, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
 
 
-def _tokens(text: str, language: str) -> list[str]:
-    norm = normalize_answer(text, language)
-    if language in CHAR_LEVEL:
-        return [ch for ch in norm if not ch.isspace()]
-    return norm.split()
-
-
-def squad_exact_match(prediction: str, gold: str, language: str = "en") -> float:
-    return float(normalize_answer(prediction, language) == normalize_answer(gold, language))
-
-
-def squad_f1(prediction: str, gold: str, language: str = "en") -> float:
-    pred, ref = _tokens(prediction, language), _tokens(gold, language)
-    common = Counter(pred) & Counter(ref)
-    same = sum(common.values())
-    if not pred or not ref:
-        return float(pred == ref)
-    if same == 0:
+def _f1(pred: list[str], ref: list[str]) -> float:
+    same = sum((Counter(pred) & Counter(ref)).values())
+    if same == 0:  # as the official script: also 0 when both are empty
         return 0.0
     precision, recall = same / len(pred), same / len(ref)
     return 2 * precision * recall / (precision + recall)
 
 
-def best_over_golds(fn, prediction: str, golds: Sequence[str], language: str) -> float:
+def squad_exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def squad_f1(prediction: str, gold: str) -> float:
+    """Official SQuAD v1.1 token F1 (whitespace tokens in every language: the primary XQuAD score)."""
+    return _f1(normalize_answer(prediction).split(), normalize_answer(gold).split())
+
+
+def char_f1(prediction: str, gold: str) -> float:
+    """Secondary score for languages written without spaces (zh, th, ja): F1 over characters, after lower
+    case and removal of all Unicode punctuation and whitespace. Labelled `char_f1`, never the primary."""
+    def chars(text: str) -> list[str]:
+        return [ch for ch in text.lower() if not ch.isspace() and not unicodedata.category(ch).startswith("P")]
+
+    return _f1(chars(prediction), chars(gold))
+
+
+def best_over_golds(fn, prediction: str, golds: Sequence[str]) -> float:
     """SQuAD scores a prediction against every gold answer and keeps the best."""
-    return max(fn(prediction, g, language) for g in golds)
+    return max(fn(prediction, g) for g in golds)
 
 
 # --- translation quality ----------------------------------------------------------------------------

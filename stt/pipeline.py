@@ -20,19 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from stt import stages
-from stt.config import EngineConfig, RunConfig, SetKind
+from stt.config import EngineConfig, RunConfig, SetKind, TrainConfig
 from stt.errors import DataError
 from stt.evaluate import evaluate
 from stt.finetune import finetune
 from stt.quality import translation_quality
 from stt.report import write_report
-from stt.trainsets import build_set, set_name
+from stt.trainsets import build_set, has_human, set_name, training_source
 from stt.translate import run_translate
+from stt.translate_test import translate_test
 
 log = logging.getLogger(__name__)
 
 # Which training set each evaluated model was fine-tuned on.
-MODEL_OF_SET = {"english": "zero-shot", "self-translate-train": "self-translate-train", "code-switch": "code-switch"}
+MODEL_OF_SET = {"english": "zero-shot", "self-translate-train": "self-translate-train", "code-switch": "code-switch",
+                "human-translate-train": "human-translate-train"}
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,19 @@ class SetJob:
 
 
 @dataclass(frozen=True)
+class AdapterJob:
+    name: str  # the adapter's folder under adapters/
+    set_name: str
+    # Train for as many optimizer steps as this other adapter took (the equal-steps control).
+    steps_like: str | None = None
+
+
+@dataclass(frozen=True)
 class EvalJob:
-    model: str  # base | zero-shot | self-translate-train | code-switch
-    set_name: str | None  # the adapter's training set; None for the base model
+    model: str  # base | zero-shot | zero-shot-equal-steps | self-translate-train | code-switch | ... | translate-test
+    adapter: str | None  # the adapter's folder name; None for the base model
     language: str
+    translate_test: bool = False  # inputs translated into English by the base model first
 
     @property
     def name(self) -> str:
@@ -58,6 +69,7 @@ class TaskPlan:
     task: str
     root: Path
     sets: tuple[SetJob, ...]
+    adapters: tuple[AdapterJob, ...]
     evals: tuple[EvalJob, ...]
 
     def set_dir(self, name: str) -> Path:
@@ -78,21 +90,49 @@ class TaskPlan:
 
 
 def plan_task(config: RunConfig, task: str) -> TaskPlan:
+    from stt.translate_test import supported
+
+    kinds = [k for k in config.build.sets if k != "english"]
+    human = has_human(task, training_source(config.translate_config(task)))
+    if config.controls.human_translate_train and human and "human-translate-train" not in kinds:
+        kinds.append("human-translate-train")
     sets = [SetJob("english", None, "english")]
-    for kind in config.build.sets:
-        if kind != "english":
-            sets += [SetJob(kind, lang, set_name(kind, lang)) for lang in config.languages]
+    sets += [SetJob(kind, lang, set_name(kind, lang)) for kind in kinds for lang in config.languages]
+    adapters = [AdapterJob(s.name, s.name) for s in sets]
+    stt_sets = {s.language: s.name for s in sets if s.kind == "self-translate-train"}
+    if config.controls.equal_steps:
+        adapters += [AdapterJob(f"english-steps-{lang}", "english", steps_like=stt_sets[lang])
+                     for lang in config.languages if lang in stt_sets]
     eval_langs = (["en"] if config.eval.include_english else []) + list(config.languages)
     evals = [EvalJob("base", None, lang) for lang in eval_langs]
     evals += [EvalJob("zero-shot", "english", lang) for lang in eval_langs]
-    # A language's Self-Translate-Train model is scored in that language.
+    evals += [EvalJob("zero-shot-equal-steps", a.name, a.name.rsplit("-", 1)[1]) for a in adapters if a.steps_like]
+    # A language's Self-Translate-Train (and code-switch, human) model is scored in that language.
     evals += [EvalJob(MODEL_OF_SET[s.kind], s.name, s.language) for s in sets if s.language]
-    return TaskPlan(task, config.root / task, tuple(sets), tuple(evals))
+    if config.controls.translate_test and supported(task):
+        evals += [EvalJob("translate-test", "english", lang, translate_test=True) for lang in config.languages]
+    return TaskPlan(task, config.root / task, tuple(sets), tuple(adapters), tuple(evals))
+
+
+def adapter_train_config(config: RunConfig, plan: TaskPlan, job: AdapterJob) -> TrainConfig:
+    """The training config of one adapter: the run's, with max_steps copied for the equal-steps control."""
+    if not job.steps_like:
+        return config.train
+    marker = plan.adapter_dir(job.steps_like) / stages.MARKER
+    if not marker.is_file():
+        raise DataError(f"{job.name} trains for as many steps as {job.steps_like}: train that adapter first")
+    steps = json.loads(marker.read_text())["metrics"]["steps"]
+    return config.train.model_copy(update={"max_steps": steps})
 
 
 def eval_engine(config: RunConfig, plan: TaskPlan, job: EvalJob) -> EngineConfig:
-    adapter = plan.adapter_dir(job.set_name) if job.set_name else None
+    adapter = plan.adapter_dir(job.adapter) if job.adapter else None
     return config.engine.model_copy(update={"adapter": adapter, "reuse_prefix_cache": False})
+
+
+def translator_engine(config: RunConfig) -> EngineConfig:
+    """Translate-test's translator: the base model, as in the translate stage."""
+    return config.engine.model_copy(update={"adapter": None})
 
 
 def notes(config: RunConfig) -> list[str]:
@@ -100,6 +140,15 @@ def notes(config: RunConfig) -> list[str]:
     if "squad" in config.tasks and "squad" not in config.inputs:
         out.append("QA trains on the English XQuAD paragraphs of articles 0-23 (SQuAD train is not available "
                    "offline) and is evaluated on articles 24-47 only.")
+    for task in config.tasks:
+        source = training_source(config.translate_config(task))
+        if task == "mnli" and source and source.name.startswith("xtreme_dev-"):
+            out.append("NLI trains on the English XNLI dev set (2,490 items, disjoint from XNLI test), the declared "
+                       "stand-in for MultiNLI (not available offline).")
+        if config.controls.human_translate_train and not has_human(task, source):
+            out.append(f"No human translate-train for {task}: its training items have no human translations.")
+        if config.controls.translate_test and task == "squad":
+            out.append("No translate-test for QA: the answer would be an English span, not one of the context.")
     if config.eval.limit:
         out.append(f"Evaluation on the first {config.eval.limit} test items of each language (the same items in "
                    "every language).")
@@ -127,21 +176,36 @@ def _finished(folder: Path, what: str, stage: str) -> dict[str, Any]:
     return {**json.loads(marker.read_text()), "folder": str(folder)}
 
 
+def run_job_evaluation(config: RunConfig, plan: TaskPlan, job: EvalJob, data_dir: Path) -> dict[str, Any]:
+    """One evaluation of the plan (plain or translate-test)."""
+    if job.translate_test:
+        return translate_test(plan.task, job.language, translator_engine(config), eval_engine(config, plan, job),
+                              config.eval, config.generation, config.prompt, data_dir, plan.eval_dir(job))
+    return evaluate(plan.task, job.language, eval_engine(config, plan, job), config.eval, data_dir,
+                    plan.eval_dir(job), job.model)
+
+
 def run_pipeline(config: RunConfig) -> dict[str, Any]:
     """The whole method in one process, without Prefect (the flow runs the same calls as tasks)."""
+    from stt.engines import release_engines
+
     data_dir = config.resolved_data_dir()
     evaluations, quality = [], []
     for task in config.tasks:
         plan = plan_task(config, task)
-        run_translate(config.translate_config(task))
+        tconfig = config.translate_config(task)
+        run_translate(tconfig)
         for lang in config.languages:
             quality.append(translation_quality(task, lang, config.engine, config.generation, config.prompt, data_dir,
                                                plan.quality_dir(lang), config.eval.quality_limit))
         for s in plan.sets:
-            build_set(task, s.kind, s.language, plan.translate_dir, plan.root / "sets", config.build)
-            finetune(config.engine.model, plan.set_dir(s.name), plan.adapter_dir(s.name), config.train,
-                     config.engine.device)
+            build_set(task, s.kind, s.language, plan.translate_dir, plan.root / "sets", config.build,
+                      training_source(tconfig))
+        release_engines()  # training needs the memory more than a cached inference model does
+        for a in plan.adapters:
+            finetune(config.engine.model, plan.set_dir(a.set_name), plan.adapter_dir(a.name),
+                     adapter_train_config(config, plan, a), config.engine.device)
         for job in plan.evals:
-            evaluations.append(evaluate(task, job.language, eval_engine(config, plan, job), config.eval, data_dir,
-                                        plan.eval_dir(job), job.model))
+            evaluations.append(run_job_evaluation(config, plan, job, data_dir))
+            release_engines()  # one model in memory at a time, as in the Prefect tasks
     return write_report(config.root, evaluations, quality, json.loads(config.model_dump_json()), notes(config))

@@ -82,35 +82,45 @@ class PromptBuilder:
     language: str
     demonstrations: tuple[Demonstration, ...]
     style: str = "completion"
+    # Translate-test: the same demonstrations the other way round, <language> -> English.
+    to_english: bool = False
 
     @property
     def version(self) -> str:
-        return PROMPT_VERSIONS[self.style]
+        return PROMPT_VERSIONS[self.style] + ("-to-en" if self.to_english else "")
 
     @property
     def target_name(self) -> str:
-        return LANGUAGES[self.language]
+        return "English" if self.to_english else LANGUAGES[self.language]
+
+    @property
+    def source_name(self) -> str:
+        return LANGUAGES[self.language] if self.to_english else "English"
+
+    def _pairs(self) -> list[tuple[str, str]]:
+        return [(d.target, d.english) if self.to_english else (d.english, d.target) for d in self.demonstrations]
 
     def completion_prompt(self, text: str) -> str:
         # Same prefix for every segment of a language: engines reuse its KV cache.
-        name = self.target_name
-        parts = [f"Translate the following English texts into {name}.\n\n"]
-        parts += [f"English: {d.english}\n{name}: {d.target}\n\n" for d in self.demonstrations]
-        parts.append(f"English: {text}\n{name}:")
+        src, tgt = self.source_name, self.target_name
+        parts = [f"Translate the following {src} texts into {tgt}.\n\n"]
+        parts += [f"{src}: {a}\n{tgt}: {b}\n\n" for a, b in self._pairs()]
+        parts.append(f"{src}: {text}\n{tgt}:")
         return "".join(parts)
 
     def chat_messages(self, text: str) -> list[dict[str, str]]:
-        name = self.target_name
-        messages = [{"role": "system", "content": f"Translate the user's English text into {name}. "
-                                                  f"Reply with the {name} translation only."}]
-        for d in self.demonstrations:
-            messages += [{"role": "user", "content": d.english}, {"role": "assistant", "content": d.target}]
+        src, tgt = self.source_name, self.target_name
+        messages = [{"role": "system", "content": f"Translate the user's {src} text into {tgt}. "
+                                                  f"Reply with the {tgt} translation only."}]
+        for a, b in self._pairs():
+            messages += [{"role": "user", "content": a}, {"role": "assistant", "content": b}]
         messages.append({"role": "user", "content": text})
         return messages
 
 
-def build_prompt_builder(language: str, config: PromptConfig, data_dir: Path) -> PromptBuilder:
+def build_prompt_builder(language: str, config: PromptConfig, data_dir: Path, to_english: bool = False
+                         ) -> PromptBuilder:
     language_name(language)
     path = config.demonstrations or data_dir / "mgsm" / "mgsm_exemplars.jsonl"
     demos = load_demonstrations(Path(path), language, config.num_shots) if config.num_shots else []
-    return PromptBuilder(language, tuple(demos), config.style)
+    return PromptBuilder(language, tuple(demos), config.style, to_english)

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from stt import shards, stages
 from stt.config import EngineConfig, GenerationParams, PromptConfig
-from stt.engines import Request, get_engine
+from stt.engines import Request, engine_signature, get_engine
 from stt.metrics import translation_scores
 from stt.models import resolve_model
 from stt.prompts import PromptBuilder, build_prompt_builder
@@ -49,12 +49,12 @@ def quality_key(task: str, language: str, engine_config: EngineConfig, generatio
                 prompt: PromptConfig, data_dir: Path, limit: int | None) -> str:
     return _key(task, language, resolve_model(engine_config.model).weights_sha256,
                 build_prompt_builder(language, prompt, data_dir), generation,
-                reference_pairs(task, data_dir, language, limit))
+                reference_pairs(task, data_dir, language, limit), engine_signature(engine_config))
 
 
 def _key(task: str, language: str, weights: str, builder: PromptBuilder, generation: GenerationParams,
-         pairs: list[dict[str, str]]) -> str:
-    return stages.stage_key(stage="quality", task=task, language=language, weights=weights,
+         pairs: list[dict[str, str]], engine: dict[str, Any]) -> str:
+    return stages.stage_key(stage="quality", task=task, language=language, weights=weights, engine=engine,
                             prefix=builder.completion_prompt(""), prompt_version=builder.version,
                             generation=generation.model_dump(mode="json"), data=pairs)
 
@@ -67,12 +67,12 @@ def translation_quality(task: str, language: str, engine_config: EngineConfig, g
     builder = build_prompt_builder(language, prompt, data_dir)
     pairs = reference_pairs(task, data_dir, language, limit)
     model = resolve_model(engine_config.model)
-    key = _key(task, language, model.weights_sha256, builder, generation, pairs)
+    key = _key(task, language, model.weights_sha256, builder, generation, pairs, engine_signature(engine_config))
     out_folder = Path(out_folder)
     done = stages.read_done(out_folder, key)
     if done:
         return {**done, "folder": str(out_folder), "reused": True}
-    stages.clear(out_folder)
+    stages.clear(out_folder, ["translations.parquet"])
     engine = get_engine(engine_config, generation)
     requests = [Request(builder.completion_prompt(p["source"]),
                         generation.max_new_tokens(engine.count_tokens(p["source"])), generation.stop) for p in pairs]

@@ -54,6 +54,27 @@ def mark_done(folder: Path, key: str, files: list[str], **info: Any) -> dict[str
     return record
 
 
-def clear(folder: Path) -> None:
-    """Forget a stale result before redoing it (the folder's other files are overwritten)."""
-    (Path(folder) / MARKER).unlink(missing_ok=True)
+def clear(folder: Path, outputs: list[str] = (), keep: str | None = None) -> list[str]:  # type: ignore[assignment]
+    """Forget a stale result before redoing it under a new key: the marker and every output it owned.
+
+    `outputs` are the stage's files and folders (relative names); for a folder of per-key subfolders
+    (fine-tuning's `checkpoints/`), everything but `keep` goes, so a resume only ever starts from a
+    checkpoint made under the same key. Files the stage does not own are left alone (a user's --out
+    folder may hold other things). Returns what was removed.
+    """
+    import shutil
+
+    folder = Path(folder)
+    removed = []
+    (folder / MARKER).unlink(missing_ok=True)
+    for name in outputs:
+        path = folder / name
+        if path.is_dir():
+            children = [c for c in path.iterdir() if c.name != keep] if keep else [path]
+            for child in children:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+                removed.append(str(child.relative_to(folder)))
+        elif path.exists():
+            path.unlink()
+            removed.append(name)
+    return removed

@@ -3,7 +3,9 @@
 - `english`: the English examples that were translated (the zero-shot-transfer baseline);
 - `self-translate-train`: English + the accepted self-translations into one target language;
 - `code-switch`: additionally, for each translated example, two mixed copies (one field group in the
-  target language, the rest in English, and the reverse).
+  target language, the rest in English, and the reverse);
+- `human-translate-train` (a control, the upper bound): English + the *human* translations of the
+  same items whose self-translation was accepted, where the training data has them (XNLI dev, XQuAD).
 
 Each set is a folder with `data.parquet` (one row per training pair: prompt, target, provenance)
 and `_manifest.json` (how the set was mixed, from what, with checksums).
@@ -20,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stt import shards, stages
-from stt.config import BuildConfig, SetKind
-from stt.errors import DataError
+from stt.config import BuildConfig, SetKind, TranslateConfig
+from stt.errors import ConfigError, DataError
 from stt.specs import TaskSpec, get_task
 from stt.templates import TEMPLATE_VERSION, to_pair
 
@@ -65,6 +67,41 @@ def translated_examples(translate_dir: Path, language: str) -> list[dict[str, An
     return rows
 
 
+def training_source(config: TranslateConfig) -> Path | None:
+    """The English training file the translate stage reads (None when the task has no default)."""
+    try:
+        return config.resolved_input() or get_task(config.task).default_source(config.resolved_data_dir())
+    except ConfigError:
+        return None
+
+
+def has_human(task: str, source: Path | None) -> bool:
+    """Whether the training file's items have human translations (XNLI dev, XQuAD)."""
+    name = Path(source).name if source else ""
+    return (task, name) in {("mnli", "xtreme_dev-en.tsv"), ("squad", "xquad.en.json")}
+
+
+def human_examples(task: str, source: Path, language: str) -> list[dict[str, Any]]:
+    """Human translations of the training file's items into `language`, with the training ids.
+
+    Exist for the declared stand-ins whose release is parallel: XNLI dev (`xtreme_dev-en.tsv` ->
+    `xtreme_dev-<lang>.tsv`, row i = row i) and XQuAD (`xquad.en.json` -> `xquad.<lang>.json`, same
+    question ids).
+    """
+    spec = get_task(task)
+    source = Path(source)
+    if task == "mnli" and source.name == "xtreme_dev-en.tsv":
+        rows = spec.load(source.with_name(f"xtreme_dev-{language}.tsv"))
+        return [{**r, "language": language} for r in rows]
+    if task == "squad" and source.name == "xquad.en.json":
+        english = {r["source_id"]: r["id"] for r in spec.load(source)}
+        human = spec.load(source.with_name(f"xquad.{language}.json"))
+        return [{**r, "id": english[r["source_id"]], "language": language} for r in human if r["source_id"] in english]
+    raise DataError(f"human-translate-train needs human translations of the training items: they exist for NLI "
+                    f"trained on XNLI dev (inputs: {{mnli: xnli/xtreme_dev-en.tsv}}) and QA on XQuAD, not for "
+                    f"{task} from {source.name}")
+
+
 def set_name(kind: SetKind, language: str | None) -> str:
     return "english" if kind == "english" else f"{kind}-{language}"
 
@@ -90,7 +127,8 @@ def build_rows(spec: TaskSpec, kind: SetKind, language: str | None, english: lis
     rows = [_row(spec, ex, "en", "english") for ex in english]
     if kind != "english":
         assert language is not None
-        rows += [_row(spec, ex, language, "translated") for ex in translated]
+        variant = "human" if kind == "human-translate-train" else "translated"
+        rows += [_row(spec, ex, language, variant) for ex in translated]
     if kind == "code-switch":
         by_id = {ex["id"]: ex for ex in english}
         for tr in translated:
@@ -101,25 +139,42 @@ def build_rows(spec: TaskSpec, kind: SetKind, language: str | None, english: lis
     return rows
 
 
-def build_key(task: str, kind: SetKind, language: str | None, translate_dir: Path, config: BuildConfig) -> str:
+def _human_for_accepted(task: str, source: Path | None, language: str, translate_dir: Path) -> list[dict[str, Any]]:
+    if source is None:
+        raise DataError("human-translate-train needs the training file the translate stage read (inputs:)")
+    accepted = {r["id"] for r in translated_examples(translate_dir, language)}
+    return [r for r in human_examples(task, source, language) if r["id"] in accepted]
+
+
+def build_key(task: str, kind: SetKind, language: str | None, translate_dir: Path, config: BuildConfig,
+              source: Path | None = None) -> str:
+    human = (stages.stage_key(rows=_human_for_accepted(task, source, language, translate_dir))
+             if kind == "human-translate-train" else None)
     return stages.stage_key(stage="build", task=task, kind=kind, language=language if kind != "english" else None,
                             translate=translate_fingerprint(translate_dir), template=TEMPLATE_VERSION,
-                            config=config.model_dump(mode="json"))
+                            config=config.model_dump(mode="json"), human=human)
 
 
 def build_set(task: str, kind: SetKind, language: str | None, translate_dir: Path, out_root: Path,
-              config: BuildConfig = BuildConfig()) -> dict[str, Any]:  # noqa: B008 - frozen pydantic default
-    """Build (or reuse) one training set; returns its manifest (folder, key, counts)."""
+              config: BuildConfig = BuildConfig(), source: Path | None = None  # noqa: B008 - frozen default
+              ) -> dict[str, Any]:
+    """Build (or reuse) one training set; returns its manifest (folder, key, counts).
+
+    `source` is the English training file (needed by human-translate-train to find the human side).
+    """
     spec = get_task(task)
     fingerprint = translate_fingerprint(translate_dir)
-    key = build_key(task, kind, language, translate_dir, config)
+    key = build_key(task, kind, language, translate_dir, config, source)
     folder = Path(out_root) / set_name(kind, language)
     done = stages.read_done(folder, key)
     if done:
         return {**done, "folder": str(folder), "reused": True}
-    stages.clear(folder)
+    stages.clear(folder, ["data.parquet"])
     english = english_examples(translate_dir)
-    translated = translated_examples(translate_dir, language) if kind != "english" else []
+    if kind == "human-translate-train":
+        translated = _human_for_accepted(task, source, language, translate_dir)
+    else:
+        translated = translated_examples(translate_dir, language) if kind != "english" else []
     if kind != "english" and not translated:
         raise DataError(f"{translate_dir}: no accepted translations into '{language}' to build {kind} from "
                         "(see _rejects/ for why)")

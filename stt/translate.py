@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from stt import shards
 from stt.config import TranslateConfig, stable_json
-from stt.engines import Request, get_engine
+from stt.engines import Request, engine_signature, get_engine
 from stt.errors import ConfigError, DataError
 from stt.models import resolve_model
 from stt.prompts import PromptBuilder, build_prompt_builder
@@ -74,7 +74,7 @@ def check_config(config: TranslateConfig) -> None:
         raise ConfigError("no target languages given")
     for lang in config.languages:
         build_prompt_builder(lang, config.prompt, config.resolved_data_dir())
-    path = Path(config.input_path) if config.input_path else spec.default_source(config.resolved_data_dir())
+    path = config.resolved_input() or spec.default_source(config.resolved_data_dir())
     if not path.is_file():
         raise DataError(f"input file not found: {path}")
     resolve_model(config.engine.model)
@@ -82,7 +82,7 @@ def check_config(config: TranslateConfig) -> None:
 
 def load_examples(config: TranslateConfig) -> tuple[TaskSpec, list[dict[str, Any]]]:
     spec = get_task(config.task)
-    path = Path(config.input_path) if config.input_path else spec.default_source(config.resolved_data_dir())
+    path = config.resolved_input() or spec.default_source(config.resolved_data_dir())
     examples = spec.load(path)
     if not examples:
         raise DataError(f"{path}: no examples")
@@ -144,6 +144,7 @@ def generation_key(config: TranslateConfig, builder: PromptBuilder, weights_sha2
         "prompt_version": builder.version,
         "prompt_prefix": builder.completion_prompt(""),  # demonstrations and their wording
         "generation": config.generation.model_dump(mode="json"),
+        "engine": engine_signature(config.engine),  # engines differ in numerics: never reuse another's output
     }
     return hashlib.sha256(stable_json(parts).encode()).hexdigest()
 
@@ -286,7 +287,7 @@ def validate_shard(job: ShardJob, config: TranslateConfig) -> dict[str, Any]:
         if not details:
             reasons.append("no_generations")
         translated = spec.assemble(ex, parts, job.language)
-        reasons += spec.check(ex, translated)
+        reasons += spec.check(ex, translated, job.language)
         base = {"id": ex_id, "task": spec.name, "language": job.language, "shard": job.shard}
         tokens = {"prompt_tokens": sum(r["prompt_tokens"] for r in by_example.get(ex_id, [])),
                   "completion_tokens": sum(r["completion_tokens"] for r in by_example.get(ex_id, []))}

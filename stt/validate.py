@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-VALIDATION_VERSION = "validate-v1"
+VALIDATION_VERSION = "validate-v2"  # v2: numbers read per language (stt.numbers)
 
 # Scripts of targets not written in Latin letters: output should be mostly in them.
 _SCRIPTS = {
@@ -27,10 +27,10 @@ _ENGLISH = set(
     "had would for from are is this that there were been it its after before then than if when who".split()
 )
 _WORD = re.compile(r"[^\W\d_]+")
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
 
-def clean_completion(text: str, target_name: str, stop: tuple[str, ...] = ("\n",)) -> str:
+def clean_completion(text: str, target_name: str, stop: tuple[str, ...] = ("\n",), source_name: str = "English"
+                     ) -> str:
     """Strip an echoed label (`German:`), cut at the stop, trim whitespace."""
     text = text.strip()
     for label in (f"{target_name}:", f"{target_name}：", "Translation:"):
@@ -40,13 +40,8 @@ def clean_completion(text: str, target_name: str, stop: tuple[str, ...] = ("\n",
         if s and s in text:
             text = text[: text.index(s)]
     # A base model that skips the stop runs on into the next demonstration.
-    text = text.split("English:")[0]
+    text = text.split(f"{source_name}:")[0]
     return text.strip()
-
-
-def numbers(text: str) -> Counter[str]:
-    """Numbers as digit strings: '1,000', '1.000' and '1000' count as the same number."""
-    return Counter(re.sub(r"[.,]", "", n) for n in _NUMBER.findall(text))
 
 
 def segment_reasons(source: str, output: str, language: str, finish_reason: str,

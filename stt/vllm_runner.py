@@ -80,8 +80,11 @@ def run_vllm(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[
                                use_tqdm=False, lora_request=[lora_requests.get(rows[i].get("lora"))
                                                              for i in score_idx] if loras else None)
         for i, res in zip(score_idx, results, strict=True):
-            n_ctx = len(tok(rows[i]["prompt"])["input_ids"])
             ids = res.prompt_token_ids
+            # The caller sends how many trailing tokens are the continuation (stt's shared split); the
+            # context-alone count is the fallback for callers that do not.
+            k = rows[i].get("score_tokens")
+            n_ctx = len(ids) - int(k) if k else len(tok(rows[i]["prompt"])["input_ids"])
             total, greedy = 0.0, True
             for pos in range(n_ctx, len(ids)):
                 entry = res.prompt_logprobs[pos] or {}

@@ -7,6 +7,7 @@ folder is gone or damaged the cache is refreshed and the stage is redone.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from stt.finetune import finetune_key
 from stt.quality import quality_key, translation_quality
 from stt.report import write_report
 from stt.trainsets import build_key, build_set
+from stt.translate_test import translate_test as translate_test_lib
+from stt.translate_test import translate_test_key
 from tasks.model_slot import model_slot
 
 
@@ -38,15 +41,16 @@ def cached_on(key: str, folder: Path) -> dict[str, Any]:
 @task(name="build-dataset", task_run_name="build {task_name} {set_name}", retries=1, retry_delay_seconds=5,
       persist_result=True, result_serializer="json")
 def build_dataset(task_name: str, set_name: str, kind: SetKind, language: str | None, translate_dir: str,
-                  sets_root: str, config: BuildConfig) -> dict[str, Any]:
-    info = build_set(task_name, kind, language, Path(translate_dir), Path(sets_root), config)
+                  sets_root: str, config: BuildConfig, source: str | None = None) -> dict[str, Any]:
+    info = build_set(task_name, kind, language, Path(translate_dir), Path(sets_root), config,
+                     Path(source) if source else None)
     get_run_logger().info("%s: %d rows %s -> %s", info["set"], info["rows"], info["mixing"], info["folder"])
     return _summary(info)
 
 
 def build_dataset_options(task_name: str, kind: SetKind, language: str | None, translate_dir: Path,
-                          folder: Path, config: BuildConfig) -> dict[str, Any]:
-    return cached_on(build_key(task_name, kind, language, translate_dir, config), folder)
+                          folder: Path, config: BuildConfig, source: Path | None = None) -> dict[str, Any]:
+    return cached_on(build_key(task_name, kind, language, translate_dir, config, source), folder)
 
 
 @task(name="finetune", task_run_name="finetune {set_name}", retries=1, retry_delay_seconds=30,
@@ -84,6 +88,29 @@ def evaluate(task_name: str, language: str, engine: EngineConfig, config: EvalCo
 def evaluate_options(task_name: str, language: str, engine: EngineConfig, config: EvalConfig, data_dir: Path,
                      out_folder: Path) -> dict[str, Any]:
     return cached_on(evaluate_key(task_name, language, engine, config, data_dir), out_folder)
+
+
+@task(name="translate-test", task_run_name="translate-test {task_name} {language}", retries=1,
+      retry_delay_seconds=30, persist_result=True, result_serializer="json")
+def translate_test(task_name: str, language: str, translator: EngineConfig, answerer: EngineConfig,
+                   config: EvalConfig, generation: GenerationParams, prompt: PromptConfig, data_dir: str,
+                   out_folder: str) -> dict[str, Any]:
+    with model_slot():
+        release_engines()
+        info = translate_test_lib(task_name, language, translator, answerer, config, generation, prompt,
+                                  Path(data_dir), Path(out_folder))
+    get_run_logger().info("translate-test %s %s: %s", task_name, language, info["scores"])
+    return _summary(info)
+
+
+def translate_test_options(task_name: str, language: str, translator: EngineConfig, answerer: EngineConfig,
+                           config: EvalConfig, generation: GenerationParams, prompt: PromptConfig, data_dir: Path,
+                           out_folder: Path) -> dict[str, Any]:
+    key = translate_test_key(task_name, language, translator, answerer, config, generation, prompt, data_dir)
+    marker = out_folder / stages.MARKER
+    done = marker.is_file() and json.loads(marker.read_text()).get("run_key") == key
+    return {"cache_key_fn": lambda *_: key, "refresh_cache": not (done and stages.read_done(
+        out_folder, json.loads(marker.read_text())["key"]))}
 
 
 @task(name="translation-quality", task_run_name="quality {task_name} en-{language}", retries=1,

@@ -62,14 +62,33 @@ def test_loss_only_on_answer_tokens_and_truncation_keeps_the_answer():
 
     tok = AutoTokenizer.from_pretrained(hf_folder(resolve_model("gemma3-270m")))
     pair = math_pair(ENGLISH[0])
-    [f] = tokenize_pairs(tok, [{"prompt": pair.prompt, "target": pair.target}], max_length=512)
+    [f], aside, shortened = tokenize_pairs(tok, [{"prompt": pair.prompt, "target": pair.target}], max_length=512)
+    assert aside == [] and shortened == 0
     n_prompt = len(tok(pair.prompt)["input_ids"])
     assert f["labels"][:n_prompt] == [-100] * n_prompt
     assert tok.decode([t for t in f["labels"] if t != -100]) == pair.target + tok.eos_token
     assert f["labels"][-1] == tok.eos_token_id
-    qa = to_pair("qa", {"context": "word " * 400, "question": "Which word?", "answer_text": "word"})
-    [g] = tokenize_pairs(tok, [{"prompt": qa.prompt, "target": qa.target}], max_length=64)
-    assert len(g["input_ids"]) == 64 and tok.decode(g["input_ids"][-3:-1]).strip().endswith("word")
+
+    # A long QA context whose answer ("Zanzibar", said once) is near its end: the beginning is cut, the
+    # answer stays in the kept context and is the whole target.
+    filler = " ".join(f"Sentence {i} is about the weather." for i in range(60))
+    late = {"context": filler + " The treaty was signed in Zanzibar.", "question": "Where was it signed?",
+            "answer_text": "Zanzibar"}
+    early = {"context": "The treaty was signed in Zanzibar. " + filler, "question": "Where was it signed?",
+             "answer_text": "Zanzibar"}
+    rows = [{**vars(to_pair("qa", ex)), "fields": json.dumps(ex)} for ex in (late, early)]
+    features, aside, shortened = tokenize_pairs(tok, rows, max_length=64)
+    assert shortened == 1 and len(features) == 1
+    [g] = features
+    assert len(g["input_ids"]) == 64
+    kept_prompt = tok.decode([t for t, lab in zip(g["input_ids"], g["labels"], strict=True) if lab == -100])
+    assert "Zanzibar" in kept_prompt and "Sentence 0 " not in kept_prompt
+    assert tok.decode([t for t in g["labels"] if t != -100]) == " Zanzibar" + tok.eos_token
+    # The answer of the other row was in the part that had to go: set aside with the reason, not trained on.
+    assert [a["reason"] for a in aside] == ["answer_cut_from_context"]
+    # A target longer than max_length cannot be trained on at all.
+    long_target = [{"prompt": "Question: why?\nAnswer:", "target": " because" * 80}]
+    assert [a["reason"] for a in tokenize_pairs(tok, long_target, max_length=64)[1]] == ["target_too_long"]
     batch = PadCollator(tok.pad_token_id)([f, g])
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     assert int(batch["attention_mask"][1].sum()) == 64

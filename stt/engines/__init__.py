@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from stt.config import EngineConfig, GenerationParams
 from stt.engines.base import Completion, Engine, EngineStats, Request, Score
 from stt.errors import ConfigError
 from stt.models import resolve_model
 
-__all__ = ["Completion", "Engine", "EngineStats", "Request", "Score", "get_engine", "loaded_engines", "release_engines"]
+__all__ = ["Completion", "Engine", "EngineStats", "Request", "Score", "engine_signature", "get_engine",
+           "loaded_engines", "release_engines"]
 
 _ENGINES: dict[str, Engine] = {}
 _LOAD_LOCK = threading.Lock()
@@ -52,3 +54,24 @@ def release_engines(keep: EngineConfig | None = None) -> None:
             if keep is None or not key.startswith(keep.model_dump_json()):
                 del _ENGINES[key]
     gc.collect()
+
+
+def engine_signature(engine_config: EngineConfig) -> dict[str, Any]:
+    """The engine settings that change what a model writes or how a continuation scores.
+
+    Engines differ in numerics (fp32 on the CPU, bf16 on a GPU, vLLM kernels, a server's build), so
+    predictions made by one are never reused for a config that names another. Batch size and
+    concurrency change speed only.
+    """
+    device = engine_config.device
+    if engine_config.kind == "transformers" and device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    out: dict[str, Any] = {"kind": engine_config.kind, "dtype": engine_config.dtype, "device": device}
+    if engine_config.kind == "vllm-batch":
+        out.update(load_format=engine_config.load_format, max_model_len=engine_config.max_model_len,
+                   tensor_parallel_size=engine_config.tensor_parallel_size)
+    if engine_config.kind == "openai":
+        out.update(served_model=engine_config.served_model)
+    return out

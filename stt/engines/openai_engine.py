@@ -87,14 +87,17 @@ class OpenAIEngine(LocalTokenizer):
                    "temperature": 0.0} for c, x in pairs]
         results = asyncio.run(self._all(bodies, progress))
         scores = []
-        for (context, _), data in zip(pairs, results, strict=True):
+        for (context, continuation), data in zip(pairs, results, strict=True):
             lp = data["choices"][0].get("logprobs") or {}
             offsets, token_lps, tops = lp.get("text_offset"), lp.get("token_logprobs"), lp.get("top_logprobs")
             if not offsets or token_lps is None:
                 raise EndpointError("the endpoint returned no prompt logprobs (echo + logprobs): use vllm serve")
-            # Prompt tokens that start at or after the context's end belong to the continuation (the last
-            # entry is the one generated token, which is not part of it).
-            idx = [i for i, off in enumerate(offsets[:-1]) if off >= len(context)]
+            # The shared split (stt.engines.tokenizer): the server tokenises the same text with the same
+            # tokenizer, so the continuation is its last `len(whole) - n` prompt tokens. The last entry
+            # is the one generated token, not part of the prompt.
+            whole, n = self.split_pair(context, continuation)
+            prompt_len = len(token_lps) - 1
+            idx = list(range(prompt_len - (len(whole) - n), prompt_len))
             total = sum(token_lps[i] for i in idx)
             greedy = all(tops and tops[i] and max(tops[i].values()) <= token_lps[i] + 1e-6 for i in idx)
             scores.append(Score(float(total), len(idx), bool(greedy)))

@@ -19,10 +19,34 @@ def _tokenizer(folder: str) -> Any:
     return AutoTokenizer.from_pretrained(folder)
 
 
+SPLIT_VERSION = "whole-minus-context-v1"
+
+
+def split_continuation(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], int]:
+    """The one definition of a scored continuation, shared by every engine.
+
+    The whole text `context + continuation` is tokenised once (with the model's BOS); the context's
+    tokens are the longest prefix it shares with the tokenisation of the context alone, and every
+    token after them is the continuation (lm-evaluation-harness's split). Returns (whole ids, number
+    of context tokens). A merge across the boundary moves the merged token to the continuation.
+    """
+    whole = tokenizer(context + continuation)["input_ids"]
+    alone = tokenizer(context)["input_ids"]
+    n = 0
+    while n < min(len(whole), len(alone)) and whole[n] == alone[n]:
+        n += 1
+    if n >= len(whole):
+        raise ValueError(f"continuation {continuation!r} adds no tokens after its context")
+    return whole, max(n, 1)  # the first token (BOS) is always context: something must predict token 1
+
+
 class TokenizerMethods:
     """Token counting and chat templates for any engine with a Hugging Face `tokenizer`."""
 
     tokenizer: Any
+
+    def split_pair(self, context: str, continuation: str) -> tuple[list[int], int]:
+        return split_continuation(self.tokenizer, context, continuation)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -121,11 +121,8 @@ class TransformersEngine(TokenizerMethods):
             t0 = time.perf_counter()
             encoded = []
             for context, continuation in pairs:
-                ctx = self.tokenizer(context)["input_ids"]
-                cont = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
-                if not cont:
-                    raise ValueError(f"empty continuation after tokenising {continuation!r}")
-                encoded.append((ctx, cont))
+                whole, n = self.split_pair(context, continuation)
+                encoded.append((whole[:n], whole[n:]))
             out = self._batched([len(c) + len(t) for c, t in encoded],
                                 lambda idx: self._score_batch([encoded[i] for i in idx]), progress)
             self.stats.calls += 1

@@ -32,7 +32,7 @@ RUNNER = Path(__file__).resolve().parents[1] / "vllm_runner.py"
 
 IN_SCHEMA = pa.schema([
     ("prompt", pa.string()), ("max_tokens", pa.int64()), ("stop", pa.list_(pa.string())), ("kind", pa.string()),
-    ("continuation", pa.string()), ("lora", pa.string()),
+    ("continuation", pa.string()), ("lora", pa.string()), ("score_tokens", pa.int64()),
 ])
 
 
@@ -84,8 +84,13 @@ class VLLMBatchEngine(LocalTokenizer):
         return completions
 
     def loglikelihood(self, pairs: Sequence[tuple[str, str]], progress: ProgressFn | None = None) -> list[Score]:
-        rows = [{"prompt": c, "max_tokens": 1, "stop": [], "kind": "score", "continuation": x, "lora": self.adapter}
-                for c, x in pairs]
+        # The continuation's token count comes from the shared split (stt.engines.tokenizer), so vLLM scores
+        # exactly the tokens the other engines score.
+        rows = []
+        for c, x in pairs:
+            whole, n = self.split_pair(c, x)
+            rows.append({"prompt": c, "max_tokens": 1, "stop": [], "kind": "score", "continuation": x,
+                         "lora": self.adapter, "score_tokens": len(whole) - n})
         t0 = time.perf_counter()
         out = self._run(rows)
         self.stats.calls += 1

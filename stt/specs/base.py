@@ -51,6 +51,6 @@ class TaskSpec(ABC):
             row[field] = segments.join(parts.get(field, []), mode, language)
         return row
 
-    def check(self, example: Example, translated: Example) -> list[str]:
+    def check(self, example: Example, translated: Example, language: str) -> list[str]:
         """Task-specific reasons to reject a reassembled example (may also add fields to it)."""
         return []

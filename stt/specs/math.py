@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stt.loaders import Example, load_gsm8k
+from stt.numbers import numbers_in
 from stt.specs.base import TaskSpec
-from stt.validate import numbers
 
 
 @dataclass(frozen=True)
@@ -18,11 +18,12 @@ class MathSpec(TaskSpec):
     def load(self, path: Path) -> list[Example]:
         return load_gsm8k(path)
 
-    def check(self, example: Example, translated: Example) -> list[str]:
-        # Every number of the English question and rationale must survive translation.
+    def check(self, example: Example, translated: Example, language: str) -> list[str]:
+        # Every number of the English question and rationale must survive translation with its value:
+        # "2.50" -> "2,50" (de) keeps it, "3.5" -> "35" loses it.
         reasons = []
         for field in ("question", "rationale"):
-            missing = numbers(example[field]) - numbers(translated[field])
+            missing = numbers_in(example[field], "en") - numbers_in(translated[field], language)
             if missing:
                 reasons.append(f"lost_numbers:{field}")
         return reasons

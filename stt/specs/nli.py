@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stt.errors import ConfigError
-from stt.loaders import Example, load_mnli
+from stt.loaders import Example, load_mnli, load_xnli_dev
 from stt.specs.base import TaskSpec
 
 
@@ -15,10 +15,13 @@ class NLISpec(TaskSpec):
     def default_source(self, data_dir: Path) -> Path:
         raise ConfigError(
             "MultiNLI train is not available offline: pass its jsonl with --input "
-            "(multinli_1.0_train.jsonl)"
+            "(multinli_1.0_train.jsonl), or use the English XNLI dev set as a declared stand-in: "
+            "--input xnli/xtreme_dev-en.tsv (config: inputs: {mnli: xnli/xtreme_dev-en.tsv})"
         )
 
     def load(self, path: Path) -> list[Example]:
+        if path.name.startswith("xtreme_dev-") and path.suffix == ".tsv":
+            return load_xnli_dev(path)
         return load_mnli(path)
 
 

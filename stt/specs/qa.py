@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stt.loaders import XQUAD_TRAIN_ARTICLES, Example, load_squad
+from stt.spans import find_span
 from stt.specs.base import TaskSpec
 
 
@@ -20,15 +21,16 @@ class QASpec(TaskSpec):
             return load_squad(path, split="train", dataset="xquad.en", articles=XQUAD_TRAIN_ARTICLES)
         return load_squad(path)
 
-    def check(self, example: Example, translated: Example) -> list[str]:
-        context, answer = translated["context"], translated["answer_text"]
-        start = context.find(answer)
-        if start < 0:
-            start = context.casefold().find(answer.casefold())
-            if start >= 0:  # keep the context's own spelling so that context[start:end] is the answer
-                translated["answer_text"] = context[start : start + len(answer)]
+    def check(self, example: Example, translated: Example, language: str) -> list[str]:
+        span = find_span(translated["context"], translated["answer_text"])
+        if span is None:
+            translated["answer_start"] = -1
+            return ["answer_not_in_context"]
+        start, end = span
+        # The context's own spelling, so that context[answer_start:][:len(answer_text)] is the answer.
+        translated["answer_text"] = translated["context"][start:end]
         translated["answer_start"] = start
-        return [] if start >= 0 and answer else ["answer_not_in_context"]
+        return []
 
 
 SQUAD = QASpec(

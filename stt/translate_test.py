@@ -1,0 +1,111 @@
+"""Translate-test (Etxaniz et al. 2023), a control: the model translates each test input into English
+with the same few-shot prompt (demonstrations reversed) and the English adapter answers it.
+
+The translated inputs are saved (`inputs_en.parquet`: every segment's source and output) under their
+own key, so the answering step can be redone without translating again; the predictions go through
+`stt.evaluate` with the translated items, and are scored against the original gold answers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stt import segments, shards, stages
+from stt.config import EngineConfig, EvalConfig, GenerationParams, PromptConfig
+from stt.engines import Request, engine_signature, get_engine
+from stt.errors import ConfigError
+from stt.evaluate import evaluate, evaluate_key
+from stt.models import resolve_model
+from stt.prompts import build_prompt_builder
+from stt.testsets import load_test_set
+from stt.validate import clean_completion
+
+log = logging.getLogger(__name__)
+
+# The input fields of each test set that are translated, and how they are split into segments.
+FIELDS: dict[str, dict[str, segments.SplitMode]] = {
+    "gsm8k": {"question": "whole"},
+    "mnli": {"premise": "sentences", "hypothesis": "sentences"},
+}
+INPUTS_FILE = "inputs_en.parquet"
+
+
+def supported(task: str) -> bool:
+    # Extractive QA would answer with an English span, not one of the target-language context.
+    return task in FIELDS
+
+
+def inputs_key(task: str, language: str, items: list[dict[str, Any]], engine_config: EngineConfig,
+               generation: GenerationParams, prompt: PromptConfig, data_dir: Path) -> str:
+    builder = build_prompt_builder(language, prompt, data_dir, to_english=True)
+    return stages.stage_key(stage="translate-test-inputs", task=task, language=language,
+                            weights=resolve_model(engine_config.model).weights_sha256,
+                            engine=engine_signature(engine_config), prefix=builder.completion_prompt(""),
+                            prompt_version=builder.version, generation=generation.model_dump(mode="json"),
+                            items=items)
+
+
+def translate_test_key(task: str, language: str, translator: EngineConfig, answerer: EngineConfig,
+                       config: EvalConfig, generation: GenerationParams, prompt: PromptConfig, data_dir: Path) -> str:
+    """Everything a translate-test result depends on, known before running (the Prefect cache key)."""
+    items = load_test_set(task, data_dir, language, config.limit, config.xnli_split)
+    return stages.stage_key(stage="translate-test", inputs=inputs_key(task, language, items, translator, generation,
+                                                                      prompt, data_dir),
+                            answer=evaluate_key(task, language, answerer, config, data_dir, items=items))
+
+
+def translate_inputs(task: str, language: str, items: list[dict[str, Any]], engine_config: EngineConfig,
+                     generation: GenerationParams, prompt: PromptConfig, data_dir: Path, out_folder: Path
+                     ) -> tuple[list[dict[str, Any]], str]:
+    """The items with their input fields translated into English (reused from disk when the key matches)."""
+    if not supported(task):
+        raise ConfigError(f"translate-test is defined for {', '.join(FIELDS)}, not '{task}' (extractive QA would "
+                          "answer with an English span)")
+    builder = build_prompt_builder(language, prompt, data_dir, to_english=True)
+    key = inputs_key(task, language, items, engine_config, generation, prompt, data_dir)
+    path = Path(out_folder) / INPUTS_FILE
+    if path.is_file() and shards.read_metadata(path).get("stt.key") == key:
+        rows = pq.read_table(path).to_pylist()
+    else:
+        engine = get_engine(engine_config, generation)
+        plan = [(i, field, k, text) for i, it in enumerate(items) for field, mode in FIELDS[task].items()
+                for k, text in enumerate(segments.split(it[field], mode))]
+        requests = [Request(builder.completion_prompt(text),
+                            generation.max_new_tokens(engine.count_tokens(text)), generation.stop)
+                    for *_, text in plan]
+        outs = engine.generate(requests)
+        rows = [{"item": i, "field": field, "segment": k, "source": text, "raw": o.text,
+                 "output": clean_completion(o.text, "English", generation.stop, builder.source_name),
+                 "finish_reason": o.finish_reason}
+                for (i, field, k, text), o in zip(plan, outs, strict=True)]
+        shards.write_parquet_atomic(pa.Table.from_pylist(rows), path, {"stt.key": key})
+    translated = [dict(it) for it in items]
+    for field, mode in FIELDS[task].items():
+        parts: dict[int, list[str]] = {}
+        for r in sorted((r for r in rows if r["field"] == field), key=lambda r: (r["item"], r["segment"])):
+            parts.setdefault(r["item"], []).append(r["output"])
+        for i, it in enumerate(translated):
+            it[field] = segments.join(parts.get(i, []), mode, "en")
+    return translated, key
+
+
+def translate_test(task: str, language: str, translator: EngineConfig, answerer: EngineConfig, config: EvalConfig,
+                   generation: GenerationParams, prompt: PromptConfig, data_dir: Path, out_folder: Path
+                   ) -> dict[str, Any]:
+    """Translate the test inputs into English with `translator` (the base model), answer with `answerer`."""
+    items = load_test_set(task, data_dir, language, config.limit, config.xnli_split)
+    run_key = translate_test_key(task, language, translator, answerer, config, generation, prompt, data_dir)
+    translated, key = translate_inputs(task, language, items, translator, generation, prompt, data_dir, out_folder)
+    empty = sum(not it[f] for it in translated for f in FIELDS[task])
+    if empty:
+        log.warning("translate-test %s %s: %d empty translated fields (answered as they are)", task, language, empty)
+    return evaluate(task, language, answerer, config, data_dir, out_folder, "translate-test", items=translated,
+                    output_language="en",
+                    extra={"translated_inputs": INPUTS_FILE, "translate_key": key, "run_key": run_key,
+                           "empty_translations": empty, "translator": json.loads(translator.model_dump_json())})
