@@ -110,3 +110,17 @@ def test_retries_ride_out_a_server_restart(server):
     assert not worker.is_alive()
     assert len(result["outs"]) == 8 and all(o.completion_tokens > 0 for o in result["outs"])
     assert engine.retries > 0
+
+
+def test_endpoint_scores_the_same_continuation_tokens_as_the_engine_in_process(server):
+    # The shared split (stt.engines.tokenizer): the server scores exactly the label's tokens. The server runs
+    # the GGUF weights in llama.cpp, the in-process engine their dequantised copy in torch: close, not equal.
+    from stt.engines import get_engine
+
+    pairs = [("Premise: A man sleeps.\nHypothesis: Nobody sleeps.\nRelation:", f" {label}")
+             for label in ("entailment", "neutral", "contradiction")] + [("The capital of France is", " Paris")]
+    remote = _engine(server).loglikelihood(pairs)
+    local = get_engine(EngineConfig(batch_size=4, reuse_prefix_cache=False)).loglikelihood(pairs)
+    assert [s.tokens for s in remote] == [s.tokens for s in local]
+    for r, loc in zip(remote, local, strict=True):
+        assert r.logprob == pytest.approx(loc.logprob, abs=0.3)
