@@ -16,15 +16,19 @@ from stt.errors import ConfigError
 class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # transformers: in-process (CPU or one GPU); vllm-batch: offline vllm.LLM.generate in the vLLM
-    # environment's Python (a subprocess per call); openai: a /v1/completions endpoint (vllm serve).
-    kind: Literal["transformers", "vllm-batch", "openai"] = "transformers"
+    # transformers: in-process (CPU or one GPU); llama-cpp: in-process on the GGUF weights (fastest on a
+    # CPU); vllm-batch: offline vllm.LLM.generate in the vLLM environment's Python (a subprocess per call);
+    # openai: a /v1/completions endpoint (vllm serve).
+    kind: Literal["transformers", "llama-cpp", "vllm-batch", "openai"] = "transformers"
     model: str = "gemma3-270m"
     batch_size: int = Field(8, ge=1)
     device: str = "auto"  # "auto": cuda when available, else cpu
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
     reuse_prefix_cache: bool = True  # compute the shared few-shot prefix once per language
     adapter: Path | None = None  # a LoRA adapter folder (peft) applied on top of the model
+    # llama-cpp: KV cells shared by the prefix and every running sequence; threads (default: all cores).
+    n_ctx: int = Field(8192, ge=256)
+    threads: int | None = Field(None, ge=1)
     # vllm-batch: the vLLM environment (scripts/setup-vllm.sh) and its engine settings.
     vllm_python: str | None = None  # default: $STT_VLLM_PYTHON
     tensor_parallel_size: int = Field(1, ge=1)
@@ -156,6 +160,8 @@ class TrainConfig(BaseModel):
     max_length: int = Field(256, ge=16)  # tokens of prompt + answer
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     save_steps: int = Field(50, ge=1)  # checkpoint every N steps (a killed run resumes from the last)
+    # Speed: the output layer applied only to answer tokens (the same loss, fewer of the 262k-word logits).
+    answer_only_logits: bool = True
     seed: int = 0
 
 

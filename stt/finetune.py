@@ -84,6 +84,42 @@ class PadCollator:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def answer_only_loss(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
+    """Causal-LM loss with the output layer applied only where there is a loss (the answer tokens).
+
+    The same loss as the model's own (cross-entropy of each answer token given everything before it),
+    but Gemma 3's 262k-word output layer is the heaviest part of the network: computing its logits for
+    prompt tokens that carry no loss is wasted time. Returns (summed loss, number of answer tokens).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = causal.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+    target = inputs["labels"][:, 1:]
+    keep = target != -100
+    logits = causal.lm_head(hidden[:, :-1][keep]).float()
+    cap = getattr(causal.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return F.cross_entropy(logits, target[keep], reduction="sum"), keep.sum()
+
+
+def answer_only_trainer(trainer_cls: type) -> type:
+    class AnswerOnlyTrainer(trainer_cls):  # type: ignore[misc, valid-type]
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            total, count = answer_only_loss(model, inputs)
+            # Normalised as the Trainer expects: by the tokens of all accumulated batches when it counts
+            # them for models that take loss kwargs (it then does not divide by the accumulation steps).
+            if num_items_in_batch is not None and getattr(self, "model_accepts_loss_kwargs", False):
+                loss = total / num_items_in_batch
+            else:
+                loss = total / count.clamp(min=1)
+            return (loss, None) if return_outputs else loss
+
+    return AnswerOnlyTrainer
+
+
 def planned_steps(examples: int, config: TrainConfig) -> int:
     """Optimizer steps the Trainer takes for this many examples (max_steps wins over epochs)."""
     if config.max_steps:
@@ -194,7 +230,8 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
                               "loss": float(logs["loss"]), "learning_rate": float(logs.get("learning_rate", 0))})
                 log.info("step %d/%d loss %.4f", state.global_step, state.max_steps, logs["loss"])
 
-    trainer = Trainer(model=peft_model, args=args, train_dataset=features,
+    trainer_class = answer_only_trainer(Trainer) if config.answer_only_logits else Trainer
+    trainer = trainer_class(model=peft_model, args=args, train_dataset=features,
                       data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[Record()])
     checkpoints = sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     resume = str(checkpoints[-1]) if checkpoints else None

@@ -32,3 +32,23 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def tiny_adapter(folder: Path, learning_rate: float) -> Path:
+    """A LoRA adapter trained for one step on four arithmetic pairs: enough to move the model visibly."""
+    import pyarrow as pa
+
+    from stt.config import TrainConfig
+    from stt.finetune import finetune
+    from stt.shards import write_parquet_atomic
+    from stt.stages import mark_done
+    from stt.trainsets import SET_SCHEMA
+
+    rows = [{"id": f"x:{i}", "source_id": f"x:{i}", "language": "en", "variant": "english",
+             "prompt": f"Question: What is {i} plus {i}?\nAnswer:", "target": f" {2 * i}", "fields": "{}"}
+            for i in range(4)]
+    write_parquet_atomic(pa.Table.from_pylist(rows, schema=SET_SCHEMA), folder / "set" / "data.parquet")
+    mark_done(folder / "set", "test-set", ["data.parquet"])
+    finetune("gemma3-270m", folder / "set", folder / "adapter",
+             TrainConfig(rank=4, alpha=8, max_steps=1, batch_size=4, max_length=48, learning_rate=learning_rate))
+    return folder / "adapter"

@@ -15,7 +15,7 @@ from stt.errors import ConfigError
 from stt.models import resolve_model
 from stt.prompts import build_prompt_builder
 
-from .conftest import DATA
+from .conftest import DATA, tiny_adapter
 
 pytestmark = pytest.mark.model
 
@@ -67,22 +67,8 @@ def test_missing_vllm_environment_is_one_clear_error(monkeypatch):
 
 def test_runner_applies_a_lora_adapter_like_the_engine_in_process(tmp_path):
     """LoRA evaluation through the runner: the adapter path travels in the Parquet, per request."""
-    import pyarrow as pa
-
-    from stt.config import TrainConfig
-    from stt.finetune import finetune
-    from stt.shards import write_parquet_atomic
-    from stt.stages import mark_done
-    from stt.trainsets import SET_SCHEMA
-
-    rows = [{"id": f"x:{i}", "source_id": f"x:{i}", "language": "en", "variant": "english",
-             "prompt": f"Question: What is {i} plus {i}?\nAnswer:", "target": f" {2 * i}", "fields": "{}"}
-            for i in range(4)]
-    write_parquet_atomic(pa.Table.from_pylist(rows, schema=SET_SCHEMA), tmp_path / "set" / "data.parquet")
-    mark_done(tmp_path / "set", "test-set", ["data.parquet"])
     # A large learning rate so that one step visibly changes what the model writes.
-    finetune("gemma3-270m", tmp_path / "set", tmp_path / "adapter",
-             TrainConfig(rank=4, alpha=8, max_steps=1, batch_size=4, max_length=48, learning_rate=0.05))
+    tiny_adapter(tmp_path, learning_rate=0.05)
     requests = [Request("Question: What is 3 plus 3?\nAnswer:", 8, ("\n",))]
     engine = _runner_engine()
     engine.adapter = str(tmp_path / "adapter")

@@ -28,6 +28,10 @@ def get_engine(config: EngineConfig, generation: GenerationParams | None = None)
                 from stt.engines.transformers_engine import TransformersEngine
 
                 _ENGINES[key] = TransformersEngine(model, config, generation)
+            elif config.kind == "llama-cpp":
+                from stt.engines.llamacpp_engine import LlamaCppEngine
+
+                _ENGINES[key] = LlamaCppEngine(model, config, generation)
             elif config.kind == "vllm-batch":
                 from stt.engines.vllm_batch import VLLMBatchEngine
 

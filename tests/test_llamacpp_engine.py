@@ -1,0 +1,116 @@
+"""The llama.cpp engine against independent computations: llama-cpp-python's own high-level API on the
+same token ids, and transformers with the same LoRA adapter."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from stt.config import EngineConfig, PromptConfig
+from stt.engines import Request, get_engine
+from stt.models import resolve_model
+from stt.prompts import build_prompt_builder
+
+from .conftest import DATA, tiny_adapter
+
+pytestmark = pytest.mark.model
+
+TEXTS = ["Natalia sold clips to 48 of her friends in April.", "How many clips did Natalia sell?",
+         "Weng earns $12 an hour for babysitting.", "She did 50 minutes of babysitting.",
+         "How much did she earn?", "Betty has only half of the money she needs."]
+
+
+def _reference(logits_all: bool = False):
+    from llama_cpp import Llama
+
+    # Laid out as the engine lays it out (cache size, full sliding-window cache, logits of the last prompt
+    # token only: llama.cpp computes the last layer only for rows with an output): see the first test.
+    threads = len(os.sched_getaffinity(0))
+    return Llama(model_path=str(resolve_model("gemma3-270m").path), n_ctx=8192, swa_full=True,
+                 logits_all=logits_all, n_threads=threads, n_threads_batch=threads, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return _reference(logits_all=True)
+
+
+def _requests():
+    builder = build_prompt_builder("de", PromptConfig(), DATA)
+    return [Request(builder.completion_prompt(t), 32, ("\n",)) for t in TEXTS]
+
+
+def test_generation_is_greedy_under_an_independent_llama_cpp_forward_pass(reference):
+    # llama.cpp's sums depend on batch shapes and where cells sit in the KV buffer, so two correct greedy
+    # decoders can part ways at a near-tie. The check: replay prompt + our output through llama-cpp-python
+    # and require every generated token to be the argmax there, up to a near-tie margin.
+    engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=3))
+    requests = _requests()
+    ours = engine.generate(requests)
+    ties = total = 0
+    for r, c in zip(requests, ours, strict=True):
+        prompt = engine.tokenizer(r.prompt)["input_ids"]
+        generated = engine.tokenizer(c.text, add_special_tokens=False)["input_ids"]
+        assert c.prompt_tokens == len(prompt) and generated
+        assert c.finish_reason == "stop" or c.completion_tokens == r.max_new_tokens
+        reference.reset()
+        reference.eval(prompt + generated)
+        logits = np.array(reference.scores[len(prompt) - 1 : len(prompt) + len(generated) - 1])
+        margins = logits.max(1) - logits[np.arange(len(generated)), generated]
+        assert margins.max() < 0.5, (c.text, margins.max())
+        ties += int((margins > 0).sum())
+        total += len(generated)
+    assert ties <= 0.1 * total  # nearly every token is the reference's own argmax
+
+
+def test_continuous_batching_serves_every_request_with_the_prefix_shared():
+    engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=2))
+    requests = _requests()
+    first = engine.generate(requests)
+    again = engine.generate(requests)
+    assert [c.text for c in first] == [c.text for c in again]  # deterministic, slots reused cleanly
+    assert all(c.text and "\n" not in c.text and 0 < c.completion_tokens <= 32 for c in first)
+    assert max(engine.stats.batch_sizes) == 2  # never more sequences than slots
+
+
+def test_loglikelihood_matches_a_plain_llama_cpp_forward_pass(reference):
+    engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=4))
+    pairs = [("Premise: A man sleeps.\nHypothesis: Nobody sleeps.\nRelation:", f" {label}")
+             for label in ("entailment", "neutral", "contradiction")] + [("The capital of France is", " Paris")]
+    ours = engine.loglikelihood(pairs)
+    for (context, continuation), score in zip(pairs, ours, strict=True):
+        whole, n = engine.split_pair(context, continuation)
+        reference.reset()
+        reference.eval(whole)
+        logits = np.array(reference.scores[: len(whole)], dtype=np.float64)
+        logprobs = logits - logits.max(1, keepdims=True)
+        logprobs -= np.log(np.exp(logprobs).sum(1, keepdims=True))
+        expected = sum(logprobs[t - 1, whole[t]] for t in range(n, len(whole)))
+        assert score.tokens == len(whole) - n
+        assert score.logprob == pytest.approx(expected, abs=0.05)
+    assert ours[0].tokens == 2  # " entailment" is two tokens: the multi-token path ran
+
+
+def test_lora_adapter_applies_like_in_transformers(tmp_path):
+    adapter = tiny_adapter(tmp_path, learning_rate=0.02)
+    pairs = [("Question: What is 3 plus 3?\nAnswer:", " 6"), ("Question: What is 3 plus 3?\nAnswer:", " 7"),
+             ("Question: What is 5 plus 5?\nAnswer:", " 10")]
+    base = get_engine(EngineConfig(kind="llama-cpp")).loglikelihood(pairs)
+    lora = get_engine(EngineConfig(kind="llama-cpp", adapter=adapter)).loglikelihood(pairs)
+    torch_base = get_engine(EngineConfig(reuse_prefix_cache=False)).loglikelihood(pairs)
+    torch_lora = get_engine(EngineConfig(adapter=adapter, reuse_prefix_cache=False)).loglikelihood(pairs)
+    for b, a, tb, ta in zip(base, lora, torch_base, torch_lora, strict=True):
+        # The adapter moves each score the same way in llama.cpp as in transformers, about as far (the Q4
+        # kernels vs fp32 weights differ most on the large moves).
+        assert abs(ta.logprob - tb.logprob) > 1.0
+        assert a.logprob - b.logprob == pytest.approx(ta.logprob - tb.logprob, rel=0.35)
+
+
+def test_a_hugging_face_folder_is_refused_with_the_reason(tmp_path):
+    from stt.errors import ConfigError
+    from stt.models import hf_folder
+
+    with pytest.raises(ConfigError, match="runs GGUF weights"):
+        get_engine(EngineConfig(kind="llama-cpp", model=str(hf_folder(resolve_model("gemma3-270m")))))
