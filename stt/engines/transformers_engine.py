@@ -116,25 +116,53 @@ class TransformersEngine(TokenizerMethods):
 
     # -- scoring -------------------------------------------------------------------------------
     def loglikelihood(self, pairs: Sequence[tuple[str, str]], progress: ProgressFn | None = None) -> list[Score]:
-        """Sum of log-probabilities of each continuation given its context (NLI label scoring)."""
+        """Sum of log-probabilities of each continuation given its context (NLI label scoring).
+
+        Pairs that share a context share one forward pass: the sequence is the context plus the longest
+        continuation but its last token, and every continuation whose tokens follow that path (all
+        one-token ones, and the longest itself) is read from its logits. The three NLI labels of an item
+        cost one pass instead of three.
+        """
         with self.lock:
             t0 = time.perf_counter()
-            encoded = []
-            for context, continuation in pairs:
-                whole, n = self.split_pair(context, continuation)
-                encoded.append((whole[:n], whole[n:]))
-            out = self._batched([len(c) + len(t) for c, t in encoded],
-                                lambda idx: self._score_batch([encoded[i] for i in idx]), progress)
+            units: list[tuple[list[int], list[int]]] = []  # (context ids, extension ids) per forward pass
+            where: list[tuple[int, list[int]]] = []  # per pair: (unit, continuation ids)
+            by_context: dict[tuple[int, ...], list[int]] = {}
+            split = [self.split_pair(c, x) for c, x in pairs]
+            for k, (whole, n) in enumerate(split):
+                by_context.setdefault(tuple(whole[:n]), []).append(k)
+            for ctx, members in by_context.items():
+                conts = {k: split[k][0][split[k][1] :] for k in members}
+                longest = max(conts.values(), key=len)
+                unit = len(units)
+                units.append((list(ctx), longest[:-1]))
+                for cont in conts.values():
+                    if cont[:-1] == longest[: len(cont) - 1]:
+                        where.append((unit, cont))
+                    else:  # a continuation off the shared path gets its own pass
+                        units.append((list(ctx), cont[:-1]))
+                        where.append((len(units) - 1, cont))
+            order = {k: i for i, k in enumerate(k for members in by_context.values() for k in members)}
+            unit_logprobs = self._batched([len(c) + len(e) for c, e in units],
+                                          lambda idx: self._unit_logprobs([units[i] for i in idx]), progress)
+            scores = []
+            for k in range(len(pairs)):
+                unit, cont = where[order[k]]
+                rows = unit_logprobs[unit][: len(cont)]  # row j predicts continuation token j
+                target = torch.tensor(cont)
+                picked = rows.gather(-1, target[:, None])
+                scores.append(Score(float(picked.sum()), len(cont), bool((rows.argmax(-1) == target).all())))
             self.stats.calls += 1
             self.stats.requests += len(pairs)
             self.stats.seconds += time.perf_counter() - t0
-            return out
+            return scores
 
-    def _score_batch(self, batch: list[tuple[list[int], list[int]]]) -> list[Score]:
+    def _unit_logprobs(self, batch: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
+        """Log-probabilities at the last context position and every extension position, per unit."""
         pad = self.tokenizer.pad_token_id
-        seqs = [c + t for c, t in batch]
+        seqs = [c + e for c, e in batch]
         width = max(len(s) for s in seqs)
-        keep = max(len(t) for _, t in batch) + 1
+        keep = max(len(e) for _, e in batch) + 1
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for row, s in enumerate(seqs):
@@ -146,15 +174,9 @@ class TransformersEngine(TokenizerMethods):
             # Only the last `keep` positions' logits: a 262k vocabulary makes full logits huge.
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                 position_ids=positions.to(self.device), logits_to_keep=keep).logits
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        scores = []
-        for row, (_, cont) in enumerate(batch):
-            n = len(cont)
-            rows = logprobs[row, keep - n - 1 : keep - 1].cpu()  # position t predicts token t + 1
-            target = torch.tensor(cont)
-            picked = rows.gather(-1, target[:, None])
-            scores.append(Score(float(picked.sum()), n, bool((rows.argmax(-1) == target).all())))
-        return scores
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        # Row r ends at kept index keep-1; its context's last position is len(extension) before that.
+        return [logprobs[row, keep - 1 - len(e) :] for row, (_, e) in enumerate(batch)]
 
     def _encode(self, prompt: str, prefix_text: str) -> list[int]:
         """Token ids of the prompt after the shared prefix (all of it when there is none)."""
