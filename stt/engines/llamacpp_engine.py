@@ -56,6 +56,8 @@ class LlamaCppEngine(LocalTokenizer):
     def __init__(self, model: ResolvedModel, config: EngineConfig, generation: GenerationParams | None = None):
         import llama_cpp as L
 
+        # llama-cpp-python prints every llama.cpp log line unless its logger says otherwise: errors only.
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
         if not model.is_gguf:
             raise ConfigError(f"engine 'llama-cpp' runs GGUF weights; {model.model_id} is a Hugging Face folder "
                               "(use engine.kind 'transformers', or give the .gguf file)")
