@@ -127,7 +127,11 @@ def adapter_train_config(config: RunConfig, plan: TaskPlan, job: AdapterJob) -> 
 
 def eval_engine(config: RunConfig, plan: TaskPlan, job: EvalJob) -> EngineConfig:
     adapter = plan.adapter_dir(job.adapter) if job.adapter else None
-    return config.engine.model_copy(update={"adapter": adapter, "reuse_prefix_cache": False})
+    update: dict[str, Any] = {"adapter": adapter, "reuse_prefix_cache": False}
+    if adapter and config.engine.kind == "llama-cpp":
+        # LoRA on llama.cpp did not reproduce transformers' shifts reliably: adapters are scored in torch.
+        update["kind"] = "transformers"
+    return config.engine.model_copy(update=update)
 
 
 def translator_engine(config: RunConfig) -> EngineConfig:

@@ -93,19 +93,33 @@ def test_loglikelihood_matches_a_plain_llama_cpp_forward_pass(reference):
     assert ours[0].tokens == 2  # " entailment" is two tokens: the multi-token path ran
 
 
-def test_lora_adapter_applies_like_in_transformers(tmp_path):
+def test_lora_adapter_is_opt_in_and_runs_route_adapters_to_transformers(tmp_path, monkeypatch):
+    from stt.config import RunConfig
+    from stt.errors import ConfigError
+    from stt.pipeline import eval_engine, plan_task
+
     adapter = tiny_adapter(tmp_path, learning_rate=0.02)
+    monkeypatch.delenv("STT_LLAMA_CPP_LORA", raising=False)
+    with pytest.raises(ConfigError, match="opt-in"):
+        get_engine(EngineConfig(kind="llama-cpp", adapter=adapter))
+    config = RunConfig(engine=EngineConfig(kind="llama-cpp"), languages=("de",))
+    plan = plan_task(config, "gsm8k")
+    kinds = {job.name: eval_engine(config, plan, job).kind for job in plan.evals}
+    assert kinds["base-de"] == "llama-cpp" and kinds["zero-shot-de"] == kinds["self-translate-train-de"] == \
+        "transformers"
+    # Opted in, the adapter is applied: the scores move the same way as in transformers (how far varied
+    # between 0.04x and 1.4x of transformers' shift across reruns, hence opt-in).
+    monkeypatch.setenv("STT_LLAMA_CPP_LORA", "1")
     pairs = [("Question: What is 3 plus 3?\nAnswer:", " 6"), ("Question: What is 3 plus 3?\nAnswer:", " 7"),
              ("Question: What is 5 plus 5?\nAnswer:", " 10")]
     base = get_engine(EngineConfig(kind="llama-cpp")).loglikelihood(pairs)
     lora = get_engine(EngineConfig(kind="llama-cpp", adapter=adapter)).loglikelihood(pairs)
     torch_base = get_engine(EngineConfig(reuse_prefix_cache=False)).loglikelihood(pairs)
     torch_lora = get_engine(EngineConfig(adapter=adapter, reuse_prefix_cache=False)).loglikelihood(pairs)
-    for b, a, tb, ta in zip(base, lora, torch_base, torch_lora, strict=True):
-        # The adapter moves each score the same way in llama.cpp as in transformers, about as far (the Q4
-        # kernels vs fp32 weights differ most on the large moves).
-        assert abs(ta.logprob - tb.logprob) > 1.0
-        assert a.logprob - b.logprob == pytest.approx(ta.logprob - tb.logprob, rel=0.35)
+    shifts = [(ta.logprob - tb.logprob, a.logprob - b.logprob)
+              for b, a, tb, ta in zip(base, lora, torch_base, torch_lora, strict=True)]
+    torch_shift, llama_shift = max(shifts, key=lambda s: abs(s[0]))  # where the adapter acts most
+    assert abs(torch_shift) > 1.0 and llama_shift * torch_shift > 0 and abs(llama_shift) > 0.5
 
 
 def test_a_hugging_face_folder_is_refused_with_the_reason(tmp_path):
