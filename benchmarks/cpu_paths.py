@@ -140,9 +140,15 @@ def training(args: argparse.Namespace) -> dict:
         mark_done(Path(tmp) / "set", "bench", ["data.parquet"])
         base = TrainConfig(rank=8, alpha=16, batch_size=4, max_length=192, learning_rate=3e-4, save_steps=1000,
                            max_steps=args.steps)
-        for name, cfg in (("all logits (before)", base.model_copy(update={"answer_only_logits": False})),
-                          ("answer-only logits", base)):
-            info = finetune(args.model, Path(tmp) / "set", Path(tmp) / name.replace(" ", "_"), cfg)
+        variants = (
+            ("all logits (before)", {"answer_only_logits": False, "group_by_length": False}),
+            ("answer-only logits", {"group_by_length": False}),
+            ("answer-only logits + length-grouped batches (default)", {}),
+            ("default + lora dropout 0 (reference, changes the method)", {"dropout": 0.0}),
+        )
+        for name, update in variants:
+            cfg = base.model_copy(update=update)
+            info = finetune(args.model, Path(tmp) / "set", Path(tmp) / f"adapter{len(out)}", cfg)
             m = info["metrics"]
             out[name] = {"steps": m["steps"], "seconds_per_step": m["seconds_per_step"], "train_loss": m["train_loss"]}
     first = out["all logits (before)"]["seconds_per_step"]

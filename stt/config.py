@@ -71,6 +71,22 @@ class PromptConfig(BaseModel):
     demonstrations: Path | None = None  # jsonl with lang/question/answer like mgsm_exemplars.jsonl
 
 
+class RoundTripConfig(BaseModel):
+    """Round-trip filtering: the model translates its own translation back into English; a row whose
+    back-translation scores below `min_chrf` (sentence chrF against the English source) is set aside
+    with reason `round_trip` (kept restorable in the rejects, see the `self-translate-train-unfiltered` set)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    min_chrf: float = Field(35.0, ge=0.0, le=100.0)
+    # Per-language thresholds: back-translations from a low-resource language score lower across the board.
+    min_chrf_by_language: dict[str, float] = {}
+
+    def threshold(self, language: str) -> float:
+        return self.min_chrf_by_language.get(language, self.min_chrf)
+
+
 class TranslateConfig(BaseModel):
     """What the translate stage needs to know. Saved next to its outputs."""
 
@@ -86,6 +102,7 @@ class TranslateConfig(BaseModel):
     engine: EngineConfig = EngineConfig()
     generation: GenerationParams = GenerationParams()
     prompt: PromptConfig = PromptConfig()
+    round_trip: RoundTripConfig = RoundTripConfig()
 
     @field_validator("languages", mode="before")
     @classmethod
@@ -131,7 +148,10 @@ def stable_json(obj: object) -> str:
 
 # --- the whole method: translate -> build sets -> fine-tune -> evaluate -> report -----------------------
 
-SetKind = Literal["english", "self-translate-train", "code-switch", "human-translate-train"]
+# self-translate-train-unfiltered: English + every validated translation, including the rows the round-trip
+# filter set aside (the "without the filter" column; needs translate.round_trip.enabled).
+SetKind = Literal["english", "self-translate-train", "self-translate-train-unfiltered", "code-switch",
+                  "human-translate-train"]
 
 
 class BuildConfig(BaseModel):
@@ -162,6 +182,8 @@ class TrainConfig(BaseModel):
     save_steps: int = Field(50, ge=1)  # checkpoint every N steps (a killed run resumes from the last)
     # Speed: the output layer applied only to answer tokens (the same loss, fewer of the 262k-word logits).
     answer_only_logits: bool = True
+    # Speed: batches of similar length (transformers' length-grouped sampler), so little of a step is padding.
+    group_by_length: bool = True
     seed: int = 0
 
 
@@ -170,7 +192,8 @@ class EvalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    limit: int | None = Field(None, ge=1)  # first N test items per language (the same items in every language)
+    limit: int | None = Field(None, ge=1)  # N test items per language (the same items in every language)
+    sample_seed: int | None = None  # None: the first N items; a seed: a seeded random draw of N (a study's sample)
     include_english: bool = True
     batch_size: int = Field(8, ge=1)
     max_new_tokens_math: int = Field(256, ge=1)
@@ -218,6 +241,7 @@ class RunConfig(BaseModel):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     controls: ControlsConfig = ControlsConfig()
+    round_trip: RoundTripConfig = RoundTripConfig()  # the translate stage's round-trip filter
 
     @field_validator("languages", "tasks", mode="before")
     @classmethod
@@ -237,7 +261,7 @@ class RunConfig(BaseModel):
         return TranslateConfig(
             task=task, languages=self.languages, limit=self.limit, input_path=self.inputs.get(task),
             data_dir=self.data_dir, out_dir=self.root / task / "translate", shard_size=self.shard_size,
-            engine=self.engine, generation=self.generation, prompt=self.prompt,
+            engine=self.engine, generation=self.generation, prompt=self.prompt, round_trip=self.round_trip,
         )
 
 

@@ -32,7 +32,7 @@ from stt.metrics import (
 from stt.models import file_sha256, resolve_model
 from stt.stats import RESAMPLES, SEED, bootstrap_ci
 from stt.templates import NLI_LABELS, TEMPLATE_VERSION, math_prompt, nli_prompt, qa_prompt
-from stt.testsets import TEST_SETS, load_test_set
+from stt.testsets import TEST_SETS, test_items
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def adapter_fingerprint(adapter: Path | None) -> str | None:
 def evaluate_key(task: str, language: str, engine_config: EngineConfig, config: EvalConfig, data_dir: Path,
                  items: list[dict] | None = None) -> str:
     """What the predictions depend on: weights, adapter, engine, test items, template, stops, settings."""
-    items = items if items is not None else load_test_set(task, data_dir, language, config.limit, config.xnli_split)
+    items = items if items is not None else test_items(task, data_dir, language, config)
     return _key(task, language, resolve_model(engine_config.model).weights_sha256,
                 adapter_fingerprint(engine_config.adapter), stages.stage_key(items=items), config,
                 engine_signature(engine_config))
@@ -169,7 +169,7 @@ def evaluate(task: str, language: str, engine_config: EngineConfig, config: Eval
     if task not in TEST_SETS:
         raise ConfigError(f"no test set for task '{task}': choose from {', '.join(TEST_SETS)}")
     if items is None:
-        items = load_test_set(task, data_dir, language, config.limit, config.xnli_split)
+        items = test_items(task, data_dir, language, config)
     output_language = output_language or language
     model = resolve_model(engine_config.model)
     adapter_sha = adapter_fingerprint(engine_config.adapter)

@@ -120,6 +120,16 @@ def answer_only_trainer(trainer_cls: type) -> type:
     return AnswerOnlyTrainer
 
 
+def _sampler_argument(arguments_cls: type, group_by_length: bool) -> dict[str, Any]:
+    """transformers 5 names the sampler `train_sampling_strategy`; 4.x has a `group_by_length` flag."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(arguments_cls)}
+    if "train_sampling_strategy" in names:
+        return {"train_sampling_strategy": "group_by_length" if group_by_length else "random"}
+    return {"group_by_length": group_by_length}
+
+
 def planned_steps(examples: int, config: TrainConfig) -> int:
     """Optimizer steps the Trainer takes for this many examples (max_steps wins over epochs)."""
     if config.max_steps:
@@ -195,6 +205,7 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     total_steps = planned_steps(len(features), config)
 
     args = TrainingArguments(
+        **_sampler_argument(TrainingArguments, config.group_by_length),
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation,

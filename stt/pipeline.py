@@ -33,7 +33,8 @@ from stt.translate_test import translate_test
 log = logging.getLogger(__name__)
 
 # Which training set each evaluated model was fine-tuned on.
-MODEL_OF_SET = {"english": "zero-shot", "self-translate-train": "self-translate-train", "code-switch": "code-switch",
+MODEL_OF_SET = {"english": "zero-shot", "self-translate-train": "self-translate-train",
+                "self-translate-train-unfiltered": "self-translate-train-unfiltered", "code-switch": "code-switch",
                 "human-translate-train": "human-translate-train"}
 
 
@@ -128,8 +129,9 @@ def adapter_train_config(config: RunConfig, plan: TaskPlan, job: AdapterJob) -> 
 def eval_engine(config: RunConfig, plan: TaskPlan, job: EvalJob) -> EngineConfig:
     adapter = plan.adapter_dir(job.adapter) if job.adapter else None
     update: dict[str, Any] = {"adapter": adapter, "reuse_prefix_cache": False}
-    if adapter and config.engine.kind == "llama-cpp":
-        # LoRA on llama.cpp did not reproduce transformers' shifts reliably: adapters are scored in torch.
+    if config.engine.kind == "llama-cpp":
+        # LoRA on llama.cpp did not reproduce transformers' shifts reliably, so adapters are scored in torch;
+        # so is the base model, so that every column of the table comes from the same engine's numerics.
         update["kind"] = "transformers"
     return config.engine.model_copy(update=update)
 
@@ -153,7 +155,10 @@ def notes(config: RunConfig) -> list[str]:
             out.append(f"No human translate-train for {task}: its training items have no human translations.")
         if config.controls.translate_test and task == "squad":
             out.append("No translate-test for QA: the answer would be an English span, not one of the context.")
-    if config.eval.limit:
+    if config.eval.limit and config.eval.sample_seed is not None:
+        out.append(f"Evaluation on {config.eval.limit} test items per language drawn at random (seed "
+                   f"{config.eval.sample_seed}; the same items in every language and column).")
+    elif config.eval.limit:
         out.append(f"Evaluation on the first {config.eval.limit} test items of each language (the same items in "
                    "every language).")
     if config.limit:

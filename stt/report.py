@@ -17,16 +17,18 @@ from stt.stats import RESAMPLES, SEED, Difference, paired_bootstrap
 
 # Column of the table -> evaluation model label.
 MODEL_COLUMNS = {"base": "base", "zero_shot": "zero-shot", "zero_shot_steps": "zero-shot-equal-steps",
-                 "stt": "self-translate-train", "code_switch": "code-switch", "human_tt": "human-translate-train",
-                 "translate_test": "translate-test"}
+                 "stt": "self-translate-train", "stt_unfiltered": "self-translate-train-unfiltered",
+                 "code_switch": "code-switch", "human_tt": "human-translate-train", "translate_test": "translate-test"}
 SHOWN = {"base": "base", "zero_shot": "zero-shot", "zero_shot_steps": "zero-shot (equal steps)",
-         "stt": "self-translate-train", "code_switch": "code-switch", "human_tt": "human translate-train",
-         "translate_test": "translate-test"}
+         "stt": "self-translate-train", "stt_unfiltered": "STT without round-trip filter",
+         "code_switch": "code-switch", "human_tt": "human translate-train", "translate_test": "translate-test"}
 # Paired comparisons on the same items: (name, new model column, baseline column).
 COMPARISONS = [("gain", "stt", "zero_shot"), ("gain_vs_equal_steps", "stt", "zero_shot_steps"),
-               ("gain_vs_translate_test", "stt", "translate_test"), ("human_gain", "human_tt", "zero_shot")]
+               ("gain_vs_translate_test", "stt", "translate_test"), ("human_gain", "human_tt", "zero_shot"),
+               ("filter_gain", "stt", "stt_unfiltered")]
 GAIN_SHOWN = {"gain": "gain (STT - zero-shot)", "gain_vs_equal_steps": "STT - zero-shot (equal steps)",
-              "gain_vs_translate_test": "STT - translate-test", "human_gain": "human TT - zero-shot"}
+              "gain_vs_translate_test": "STT - translate-test", "human_gain": "human TT - zero-shot",
+              "filter_gain": "STT - STT unfiltered"}
 
 
 def _item_scores(path: str) -> pd.Series:
@@ -175,6 +177,25 @@ def training_notes(root: Path) -> list[str]:
     return notes
 
 
+def translation_notes(root: Path) -> list[str]:
+    """Per task and language: examples translated, rows accepted, set aside by reason (from the manifests)."""
+    from stt.translate import summarize
+
+    notes = []
+    for manifest in sorted(Path(root).glob("*/translate/_manifest.json")):
+        config = json.loads(manifest.read_text()).get("config", {})
+        filtering = config.get("round_trip", {})
+        for s in summarize(manifest.parent):
+            line = (f"Translation `{manifest.parent.parent.name}` into {s['language']}: {s['rows']} of {s['examples']} "
+                    f"examples accepted; set aside: {s['rejects_by_reason']}.")
+            if filtering.get("enabled"):
+                limit = filtering.get("min_chrf_by_language", {}).get(s["language"], filtering.get("min_chrf"))
+                line += (f" Round-trip filter (chrF < {limit}): {s['round_trip_set_aside']} rows "
+                         f"set aside; mean round-trip chrF {s['round_trip_chrf']}.")
+            notes.append(line)
+    return notes
+
+
 def _markdown_table(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, disable_numparse=True)
 
@@ -208,7 +229,7 @@ def write_report(root: Path, evaluations: list[dict[str, Any]], quality: list[di
     ev = config.get("eval", {})
     resamples, seed = ev.get("bootstrap_resamples", RESAMPLES), ev.get("bootstrap_seed", SEED)
     df = results_table(evaluations, quality, resamples, seed)
-    notes = [*(notes or []), *training_notes(root),
+    notes = [*(notes or []), *translation_notes(root), *training_notes(root),
              f"Intervals: percentile bootstrap over test items, {resamples} resamples, seed {seed}."]
     df.to_parquet(root / "results.parquet", index=False)
     plot(df, root / "plot.png")

@@ -81,5 +81,27 @@ def load_test_set(task: str, data_dir: Path, language: str, limit: int | None = 
         rows = load_xquad_eval(data_dir, language)
     else:
         rows = load_xnli(data_dir, language, xnli_split)
-    # XNLI groups 3 hypotheses (one per label) under each premise, so a prefix subset stays balanced.
-    return rows[:limit] if limit else rows
+    return subset(rows, limit)
+
+
+def subset(rows: list[Example], limit: int | None, seed: int | None = None) -> list[Example]:
+    """`limit` items: the first ones, or with `seed` a seeded random draw kept in file order.
+
+    The test sets are parallel (item i is the same in every language), so either way every language
+    and every column gets the same items. XNLI groups 3 hypotheses (one per label) under each premise,
+    so a prefix stays balanced; a draw spreads over all premises (a study's fixed sample).
+    """
+    if not limit or limit >= len(rows):
+        return rows
+    if seed is None:
+        return rows[:limit]
+    import numpy as np
+
+    keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=limit, replace=False))
+    return [rows[i] for i in keep]
+
+
+def test_items(task: str, data_dir: Path, language: str, config: Any) -> list[Example]:
+    """The items an evaluation scores, from its EvalConfig (limit, sample_seed, xnli_split)."""
+    rows = load_test_set(task, data_dir, language, None, config.xnli_split)
+    return subset(rows, config.limit, config.sample_seed)

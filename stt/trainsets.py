@@ -4,6 +4,8 @@
 - `self-translate-train`: English + the accepted self-translations into one target language;
 - `code-switch`: additionally, for each translated example, two mixed copies (one field group in the
   target language, the rest in English, and the reverse);
+- `self-translate-train-unfiltered`: with round-trip filtering on, the same without the filter (the rows
+  it set aside added back);
 - `human-translate-train` (a control, the upper bound): English + the *human* translations of the
   same items whose self-translation was accepted, where the training data has them (XNLI dev, XQuAD).
 
@@ -57,14 +59,24 @@ def english_examples(translate_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def translated_examples(translate_dir: Path, language: str) -> list[dict[str, Any]]:
+def translated_examples(translate_dir: Path, language: str, unfiltered: bool = False) -> list[dict[str, Any]]:
+    """The accepted translations into `language`; `unfiltered` adds back the rows that only the
+    round-trip filter set aside (kept whole in the rejects), in the shards' id order."""
     manifest = shards.read_manifest(Path(translate_dir))
-    files = sorted(e["file"] for s, e in manifest["shards"].items()
-                   if s in manifest["plan"] and e["language"] == language and e["file"])
+    entries = [e for s, e in sorted(manifest["shards"].items()) if s in manifest["plan"] and e["language"] == language]
     rows: list[dict[str, Any]] = []
-    for name in files:
-        rows += pq.read_table(Path(translate_dir) / name).to_pylist()
+    for e in entries:
+        part = pq.read_table(Path(translate_dir) / e["file"]).to_pylist() if e["file"] else []
+        if unfiltered and e.get("rejects_file"):
+            rejects = pq.read_table(Path(translate_dir) / e["rejects_file"]).to_pylist()
+            part += [json.loads(r["row"]) for r in rejects if r.get("row") and r["reasons"] == ["round_trip"]]
+        rows += sorted(part, key=lambda r: r["id"]) if unfiltered else part
     return rows
+
+
+def round_trip_enabled(translate_dir: Path) -> bool:
+    manifest = shards.read_manifest(Path(translate_dir))
+    return bool(manifest.get("config", {}).get("round_trip", {}).get("enabled"))
 
 
 def training_source(config: TranslateConfig) -> Path | None:
@@ -127,7 +139,7 @@ def build_rows(spec: TaskSpec, kind: SetKind, language: str | None, english: lis
     rows = [_row(spec, ex, "en", "english") for ex in english]
     if kind != "english":
         assert language is not None
-        variant = "human" if kind == "human-translate-train" else "translated"
+        variant = "human" if kind == "human-translate-train" else "translated"  # unfiltered too
         rows += [_row(spec, ex, language, variant) for ex in translated]
     if kind == "code-switch":
         by_id = {ex["id"]: ex for ex in english}
@@ -173,6 +185,11 @@ def build_set(task: str, kind: SetKind, language: str | None, translate_dir: Pat
     english = english_examples(translate_dir)
     if kind == "human-translate-train":
         translated = _human_for_accepted(task, source, language, translate_dir)
+    elif kind == "self-translate-train-unfiltered":
+        if not round_trip_enabled(translate_dir):
+            raise ConfigError("the self-translate-train-unfiltered set is the 'without the filter' control of "
+                              "round-trip filtering: enable translate.round_trip (it would equal self-translate-train)")
+        translated = translated_examples(translate_dir, language, unfiltered=True)
     else:
         translated = translated_examples(translate_dir, language) if kind != "english" else []
     if kind != "english" and not translated:

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stt import shards
+from stt import shards, stages
 from stt.config import TranslateConfig, stable_json
 from stt.engines import Request, engine_signature, get_engine
 from stt.errors import ConfigError, DataError
@@ -42,10 +42,17 @@ class ShardJob:
     input_sha256: str
     rows: int
     generation_key: str  # hash of everything that determines the raw generations
+    # Round-trip filtering (None when off): the back-translations' key, and the threshold validation applies.
+    back_key: str | None = None
+    round_trip_min_chrf: float | None = None
 
     @property
     def raw_path(self) -> str:
         return str(Path(self.input_path).parents[1] / "_raw" / f"{self.shard}.parquet")
+
+    @property
+    def back_path(self) -> str:
+        return str(Path(self.input_path).parents[1] / "_raw" / f"{self.shard}.back.parquet")
 
 
 @dataclass(frozen=True)
@@ -118,8 +125,9 @@ def plan_translation(config: TranslateConfig) -> Plan:
             shards.write_parquet_atomic(_table(chunk, schema), input_path, {"stt.content_sha256": content})
         for lang in config.languages:
             key = generation_key(config, builders[lang], model.weights_sha256, content, lang)
+            back = back_key(config, key, lang) if config.round_trip.enabled else None
             jobs.append(ShardJob(shards.shard_id(lang, index), index, lang, str(input_path), content,
-                                 len(chunk), key))
+                                 len(chunk), key, back, config.round_trip.threshold(lang) if back else None))
     manifest = shards.read_manifest(out)
     done = tuple(j.shard for j in jobs if shard_complete(out, manifest["shards"].get(j.shard), j))
     _set_aside_stale(out, {j.shard for j in jobs})
@@ -149,20 +157,36 @@ def generation_key(config: TranslateConfig, builder: PromptBuilder, weights_sha2
     return hashlib.sha256(stable_json(parts).encode()).hexdigest()
 
 
+def back_key(config: TranslateConfig, generation: str, language: str) -> str:
+    """The back-translations depend on the forward generations and the reverse (-> English) prompt."""
+    builder = build_prompt_builder(language, config.prompt, config.resolved_data_dir(), to_english=True)
+    return stages.stage_key(stage="round-trip", forward=generation, prompt_version=builder.version,
+                            prompt_prefix=builder.completion_prompt(""), cleaning=VALIDATION_VERSION)
+
+
 def shard_complete(out: Path, entry: dict[str, Any] | None, job: ShardJob) -> bool:
     """Done means: same input, same generations, same validation rules, files intact."""
     if not entry:
         return False
     same = (entry.get("input_sha256") == job.input_sha256 and entry.get("generation_key") == job.generation_key
-            and entry.get("validation_version") == VALIDATION_VERSION)
+            and entry.get("validation_version") == VALIDATION_VERSION and entry.get("back_key") == job.back_key
+            and entry.get("round_trip_min_chrf") == job.round_trip_min_chrf)
     files = [(entry.get("file"), entry.get("sha256")), (entry.get("rejects_file"), entry.get("rejects_sha256"))]
     # A shard with no accepted rows (or no rejects) has no file for them; the manifest says so.
     return same and all(name is None or shards.file_ok(out / name, sha) for name, sha in files)
 
 
 def raw_complete(job: ShardJob) -> bool:
-    """The raw generations for this job are on disk (readable, written under the same key)."""
+    """The raw generations for this job (and its back-translations) are on disk, written under the same key."""
+    return _forward_complete(job) and (job.back_key is None or _back_complete(job))
+
+
+def _forward_complete(job: ShardJob) -> bool:
     return shards.read_metadata(Path(job.raw_path)).get("stt.generation_key") == job.generation_key
+
+
+def _back_complete(job: ShardJob) -> bool:
+    return shards.read_metadata(Path(job.back_path)).get("stt.back_key") == job.back_key
 
 
 def _set_aside_stale(out: Path, planned: set[str]) -> None:
@@ -190,8 +214,55 @@ RAW_SCHEMA = pa.schema([
 ])
 
 
+BACK_SCHEMA = pa.schema([
+    ("translation", pa.string()), ("back", pa.string()), ("completion_tokens", pa.int64()),
+    ("finish_reason", pa.string()),
+])
+
+
 def generate_shard(job: ShardJob, config: TranslateConfig, progress: Any = None) -> dict[str, Any]:
-    """Run the model on every segment of one shard; write the raw generations. Needs the model."""
+    """Run the model on every segment of one shard; write the raw generations (and, with round-trip
+    filtering, the back-translations of the cleaned translations). Needs the model. A part already on
+    disk under its key is not generated again (a shard killed between the two resumes with the second)."""
+    result = existing_generation(job) if _forward_complete(job) else _generate_forward(job, config, progress)
+    if job.back_key and not _back_complete(job):
+        result["back"] = _generate_back(job, config, progress)
+    return result
+
+
+def _generate_back(job: ShardJob, config: TranslateConfig, progress: Any = None) -> dict[str, Any]:
+    """Translate every cleaned translation of the shard back into English (same demonstrations, reversed)."""
+    data_dir = config.resolved_data_dir()
+    target_name = build_prompt_builder(job.language, config.prompt, data_dir).target_name
+    builder = build_prompt_builder(job.language, config.prompt, data_dir, to_english=True)
+    engine = get_engine(config.engine, config.generation)
+    raw = pq.read_table(job.raw_path).to_pylist()
+    cleaned = [clean_completion(r["completion"], target_name, config.generation.stop) for r in raw if r["translate"]]
+    unique = [t for t in dict.fromkeys(cleaned) if t]
+    requests = [Request(_prompt(builder, t, config.prompt.style, engine),
+                        config.generation.max_new_tokens(engine.count_tokens(t)), config.generation.stop)
+                for t in unique]
+    t0 = time.perf_counter()
+    completions = engine.generate(requests, progress)
+    seconds = time.perf_counter() - t0
+    rows = [{"translation": t, "back": clean_completion(c.text, "English", config.generation.stop, target_name),
+             "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason}
+            for t, c in zip(unique, completions, strict=True)]
+    shards.write_parquet_atomic(_table(rows, BACK_SCHEMA), Path(job.back_path),
+                                {"stt.back_key": job.back_key, "stt.seconds": f"{seconds:.3f}",
+                                 "stt.prompt_version": builder.version})
+    return {"segments": len(rows), "completion_tokens": sum(r["completion_tokens"] for r in rows),
+            "seconds": round(seconds, 3)}
+
+
+def round_trip_chrf(sources: list[str], backs: list[str]) -> float:
+    """Sentence chrF (sacrebleu, default chrF2) of the example's back-translated segments against its English."""
+    from sacrebleu.metrics import CHRF
+
+    return round(CHRF().sentence_score(" ".join(backs), [" ".join(sources)]).score, 2)
+
+
+def _generate_forward(job: ShardJob, config: TranslateConfig, progress: Any = None) -> dict[str, Any]:
     spec = get_task(config.task)
     examples = pq.read_table(job.input_path).to_pylist()
     builder = build_prompt_builder(job.language, config.prompt, config.resolved_data_dir())
@@ -243,6 +314,7 @@ def _output_schema(spec: TaskSpec) -> pa.Schema:
     fields += ["model_id", "weights_sha256", "prompt_version", "validation_version", "generation_key", "generation"]
     return pa.schema([(f, pa.int64() if f == "answer_start" else pa.string()) for f in fields] + [
         ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("segments", pa.int64()),
+        ("round_trip_chrf", pa.float64()),  # null without round-trip filtering
     ])
 
 
@@ -251,6 +323,9 @@ REJECT_SCHEMA = pa.schema([
     ("reason", pa.string()), ("reasons", pa.list_(pa.string())), ("source", pa.string()),
     ("output", pa.string()), ("details", pa.string()), ("model_id", pa.string()),
     ("prompt_version", pa.string()), ("validation_version", pa.string()), ("generation_key", pa.string()),
+    # Round-trip filtering: the example's chrF, and (for rows set aside only by the filter) the row as it
+    # would have been accepted, JSON, so the unfiltered training set can be rebuilt without regenerating.
+    ("round_trip_chrf", pa.float64()), ("row", pa.string()),
 ])
 
 
@@ -272,6 +347,11 @@ def validate_shard(job: ShardJob, config: TranslateConfig) -> dict[str, Any]:
         "prompt_version": meta["stt.prompt_version"], "validation_version": VALIDATION_VERSION,
         "generation_key": job.generation_key, "generation": meta["stt.generation"],
     }
+    back: dict[str, str] = {}
+    if job.back_key:
+        if not _back_complete(job):
+            raise DataError(f"shard {job.shard}: back-translations {job.back_path} missing or made under another key")
+        back = {r["translation"]: r["back"] for r in pq.read_table(job.back_path).to_pylist()}
     accepted, rejected = [], []
     for ex_id, ex in examples.items():
         parts: dict[str, list[str]] = {}
@@ -283,7 +363,7 @@ def validate_shard(job: ShardJob, config: TranslateConfig) -> dict[str, Any]:
             reasons += [f"{w}:{r['field']}" if ":" not in w else w for w in why]
             parts.setdefault(r["field"], []).append(text)
             details.append({"field": r["field"], "segment": r["segment"], "source": r["source"], "output": text,
-                            "raw": r["completion"], "reasons": why})
+                            "raw": r["completion"], "reasons": why, "translate": r["translate"]})
         if not details:
             reasons.append("no_generations")
         translated = spec.assemble(ex, parts, job.language)
@@ -291,17 +371,26 @@ def validate_shard(job: ShardJob, config: TranslateConfig) -> dict[str, Any]:
         base = {"id": ex_id, "task": spec.name, "language": job.language, "shard": job.shard}
         tokens = {"prompt_tokens": sum(r["prompt_tokens"] for r in by_example.get(ex_id, [])),
                   "completion_tokens": sum(r["completion_tokens"] for r in by_example.get(ex_id, []))}
+        chrf = None
+        if job.back_key:
+            pairs = [(d["source"], back.get(d["output"], "")) for d in details if d["translate"]]
+            chrf = round_trip_chrf([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
+        row = {**base, **translated, **{f"src_{k}": ex[k] for k in spec.translated}, **provenance, **tokens,
+               "segments": len(details), "round_trip_chrf": chrf}
+        filtered = not reasons and chrf is not None and chrf < job.round_trip_min_chrf
+        if filtered:
+            reasons = ["round_trip"]
         if reasons:
             reasons = list(dict.fromkeys(reasons))
             rejected.append({**base, "reason": reasons[0].split(":")[0], "reasons": reasons,
+                             "round_trip_chrf": chrf, "row": json.dumps(row, ensure_ascii=False) if filtered else None,
                              "source": json.dumps({k: ex[k] for k in spec.translated}, ensure_ascii=False),
                              "output": json.dumps({k: translated[k] for k in spec.translated}, ensure_ascii=False),
                              "details": json.dumps(details, ensure_ascii=False),
                              **{k: provenance[k] for k in ("model_id", "prompt_version", "validation_version",
                                                            "generation_key")}})
         else:
-            accepted.append({**base, **translated, **{f"src_{k}": ex[k] for k in spec.translated},
-                             **provenance, **tokens, "segments": len(details)})
+            accepted.append(row)
     file_meta = {"stt.generation_key": job.generation_key, "stt.validation_version": VALIDATION_VERSION}
     data_file, sha = _write_or_remove(_table(accepted, _output_schema(spec)), out, f"{job.shard}.parquet", file_meta)
     rej_file, rej_sha = _write_or_remove(_table(rejected, REJECT_SCHEMA), out, f"_rejects/{job.shard}.parquet",
@@ -316,7 +405,15 @@ def validate_shard(job: ShardJob, config: TranslateConfig) -> dict[str, Any]:
         "validation_version": VALIDATION_VERSION, "prompt_version": provenance["prompt_version"],
         "completion_tokens": sum(r["completion_tokens"] for r in raw_rows),
         "generate_seconds": float(meta.get("stt.seconds", 0)),
+        "back_key": job.back_key, "round_trip_min_chrf": job.round_trip_min_chrf,
     }
+    if job.back_key:
+        back_meta = shards.read_metadata(Path(job.back_path))
+        scores = [r["round_trip_chrf"] for r in accepted + rejected if r.get("round_trip_chrf") is not None]
+        entry.update(back_seconds=float(back_meta.get("stt.seconds", 0)),
+                     back_completion_tokens=sum(pq.read_table(job.back_path)["completion_tokens"].to_pylist()),
+                     round_trip_chrf_mean=round(sum(scores) / len(scores), 2) if scores else None,
+                     round_trip_set_aside=sum(r["reason"] == "round_trip" for r in rejected))
     shards.update_manifest(out, job.shard, entry)
     return {"shard": job.shard, **entry}
 
@@ -339,7 +436,8 @@ def summarize(out_dir: Path) -> list[dict[str, Any]]:
         if name not in planned:
             continue
         s = per.setdefault(e["language"], {"language": e["language"], "shards": 0, "examples": 0, "rows": 0,
-                                           "rejects": 0, "reasons": Counter(), "tokens": 0, "seconds": 0.0})
+                                           "rejects": 0, "reasons": Counter(), "tokens": 0, "seconds": 0.0,
+                                           "rt_scores": []})
         s["shards"] += 1
         s["examples"] += e["input_rows"]
         s["rows"] += e["rows"]
@@ -347,6 +445,8 @@ def summarize(out_dir: Path) -> list[dict[str, Any]]:
         s["reasons"].update(e["reject_reasons"])
         s["tokens"] += e["completion_tokens"]
         s["seconds"] += e["generate_seconds"]
+        if e.get("round_trip_chrf_mean") is not None:
+            s["rt_scores"].append((e["round_trip_chrf_mean"], e["rows"] + e["rejects"]))
     table = []
     for s in per.values():
         table.append({
@@ -355,6 +455,10 @@ def summarize(out_dir: Path) -> list[dict[str, Any]]:
             "rejects_by_reason": ", ".join(f"{k}={v}" for k, v in s["reasons"].most_common()) or "-",
             "generated_tokens": s["tokens"],
             "tokens_per_s": round(s["tokens"] / s["seconds"], 2) if s["seconds"] else None,
+            "round_trip_set_aside": s["reasons"].get("round_trip", 0),
+            # Mean sentence chrF of the back-translations (None without round-trip filtering).
+            "round_trip_chrf": round(sum(m * n for m, n in s["rt_scores"]) / max(1, sum(n for _, n in s["rt_scores"])),
+                                     2) if s["rt_scores"] else None,
         })
     return table
 

@@ -23,7 +23,7 @@ from stt.errors import ConfigError
 from stt.evaluate import evaluate, evaluate_key
 from stt.models import resolve_model
 from stt.prompts import build_prompt_builder
-from stt.testsets import load_test_set
+from stt.testsets import test_items
 from stt.validate import clean_completion
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def inputs_key(task: str, language: str, items: list[dict[str, Any]], engine_con
 def translate_test_key(task: str, language: str, translator: EngineConfig, answerer: EngineConfig,
                        config: EvalConfig, generation: GenerationParams, prompt: PromptConfig, data_dir: Path) -> str:
     """Everything a translate-test result depends on, known before running (the Prefect cache key)."""
-    items = load_test_set(task, data_dir, language, config.limit, config.xnli_split)
+    items = test_items(task, data_dir, language, config)
     return stages.stage_key(stage="translate-test", inputs=inputs_key(task, language, items, translator, generation,
                                                                       prompt, data_dir),
                             answer=evaluate_key(task, language, answerer, config, data_dir, items=items))
@@ -99,7 +99,7 @@ def translate_test(task: str, language: str, translator: EngineConfig, answerer:
                    generation: GenerationParams, prompt: PromptConfig, data_dir: Path, out_folder: Path
                    ) -> dict[str, Any]:
     """Translate the test inputs into English with `translator` (the base model), answer with `answerer`."""
-    items = load_test_set(task, data_dir, language, config.limit, config.xnli_split)
+    items = test_items(task, data_dir, language, config)
     run_key = translate_test_key(task, language, translator, answerer, config, generation, prompt, data_dir)
     translated, key = translate_inputs(task, language, items, translator, generation, prompt, data_dir, out_folder)
     empty = sum(not it[f] for it in translated for f in FIELDS[task])

@@ -93,7 +93,7 @@ def test_loglikelihood_matches_a_plain_llama_cpp_forward_pass(reference):
     assert ours[0].tokens == 2  # " entailment" is two tokens: the multi-token path ran
 
 
-def test_lora_adapter_is_opt_in_and_runs_route_adapters_to_transformers(tmp_path, monkeypatch):
+def test_lora_adapter_is_opt_in_and_runs_evaluate_on_transformers(tmp_path, monkeypatch):
     from stt.config import RunConfig
     from stt.errors import ConfigError
     from stt.pipeline import eval_engine, plan_task
@@ -105,8 +105,8 @@ def test_lora_adapter_is_opt_in_and_runs_route_adapters_to_transformers(tmp_path
     config = RunConfig(engine=EngineConfig(kind="llama-cpp"), languages=("de",))
     plan = plan_task(config, "gsm8k")
     kinds = {job.name: eval_engine(config, plan, job).kind for job in plan.evals}
-    assert kinds["base-de"] == "llama-cpp" and kinds["zero-shot-de"] == kinds["self-translate-train-de"] == \
-        "transformers"
+    # Every column on one engine: the base model too, so base vs adapters compares models, not numerics.
+    assert set(kinds.values()) == {"transformers"} and len(kinds) == len(plan.evals)
     # Opted in, the adapter is applied: the scores move the same way as in transformers (how far varied
     # between 0.04x and 1.4x of transformers' shift across reruns, hence opt-in).
     monkeypatch.setenv("STT_LLAMA_CPP_LORA", "1")
