@@ -92,7 +92,7 @@ def timings(run: Path) -> str:
         else:
             stage = rel.parts[1] if len(rel.parts) > 1 else str(rel)
             metrics = m.get("metrics") or {}
-            seconds = m.get("seconds") or metrics.get("train_seconds") or metrics.get("seconds") or 0
+            seconds = m.get("seconds") or metrics.get("seconds") or (m.get("throughput") or {}).get("seconds") or 0
         totals[stage] = totals.get(stage, 0) + float(seconds)
         lines.append(f"| {stage} | {rel} | {float(seconds):.0f} |")
     lines += ["", "| stage | total seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in totals.items()]

@@ -159,19 +159,19 @@ def finetune_key(model_name: str, set_folder: Path, config: TrainConfig) -> str:
 def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainConfig = TrainConfig(),  # noqa: B008
              device: str = "auto") -> dict[str, Any]:
     """Train (or reuse) a LoRA adapter on one training set; returns the adapter's manifest."""
+    set_folder, out_folder = Path(set_folder), Path(out_folder)
+    set_info = _set_info(set_folder)
+    model = resolve_model(model_name)
+    key = train_key(model, set_info["key"], config)
+    done = stages.read_done(out_folder, key)
+    if done:  # before importing torch, peft and the Trainer: a cached rerun should cost nothing
+        return {**done, "folder": str(out_folder), "reused": True}
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
     # transformers 5 warns about its own deprecated attribute when peft wraps the model: not actionable here.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    set_folder, out_folder = Path(set_folder), Path(out_folder)
-    set_info = _set_info(set_folder)
-    model = resolve_model(model_name)
-    key = train_key(model, set_info["key"], config)
-    done = stages.read_done(out_folder, key)
-    if done:
-        return {**done, "folder": str(out_folder), "reused": True}
     # Checkpoints live under the key: a resume only ever continues a run of the same key, and a new key
     # starts clean (stale adapter files and other keys' checkpoints are removed).
     checkpoint_dir = out_folder / "checkpoints" / key[:16]

@@ -45,3 +45,19 @@ def test_xnli_test_labels_attach_and_are_balanced():
 def test_unknown_test_set_is_a_clear_error():
     with pytest.raises(ConfigError, match="no test set for task 'nope'"):
         load_test_set("nope", DATA, "de")
+
+
+def test_seeded_sample_is_the_same_items_in_every_language_and_not_a_prefix():
+    from stt.config import EvalConfig
+    from stt.testsets import test_items
+
+    config = EvalConfig(limit=300, sample_seed=0)
+    de, th = test_items("mnli", DATA, "de", config), test_items("mnli", DATA, "th", config)
+    full_de, full_th = load_xnli(DATA, "de", "test"), load_xnli(DATA, "th", "test")
+    # Same positions of the parallel test set in both languages, in file order, no repeats.
+    pos_de = [full_de.index(r) for r in de]
+    assert pos_de == [full_th.index(r) for r in th] == sorted(set(pos_de)) and len(pos_de) == 300
+    assert pos_de != list(range(300)) and max(pos_de) > 4000  # drawn from the whole file, not its start
+    assert test_items("mnli", DATA, "de", config) == de  # fixed by the seed
+    assert test_items("mnli", DATA, "de", EvalConfig(limit=300, sample_seed=1)) != de
+    assert test_items("mnli", DATA, "de", EvalConfig(limit=300)) == full_de[:300]
