@@ -18,7 +18,9 @@ __all__ = ["ensure_model_slot", "generate_shard", "model_slot_name", "validate_s
 def generation_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     # The key is computed by the library from content: input rows, weights hash, prompt, generation
     # parameters. Validation rules are deliberately not part of it.
-    return f"stt-generate-{parameters['job']['generation_key']}"
+    job = parameters["job"]
+    back = job.get("back_key")  # with round-trip filtering the task also writes the back-translations
+    return f"stt-generate-{job['generation_key']}" + (f"-back-{back}" if back else "")
 
 
 @task(

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.model
 def config(tmp_path_factory):
     return RunConfig(
         name="tiny", run_dir=tmp_path_factory.mktemp("stt") / "run", tasks=("gsm8k",), languages=("de",), limit=3,
-        shard_size=3, engine=EngineConfig(batch_size=4), generation=GenerationParams(max_new_tokens_cap=40),
+        shard_size=3, engine=EngineConfig(kind="llama-cpp", batch_size=4),
+        generation=GenerationParams(max_new_tokens_cap=40),
         build=BuildConfig(sets=("english", "self-translate-train")),
         train=TrainConfig(rank=4, alpha=8, max_steps=2, batch_size=2, max_length=96, save_steps=1),
         eval=EvalConfig(limit=2, batch_size=2, max_new_tokens_math=16, quality_limit=2, bootstrap_resamples=500),

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.model
 BASE = {
     "name": "keys", "tasks": "mnli", "languages": "de", "inputs": {"mnli": "xnli/xtreme_dev-en.tsv"},
     "limit": 4, "shard_size": 4, "generation": {"max_new_tokens_cap": 40},
+    "engine": {"kind": "llama-cpp", "batch_size": 4},  # the default fast path: generation on llama.cpp
     "train": {"rank": 2, "alpha": 4, "epochs": 1, "batch_size": 2, "max_length": 96, "save_steps": 1,
               "learning_rate": 0.001},
     "eval": {"limit": 3, "batch_size": 3, "include_english": False, "quality_limit": 2, "bootstrap_resamples": 200},

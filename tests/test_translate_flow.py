@@ -25,7 +25,7 @@ def config(tmp_path_factory):
     return TranslateConfig(
         task="gsm8k", languages=("de", "th"), limit=2, shard_size=1,
         out_dir=tmp_path_factory.mktemp("translate") / "out",
-        engine=EngineConfig(batch_size=4), generation=GenerationParams(max_new_tokens_cap=40),
+        engine=EngineConfig(kind="llama-cpp", batch_size=4), generation=GenerationParams(max_new_tokens_cap=40),
     )
 
 
