@@ -87,6 +87,16 @@ class RoundTripConfig(BaseModel):
         return self.min_chrf_by_language.get(language, self.min_chrf)
 
 
+class BadRowsConfig(BaseModel):
+    """What the translate stage does with training-data rows it cannot use (stt.badrows)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["set_aside", "strict"] = "set_aside"  # strict: stop at the first bad row
+    max_share: float = Field(0.01, ge=0.0, le=1.0)  # fail above this share of bad rows (a wrong file, not noise)
+    max_chars: int = Field(20_000, ge=1)  # a field longer than this is set aside (no model context holds it)
+
+
 class TranslateConfig(BaseModel):
     """What the translate stage needs to know. Saved next to its outputs."""
 
@@ -103,6 +113,7 @@ class TranslateConfig(BaseModel):
     generation: GenerationParams = GenerationParams()
     prompt: PromptConfig = PromptConfig()
     round_trip: RoundTripConfig = RoundTripConfig()
+    bad_rows: BadRowsConfig = BadRowsConfig()
 
     @field_validator("languages", mode="before")
     @classmethod
@@ -242,6 +253,7 @@ class RunConfig(BaseModel):
     eval: EvalConfig = EvalConfig()
     controls: ControlsConfig = ControlsConfig()
     round_trip: RoundTripConfig = RoundTripConfig()  # the translate stage's round-trip filter
+    bad_rows: BadRowsConfig = BadRowsConfig()  # training-data rows the loaders cannot use
 
     @field_validator("languages", "tasks", mode="before")
     @classmethod
@@ -262,6 +274,7 @@ class RunConfig(BaseModel):
             task=task, languages=self.languages, limit=self.limit, input_path=self.inputs.get(task),
             data_dir=self.data_dir, out_dir=self.root / task / "translate", shard_size=self.shard_size,
             engine=self.engine, generation=self.generation, prompt=self.prompt, round_trip=self.round_trip,
+            bad_rows=self.bad_rows,
         )
 
 

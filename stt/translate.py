@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stt import shards, stages
+from stt.badrows import BadRows
 from stt.config import TranslateConfig, stable_json
 from stt.engines import Request, engine_signature, get_engine
 from stt.errors import ConfigError, DataError
@@ -29,6 +30,7 @@ from stt.specs import TaskSpec, get_task
 from stt.validate import VALIDATION_VERSION, clean_completion, segment_reasons
 
 log = logging.getLogger(__name__)
+BAD_ROWS_FILE = "_input/bad_rows.jsonl"
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,15 @@ def check_config(config: TranslateConfig) -> None:
 def load_examples(config: TranslateConfig) -> tuple[TaskSpec, list[dict[str, Any]]]:
     spec = get_task(config.task)
     path = config.resolved_input() or spec.default_source(config.resolved_data_dir())
-    examples = spec.load(path)
+    policy = config.bad_rows
+    bad = BadRows(policy.mode, policy.max_share, policy.max_chars)
+    examples = spec.load(path, bad=bad)
+    # Bad rows are set aside in a file next to the shards (file, line, reason), never silently dropped.
+    rejects = bad.write(Path(config.out_dir) / BAD_ROWS_FILE)
+    if bad.rows:
+        log.warning("%s: %d bad rows set aside (%s), see %s", path, len(bad.rows),
+                    dict(Counter(r["reason"].split(" (")[0] for r in bad.rows).most_common(3)), rejects)
+    bad.check(len(examples) + len(bad.rows), path, rejects)
     if not examples:
         raise DataError(f"{path}: no examples")
     return spec, examples[: config.limit] if config.limit else examples
@@ -135,10 +145,14 @@ def plan_translation(config: TranslateConfig) -> Plan:
         out, config=json.loads(config.model_dump_json()), task=spec.name,
         model={"model_id": model.model_id, "weights_sha256": model.weights_sha256},
         prompt_version=builders[config.languages[0]].version, validation_version=VALIDATION_VERSION,
-        plan=[j.shard for j in jobs],
+        plan=[j.shard for j in jobs], bad_rows=_count_lines(out / BAD_ROWS_FILE),
     )
     return Plan(str(out), config.model_dump_json(), model.model_id, model.weights_sha256,
                 builders[config.languages[0]].version, tuple(jobs), done)
+
+
+def _count_lines(path: Path) -> int:
+    return sum(1 for _ in path.open(encoding="utf-8")) if path.is_file() else 0
 
 
 def generation_key(config: TranslateConfig, builder: PromptBuilder, weights_sha256: str,

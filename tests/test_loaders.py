@@ -65,7 +65,7 @@ def test_mnli_fixture_in_release_format():
 def test_bad_input_gives_a_specific_error(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "a\\n#### 1"}\n{"question": "q"}\n')
-    with pytest.raises(DataError, match=r"row 1: missing key 'answer'"):
+    with pytest.raises(DataError, match=r"bad.jsonl line 2: missing field 'answer'"):
         load_gsm8k(bad)
     bad.write_text('{"question": "q", "answer": "a\\n#### 1"}\nnot json\n')
     with pytest.raises(DataError, match=r"line 2: not valid JSON"):

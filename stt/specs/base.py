@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stt import segments
+from stt.badrows import BadRows
 from stt.loaders import Example
 from stt.segments import SplitMode
 
@@ -34,8 +35,8 @@ class TaskSpec(ABC):
         """The training file used when the user names none."""
 
     @abstractmethod
-    def load(self, path: Path) -> list[Example]:
-        """Examples of a file in this family's release format."""
+    def load(self, path: Path, bad: BadRows | None = None) -> list[Example]:
+        """Examples of a file in this family's release format; unusable rows go to `bad` (default: stop)."""
 
     def segments(self, example: Example) -> list[Segment]:
         out = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from stt.badrows import BadRows
 from stt.loaders import Example, load_gsm8k
 from stt.numbers import numbers_in
 from stt.specs.base import TaskSpec
@@ -15,8 +16,8 @@ class MathSpec(TaskSpec):
     def default_source(self, data_dir: Path) -> Path:
         return data_dir / "gsm8k" / "train.jsonl"
 
-    def load(self, path: Path) -> list[Example]:
-        return load_gsm8k(path)
+    def load(self, path: Path, bad: BadRows | None = None) -> list[Example]:
+        return load_gsm8k(path, bad=bad)
 
     def check(self, example: Example, translated: Example, language: str) -> list[str]:
         # Every number of the English question and rationale must survive translation with its value:

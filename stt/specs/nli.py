@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from stt.badrows import BadRows
 from stt.errors import ConfigError
 from stt.loaders import Example, load_mnli, load_xnli_dev
 from stt.specs.base import TaskSpec
@@ -19,10 +20,10 @@ class NLISpec(TaskSpec):
             "--input xnli/xtreme_dev-en.tsv (config: inputs: {mnli: xnli/xtreme_dev-en.tsv})"
         )
 
-    def load(self, path: Path) -> list[Example]:
+    def load(self, path: Path, bad: BadRows | None = None) -> list[Example]:
         if path.name.startswith("xtreme_dev-") and path.suffix == ".tsv":
-            return load_xnli_dev(path)
-        return load_mnli(path)
+            return load_xnli_dev(path, bad=bad)
+        return load_mnli(path, bad=bad)
 
 
 MNLI = NLISpec("mnli", "nli", {"premise": "sentences", "hypothesis": "sentences"}, ("id", "source_id", "label"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from stt.badrows import BadRows
 from stt.loaders import XQUAD_TRAIN_ARTICLES, Example, load_squad
 from stt.spans import find_span
 from stt.specs.base import TaskSpec
@@ -16,10 +17,10 @@ class QASpec(TaskSpec):
         # SQuAD train is not available offline: English XQuAD, training half of the articles.
         return data_dir / "xquad" / "xquad.en.json"
 
-    def load(self, path: Path) -> list[Example]:
+    def load(self, path: Path, bad: BadRows | None = None) -> list[Example]:
         if path.name == "xquad.en.json":
-            return load_squad(path, split="train", dataset="xquad.en", articles=XQUAD_TRAIN_ARTICLES)
-        return load_squad(path)
+            return load_squad(path, split="train", dataset="xquad.en", articles=XQUAD_TRAIN_ARTICLES, bad=bad)
+        return load_squad(path, bad=bad)
 
     def check(self, example: Example, translated: Example, language: str) -> list[str]:
         span = find_span(translated["context"], translated["answer_text"])
