@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +43,18 @@ class EngineConfig(BaseModel):
     concurrency: int = Field(16, ge=1)  # requests in flight
     timeout_s: float = Field(300, gt=0)
     max_retries: int = Field(5, ge=0)
+    # No key field on purpose: a config is saved next to every output. The endpoint key comes from
+    # $STT_OPENAI_API_KEY only (sent as a Bearer token, see stt.secrets).
+
+    @field_validator("base_urls")
+    @classmethod
+    def _no_credentials_in_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from stt.secrets import has_credentials
+
+        if any(has_credentials(u) for u in value):
+            raise ValueError("engine.base_urls must not carry credentials (user:password@): the config is saved "
+                             "with every output; set the endpoint key in STT_OPENAI_API_KEY instead")
+        return value
 
 
 class GenerationParams(BaseModel):
@@ -69,6 +82,18 @@ class PromptConfig(BaseModel):
     style: Literal["completion", "chat"] = "completion"  # chat: the model's chat template (needs one)
     num_shots: int = Field(8, ge=0)
     demonstrations: Path | None = None  # jsonl with lang/question/answer like mgsm_exemplars.jsonl
+
+
+# Language codes and run names become folder names (sets/self-translate-train-<lang>, runs/<name>).
+_CODE = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})?")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _check_codes(codes: tuple[str, ...]) -> tuple[str, ...]:
+    for code in codes:
+        if not _CODE.fullmatch(code):
+            raise ValueError(f"language '{code}' is not a language code (de, th, zh, pt-BR, ...)")
+    return codes
 
 
 class RoundTripConfig(BaseModel):
@@ -121,6 +146,11 @@ class TranslateConfig(BaseModel):
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())
         return value
+
+    @field_validator("languages")
+    @classmethod
+    def _language_codes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_codes(value)
 
     def resolved_data_dir(self) -> Path:
         return resolve_data_dir(self.data_dir)
@@ -260,6 +290,19 @@ class RunConfig(BaseModel):
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("languages")
+    @classmethod
+    def _language_codes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_codes(value)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        # The name becomes runs/<name>: a folder name, never a path out of runs/.
+        if not _NAME.fullmatch(value) or value in (".", ".."):
+            raise ValueError(f"run name '{value}' must be a folder name: letters, digits, '.', '_', '-'")
         return value
 
     @property

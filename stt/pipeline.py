@@ -112,7 +112,13 @@ def plan_task(config: RunConfig, task: str) -> TaskPlan:
     evals += [EvalJob(MODEL_OF_SET[s.kind], s.name, s.language) for s in sets if s.language]
     if config.controls.translate_test and supported(task):
         evals += [EvalJob("translate-test", "english", lang, translate_test=True) for lang in config.languages]
-    return TaskPlan(task, config.root / task, tuple(sets), tuple(adapters), tuple(evals))
+    plan = TaskPlan(task, config.root / task, tuple(sets), tuple(adapters), tuple(evals))
+    folders = [plan.root, plan.translate_dir, *(plan.set_dir(s.name) for s in plan.sets),
+               *(plan.adapter_dir(a.name) for a in plan.adapters), *(plan.eval_dir(e) for e in plan.evals),
+               *(plan.quality_dir(lang) for lang in config.languages)]
+    for folder in folders:
+        stages.inside(config.root, folder)
+    return plan
 
 
 def adapter_train_config(config: RunConfig, plan: TaskPlan, job: AdapterJob) -> TrainConfig:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from stt.config import stable_json
+from stt.errors import ConfigError
 from stt.models import file_sha256
 
 MARKER = "_manifest.json"
@@ -78,3 +79,13 @@ def clear(folder: Path, outputs: list[str] = (), keep: str | None = None) -> lis
             path.unlink()
             removed.append(name)
     return removed
+
+
+def inside(root: Path, path: Path) -> Path:
+    """`path`, refused if it resolves outside `root` (a `..` or a symlink out of the run folder):
+    the project only ever writes inside the run folder it was given."""
+    base, target = Path(root).resolve(), Path(path).resolve()
+    if target != base and not target.is_relative_to(base):
+        raise ConfigError(f"{path} resolves to {target}, outside the run folder {base} (a symlink or '..'): "
+                          "refusing to write there")
+    return Path(path)

@@ -26,10 +26,16 @@ from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score
 from stt.engines.tokenizer import LocalTokenizer
 from stt.errors import ConfigError
 from stt.models import ResolvedModel
+from stt.secrets import endpoint_key, redact
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+def _headers() -> dict[str, str]:
+    key = endpoint_key()
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 class EndpointError(RuntimeError):
@@ -129,11 +135,12 @@ class OpenAIEngine(LocalTokenizer):
         VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; the path must be the same on the server, e.g. a shared volume)."""
         name = self.adapter_name
         for url in self.urls:
-            models = {m["id"] for m in httpx.get(f"{url}/models", timeout=30).json().get("data", [])}
+            listing = httpx.get(f"{url}/models", timeout=30, headers=_headers()).json()
+            models = {m["id"] for m in listing.get("data", [])}
             if name in models:
                 continue
             r = httpx.post(f"{url}/load_lora_adapter", json={"lora_name": name, "lora_path": self.adapter},
-                           timeout=300)
+                           timeout=300, headers=_headers())
             if r.status_code >= 400:
                 raise ConfigError(
                     f"{url} cannot load LoRA adapter {self.adapter} ({r.status_code}: {r.text[:200]}): start "
@@ -144,7 +151,7 @@ class OpenAIEngine(LocalTokenizer):
         last: Exception | None = None
         for url in self.urls:
             try:
-                r = httpx.get(f"{url}/models", timeout=30)
+                r = httpx.get(f"{url}/models", timeout=30, headers=_headers())
                 r.raise_for_status()
                 return r.json()["data"][0]["id"]
             except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
@@ -156,7 +163,7 @@ class OpenAIEngine(LocalTokenizer):
         sem = asyncio.Semaphore(self.config.concurrency)
         done = 0
         limits = httpx.Limits(max_connections=self.config.concurrency)
-        async with httpx.AsyncClient(timeout=self.config.timeout_s, limits=limits) as client:
+        async with httpx.AsyncClient(timeout=self.config.timeout_s, limits=limits, headers=_headers()) as client:
             async def one(body: dict[str, Any]) -> dict[str, Any]:
                 nonlocal done
                 async with sem:
@@ -177,7 +184,7 @@ class OpenAIEngine(LocalTokenizer):
                 r = await client.post(f"{url}/completions", json=body)
                 if r.status_code not in RETRY_STATUS:
                     if r.status_code >= 400:
-                        raise EndpointError(f"{url}/completions answered {r.status_code}: {r.text[:300]}")
+                        raise EndpointError(redact(f"{url}/completions answered {r.status_code}: {r.text[:300]}"))
                     return r.json()
                 why = f"HTTP {r.status_code}"
             except (httpx.TimeoutException, httpx.TransportError) as exc:
@@ -185,8 +192,8 @@ class OpenAIEngine(LocalTokenizer):
             if attempt == self.config.max_retries:
                 raise EndpointError(f"{url}/completions failed {attempt + 1} times, last: {why}")
             self.retries += 1
-            log.warning("%s/completions: %s; retry %d/%d in %.1fs", url, why, attempt + 1, self.config.max_retries,
-                        delay)
+            log.warning("%s/completions: %s; retry %d/%d in %.1fs", url, redact(why), attempt + 1,
+                        self.config.max_retries, delay)
             await asyncio.sleep(delay * (1 + random.random() / 4))
             delay = min(delay * 2, 30)
         raise AssertionError("unreachable")
