@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 
 from flows.stages import build_sets, evaluate_stage, finetune, report, translate_stage
 from stt.config import RunConfig
+from stt.runlock import run_lock
 
 
 @flow(name="self-translate-train", log_prints=True, persist_result=True, result_serializer="json")
@@ -18,6 +19,11 @@ def self_translate_train(config: RunConfig = RunConfig()) -> dict[str, Any]:  # 
     Zero-shot transfer (LoRA on English only) vs Self-Translate-Train (LoRA on English + the model's own
     translations), per language. Every stage is cached on its inputs; a rerun redoes only what changed.
     """
+    with run_lock(config.root):  # one run per run folder at a time
+        return _run(config)
+
+
+def _run(config: RunConfig) -> dict[str, Any]:
     timings: dict[str, float] = {}
     for name, stage in (("translate", translate_stage), ("build sets", build_sets), ("fine-tune", finetune),
                         ("evaluate", evaluate_stage)):

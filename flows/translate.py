@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from stt import translate as lib
 from stt.config import TranslateConfig
+from stt.runlock import run_lock
 from tasks.translate import ensure_model_slot, generate_shard, validate_shard
 
 
@@ -28,6 +29,11 @@ def translate(config: TranslateConfig = TranslateConfig()) -> dict[str, Any]:  #
 
     Returns the output directory, the per-language summary and which shards ran.
     """
+    with run_lock(config.out_dir):  # a second run on the same folder fails (or waits) instead of racing
+        return _translate(config)
+
+
+def _translate(config: TranslateConfig) -> dict[str, Any]:
     logger = get_run_logger()
     t0 = time.perf_counter()
     plan = lib.plan_translation(config)

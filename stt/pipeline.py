@@ -26,6 +26,7 @@ from stt.evaluate import evaluate
 from stt.finetune import finetune
 from stt.quality import translation_quality
 from stt.report import write_report
+from stt.runlock import run_lock
 from stt.trainsets import build_set, has_human, set_name, training_source
 from stt.translate import run_translate
 from stt.translate_test import translate_test
@@ -202,6 +203,11 @@ def run_job_evaluation(config: RunConfig, plan: TaskPlan, job: EvalJob, data_dir
 
 def run_pipeline(config: RunConfig) -> dict[str, Any]:
     """The whole method in one process, without Prefect (the flow runs the same calls as tasks)."""
+    with run_lock(config.root):  # one run per run folder at a time
+        return _run_pipeline(config)
+
+
+def _run_pipeline(config: RunConfig) -> dict[str, Any]:
     from stt.engines import release_engines
 
     data_dir = config.resolved_data_dir()

@@ -26,6 +26,7 @@ from stt.engines import Request, engine_signature, get_engine
 from stt.errors import ConfigError, DataError
 from stt.models import resolve_model
 from stt.prompts import PromptBuilder, build_prompt_builder
+from stt.runlock import run_lock
 from stt.specs import TaskSpec, get_task
 from stt.validate import VALIDATION_VERSION, clean_completion, segment_reasons
 
@@ -479,11 +480,12 @@ def summarize(out_dir: Path) -> list[dict[str, Any]]:
 
 def run_translate(config: TranslateConfig) -> Path:
     """The whole stage without Prefect: the same steps the flow runs, in one process."""
-    plan = plan_translation(config)
-    for job in plan.todo:
-        if not raw_complete(job):
-            generate_shard(job, config)
-        validate_shard(job, config)
+    with run_lock(config.out_dir):
+        plan = plan_translation(config)
+        for job in plan.todo:
+            if not raw_complete(job):
+                generate_shard(job, config)
+            validate_shard(job, config)
     return Path(plan.out_dir)
 
 
