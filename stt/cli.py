@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from stt.errors import SttError
+from stt.errors import SttError, disk_full, is_disk_full
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Self-Translate-Train: a model translates its own English training data.")
@@ -42,6 +42,9 @@ def _reported(failed: str | None = None) -> Iterator[None]:
     except SttError as exc:
         _fail(str(exc))
     except Exception as exc:
+        if is_disk_full(exc):  # from a write outside our own helpers (an adapter, a checkpoint)
+            where = getattr(exc, "filename", None)
+            _fail(str(disk_full(Path(where).parent if where else Path.cwd(), Path(where).name if where else "a file")))
         if failed is None:
             raise
         # The flow's logs above hold the traceback.

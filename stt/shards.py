@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stt.errors import disk_full, is_disk_full
 from stt.models import file_sha256
 
 MANIFEST = "_manifest.json"
@@ -41,11 +42,25 @@ def write_parquet_atomic(table: pa.Table, path: Path, metadata: dict[str, str] |
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with _no_partial(tmp, path):
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     return file_sha256(path)
+
+
+@contextlib.contextmanager
+def _no_partial(tmp: Path, path: Path) -> Iterator[None]:
+    """Any failure mid-write (a full disk above all) removes the temp file: a reader only ever sees
+    a complete file under the final name, and a full disk is reported naming the folder."""
+    try:
+        yield
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full(path.parent, path.name) from exc
+        raise
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -73,9 +88,20 @@ def read_manifest(out_dir: Path) -> dict[str, Any]:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Temp file, fsync, rename (see `_no_partial`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
-    os.replace(tmp, path)
+    with _no_partial(tmp, path):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def update_manifest(out_dir: Path, shard: str | None = None, entry: dict[str, Any] | None = None,

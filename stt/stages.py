@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -49,9 +48,9 @@ def mark_done(folder: Path, key: str, files: list[str], **info: Any) -> dict[str
     folder = Path(folder)
     record = {"key": key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "files": {name: file_sha256(folder / name) for name in files}, **info}
-    tmp = folder / f".{MARKER}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str))
-    os.replace(tmp, folder / MARKER)
+    from stt.shards import write_text_atomic
+
+    write_text_atomic(folder / MARKER, json.dumps(record, indent=2, ensure_ascii=False, default=str))
     return record
 
 
