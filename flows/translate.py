@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from stt import translate as lib
 from stt.config import TranslateConfig
 from stt.runlock import run_lock
+from stt.timeouts import generation_s, task_options
 from tasks.translate import ensure_model_slot, generate_shard, validate_shard
 
 
@@ -48,7 +49,10 @@ def _translate(config: TranslateConfig) -> dict[str, Any]:
     for job in todo:
         payload = lib.job_to_dict(job)
         # A cached generation whose file is gone (or was written under another key) is recomputed.
-        gen = generate_shard.with_options(refresh_cache=not lib.raw_complete(job))
+        # A hung engine ends as a timed-out attempt that retries, not a run that waits forever.
+        timeout = generation_s(job.rows, config.generation, config.timeouts, round_trip=bool(job.back_key))
+        gen = generate_shard.with_options(refresh_cache=not lib.raw_complete(job),
+                                          **task_options(timeout, config.timeouts))
         gen_future = gen.submit(payload, config)
         pending.append((job, gen_future, validate_shard.submit(payload, config, gen_future)))
     done_rows = sum(j.rows for j in plan.jobs if j.shard in plan.done)

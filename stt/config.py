@@ -122,6 +122,20 @@ class BadRowsConfig(BaseModel):
     max_chars: int = Field(20_000, ge=1)  # a field longer than this is set aside (no model context holds it)
 
 
+class TimeoutConfig(BaseModel):
+    """How long a model-holding task may run before it counts as hung (Prefect `timeout_seconds`), derived
+    from its size: floor (model load) + the work at a throughput well below the slowest expected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    floor_s: float = Field(900.0, gt=0)
+    min_tokens_per_s: float = Field(2.0, gt=0)  # generation: every segment running to the token cap at this rate
+    min_items_per_s: float = Field(0.2, gt=0)  # scoring
+    max_step_s: float = Field(120.0, gt=0)  # one optimizer step
+    retries: int = Field(2, ge=0)
+    retry_delays_s: tuple[float, ...] = (10.0, 60.0)
+
+
 class TranslateConfig(BaseModel):
     """What the translate stage needs to know. Saved next to its outputs."""
 
@@ -139,6 +153,7 @@ class TranslateConfig(BaseModel):
     prompt: PromptConfig = PromptConfig()
     round_trip: RoundTripConfig = RoundTripConfig()
     bad_rows: BadRowsConfig = BadRowsConfig()
+    timeouts: TimeoutConfig = TimeoutConfig()
 
     @field_validator("languages", mode="before")
     @classmethod
@@ -284,6 +299,7 @@ class RunConfig(BaseModel):
     controls: ControlsConfig = ControlsConfig()
     round_trip: RoundTripConfig = RoundTripConfig()  # the translate stage's round-trip filter
     bad_rows: BadRowsConfig = BadRowsConfig()  # training-data rows the loaders cannot use
+    timeouts: TimeoutConfig = TimeoutConfig()  # when a model-holding task counts as hung
 
     @field_validator("languages", "tasks", mode="before")
     @classmethod
@@ -317,7 +333,7 @@ class RunConfig(BaseModel):
             task=task, languages=self.languages, limit=self.limit, input_path=self.inputs.get(task),
             data_dir=self.data_dir, out_dir=self.root / task / "translate", shard_size=self.shard_size,
             engine=self.engine, generation=self.generation, prompt=self.prompt, round_trip=self.round_trip,
-            bad_rows=self.bad_rows,
+            bad_rows=self.bad_rows, timeouts=self.timeouts,
         )
 
 

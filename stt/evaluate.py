@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from stt import shards, stages
+from stt import faults, shards, stages
 from stt.config import EngineConfig, EvalConfig
 from stt.engines import Request, engine_signature, get_engine
 from stt.engines.tokenizer import SPLIT_VERSION
@@ -183,7 +183,9 @@ def evaluate(task: str, language: str, engine_config: EngineConfig, config: Eval
     stages.clear(out_folder, ["predictions.parquet"])
     engine = get_engine(engine_config.model_copy(update={"batch_size": config.batch_size}))
     t0 = time.perf_counter()
-    rows = {"gsm8k": _rows_math, "squad": _rows_qa, "mnli": _rows_nli}[task](engine, items, config, output_language)
+    with faults.unit(f"eval:{label}-{language}"):
+        rows = {"gsm8k": _rows_math, "squad": _rows_qa, "mnli": _rows_nli}[task](engine, items, config,
+                                                                                  output_language)
     seconds = time.perf_counter() - t0
     full = []
     for it, r in zip(items, rows, strict=True):

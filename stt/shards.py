@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -27,6 +28,8 @@ import pyarrow.parquet as pq
 
 from stt.errors import disk_full, is_disk_full
 from stt.models import file_sha256
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
 MANIFEST_FORMAT = "stt-shards-v1"
@@ -81,10 +84,21 @@ def _locked(out_dir: Path) -> Iterator[None]:
 
 
 def read_manifest(out_dir: Path) -> dict[str, Any]:
+    """The stage's manifest. One that is damaged (cut short, flipped bytes) is moved aside and treated as
+    absent: every shard is then re-verified from its files and redone where needed, never trusted."""
     path = out_dir / MANIFEST
     if not path.exists():
         return {"format": MANIFEST_FORMAT, "shards": {}}
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), dict):
+            raise ValueError("no shards table")
+        return manifest
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        aside = path.with_name(f"{MANIFEST}.damaged-{time.strftime('%Y%m%d%H%M%S')}")
+        os.replace(path, aside)
+        log.warning("%s is damaged (%s): moved to %s; shards are re-verified and redone", path, exc, aside.name)
+        return {"format": MANIFEST_FORMAT, "shards": {}}
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stt import shards, stages
+from stt import faults, shards, stages
 from stt.badrows import BadRows
 from stt.config import TranslateConfig, stable_json
 from stt.engines import Request, engine_signature, get_engine
@@ -239,9 +239,10 @@ def generate_shard(job: ShardJob, config: TranslateConfig, progress: Any = None)
     """Run the model on every segment of one shard; write the raw generations (and, with round-trip
     filtering, the back-translations of the cleaned translations). Needs the model. A part already on
     disk under its key is not generated again (a shard killed between the two resumes with the second)."""
-    result = existing_generation(job) if _forward_complete(job) else _generate_forward(job, config, progress)
-    if job.back_key and not _back_complete(job):
-        result["back"] = _generate_back(job, config, progress)
+    with faults.unit(job.shard):
+        result = existing_generation(job) if _forward_complete(job) else _generate_forward(job, config, progress)
+        if job.back_key and not _back_complete(job):
+            result["back"] = _generate_back(job, config, progress)
     return result
 
 
@@ -484,9 +485,22 @@ def run_translate(config: TranslateConfig) -> Path:
         plan = plan_translation(config)
         for job in plan.todo:
             if not raw_complete(job):
-                generate_shard(job, config)
+                _with_retries(generate_shard)(job, config)
             validate_shard(job, config)
     return Path(plan.out_dir)
+
+
+def _with_retries(fn: Any) -> Any:
+    """The plain runner's counterpart of the Prefect task's retries: an engine error that is transient
+    (an injected one, an endpoint's, a CUDA hiccup's) is retried twice; anything else fails at once."""
+    import tenacity
+
+    from stt.engines.openai_engine import EndpointError
+
+    return tenacity.retry(retry=tenacity.retry_if_exception_type((faults.TransientEngineError, EndpointError)),
+                          stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_exponential(min=0.5, max=10),
+                          reraise=True,
+                          before_sleep=lambda s: log.warning("retrying after %s", s.outcome.exception()))(fn)
 
 
 def job_from_dict(d: dict[str, Any]) -> ShardJob:

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from stt import faults
 from stt.config import EngineConfig, GenerationParams
 from stt.engines.base import Completion, Engine, EngineStats, Request, Score
 from stt.errors import ConfigError
@@ -43,7 +44,9 @@ def get_engine(config: EngineConfig, generation: GenerationParams | None = None)
                 _ENGINES[key] = OpenAIEngine(model, config, generation)
             else:  # pragma: no cover - pydantic restricts kind
                 raise ConfigError(f"unknown engine kind '{config.kind}'")
-        return _ENGINES[key]
+        engine = _ENGINES[key]
+    # STT_FAULTS (reliability drills) wraps the engine; without it the engine is returned as it is.
+    return faults.FaultyEngine(engine) if faults.active() else engine  # type: ignore[return-value]
 
 
 def loaded_engines() -> list[Engine]:

@@ -1,0 +1,72 @@
+"""Injected engine faults (STT_FAULTS) through the real Prefect translate flow on the real model:
+transient faults are retried and survived, a permanent one fails only its shard (the others are kept and
+not redone), a hung engine is ended by the task's timeout and retried, and the plain runner retries too."""
+
+import json
+
+import pytest
+
+from flows.translate import ShardsFailed, translate
+from stt import faults
+from stt.config import EngineConfig, GenerationParams, TimeoutConfig, TranslateConfig
+from stt.engines import get_engine
+from stt.translate import run_translate
+
+pytestmark = pytest.mark.model
+
+
+def _config(out, languages=("de", "th"), limit=2, **timeouts):
+    return TranslateConfig(task="gsm8k", languages=languages, limit=limit, shard_size=1, out_dir=out,
+                           engine=EngineConfig(kind="llama-cpp", batch_size=4),
+                           generation=GenerationParams(max_new_tokens_cap=24),
+                           timeouts=TimeoutConfig(**{"floor_s": 600, "retries": 1, "retry_delays_s": (0.5,),
+                                                     **timeouts}))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_counts():
+    faults.reset()
+    yield
+    faults.reset()
+
+
+def test_transient_faults_are_survived_and_a_permanent_one_fails_only_its_shard(prefect_server, tmp_path,
+                                                                                monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.setenv("STT_FAULTS", "transient=de-*:1,permanent=th-00001")
+    with pytest.raises(ShardsFailed) as failed:
+        translate(_config(out))
+    assert list(failed.value.failed) == ["th-00001"] and "injected permanent fault" in str(failed.value)
+    # Each German shard failed once and succeeded on its retry; the permanent one used up its retry.
+    assert faults._CALLS == {"de-00000": 2, "de-00001": 2, "th-00000": 1, "th-00001": 2}
+    kept = json.loads((out / "_manifest.json").read_text())["shards"]
+    assert sorted(kept) == ["de-00000", "de-00001", "th-00000"]
+    monkeypatch.delenv("STT_FAULTS")
+    again = translate(_config(out))
+    assert again["shards"] == {"de-00000": "complete", "de-00001": "complete", "th-00000": "complete",
+                               "th-00001": "generated"}
+
+
+def test_a_hung_engine_is_ended_by_the_timeout_and_retried(prefect_server, tmp_path, monkeypatch, caplog):
+    out = tmp_path / "out"
+    monkeypatch.setenv("STT_FAULTS", "hang=de-00000")
+    config = _config(out, languages=("de",), limit=1, floor_s=8, min_tokens_per_s=1e6)
+    get_engine(config.engine, config.generation)  # loaded beforehand: both attempts reach the hung call in 8 s
+    with pytest.raises(ShardsFailed, match=r"de-00000: Task run exceeded timeout of 8\.0 second"):
+        translate(config)
+    # The attempt hung and was ended; Prefect retried it, and the retry was ended too (it may wait for the
+    # model slot the hung attempt held until its timeout freed it, so it need not reach the engine).
+    messages = [r.getMessage() for r in caplog.records]
+    assert faults._CALLS["de-00000"] >= 1
+    assert any("timed out after 8.0 second" in m and "Retry 1/1" in m for m in messages)
+    assert any("timed out after 8.0 second" in m and "Retries are exhausted" in m for m in messages)
+    monkeypatch.delenv("STT_FAULTS")
+    # Timeouts are not part of any key: the rerun (with room for a slow machine) redoes the same shard.
+    assert translate(config.model_copy(update={"timeouts": TimeoutConfig()}))["shards"] == {"de-00000": "generated"}
+
+
+def test_the_plain_runner_retries_transient_faults(tmp_path, monkeypatch):
+    monkeypatch.setenv("STT_FAULTS", "transient=*:2")
+    out = run_translate(_config(tmp_path / "out", languages=("de",), limit=1))
+    assert faults._CALLS == {"de-00000": 3}
+    assert json.loads((out / "_manifest.json").read_text())["shards"]["de-00000"]["input_rows"] == 1
