@@ -23,8 +23,10 @@ from prefect.context import FlowRunContext
 from prefect.events import emit_event
 
 from flows.translate import translate
-from stt import pipeline
-from stt.config import RunConfig
+from stt import pipeline, stages, timeouts
+from stt.config import RunConfig, TrainConfig
+from stt.finetune import planned_steps
+from stt.timeouts import task_options
 from stt.trainsets import training_source
 from tasks import pipeline as t
 
@@ -77,6 +79,8 @@ def finetune(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
             # Submitted in plan order: an equal-steps adapter reads the step count of one trained before it.
             train = pipeline.adapter_train_config(config, plan, a)
             opts = t.finetune_options(config.engine.model, plan.set_dir(a.set_name), plan.adapter_dir(a.name), train)
+            opts |= task_options(timeouts.training_s(_steps(plan.set_dir(a.set_name), train), config.timeouts),
+                                 config.timeouts)
             adapters[task].append(t.finetune.with_options(**opts)(
                 config.engine.model, a.name, str(plan.set_dir(a.set_name)), str(plan.adapter_dir(a.name)), train,
                 config.engine.device))
@@ -94,7 +98,9 @@ def evaluate_stage(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: 
         for lang in config.languages:
             args = (task, lang, config.engine, config.generation, config.prompt, data_dir, plan.quality_dir(lang),
                     config.eval.quality_limit)
-            quality.append(t.quality.with_options(**t.quality_options(*args))(
+            limit = timeouts.evaluation_s(config.eval.quality_limit or 250, config.generation.max_new_tokens_cap,
+                                          config.timeouts)
+            quality.append(t.quality.with_options(**t.quality_options(*args), **task_options(limit, config.timeouts))(
                 task, lang, config.engine, config.generation, config.prompt, str(data_dir),
                 str(plan.quality_dir(lang)), config.eval.quality_limit))
         for job in plan.evals:
@@ -103,14 +109,30 @@ def evaluate_stage(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: 
                 translator = pipeline.translator_engine(config)
                 args = (task, job.language, translator, engine, config.eval, config.generation, config.prompt)
                 opts = t.translate_test_options(*args, data_dir, plan.eval_dir(job))
+                opts |= _eval_timeout(config, task, extra_tokens=config.generation.max_new_tokens_cap)
                 evaluations.append(t.translate_test.with_options(**opts)(*args, str(data_dir),
                                                                          str(plan.eval_dir(job))))
                 continue
             opts = t.evaluate_options(task, job.language, engine, config.eval, data_dir, plan.eval_dir(job))
+            opts |= _eval_timeout(config, task)
             evaluations.append(t.evaluate.with_options(**opts)(
                 task, job.language, engine, config.eval, str(data_dir), str(plan.eval_dir(job)), job.model))
     _announce("stt.evaluate.completed", config, evaluations=[e["folder"] for e in evaluations])
     return {"evaluations": evaluations, "quality": quality}
+
+
+def _steps(set_folder: Path, train: TrainConfig) -> int:
+    """Optimizer steps an adapter will take (from its set's manifest), for its timeout."""
+    marker = Path(set_folder) / stages.MARKER
+    rows = json.loads(marker.read_text()).get("rows", 0) if marker.is_file() else 0
+    return planned_steps(max(rows, 1), train)
+
+
+def _eval_timeout(config: RunConfig, task: str, extra_tokens: int = 0) -> dict[str, Any]:
+    """A hung evaluation ends as a failed attempt that retries (a timeout from its size)."""
+    items = config.eval.limit or 5010  # the largest test set (XNLI) when all items are scored
+    tokens = {"gsm8k": config.eval.max_new_tokens_math, "squad": config.eval.max_new_tokens_qa, "mnli": 0}[task]
+    return task_options(timeouts.evaluation_s(items, tokens + extra_tokens, config.timeouts), config.timeouts)
 
 
 @flow(name="report", log_prints=True, persist_result=True, result_serializer="json")
