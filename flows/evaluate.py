@@ -8,14 +8,16 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from stt.config import EngineConfig, EvalConfig
+from stt import timeouts as limits
+from stt.config import EngineConfig, EvalConfig, TimeoutConfig
 from tasks.pipeline import evaluate, evaluate_options
 
 
 @flow(name="evaluate", log_prints=True, persist_result=True, result_serializer="json")
 def evaluate_model(task: str = "gsm8k", languages: list[str] = ["en", "de", "th"],  # noqa: B006 - flow parameter
                    engine: EngineConfig = EngineConfig(), config: EvalConfig = EvalConfig(),  # noqa: B008
-                   data_dir: str | None = None, out_dir: str = "runs/evaluate", label: str = "base"
+                   data_dir: str | None = None, out_dir: str = "runs/evaluate", label: str = "base",
+                   timeouts: TimeoutConfig = TimeoutConfig()  # noqa: B008
                    ) -> list[dict[str, Any]]:
     from stt.config import resolve_data_dir
 
@@ -24,6 +26,9 @@ def evaluate_model(task: str = "gsm8k", languages: list[str] = ["en", "de", "th"
     for lang in languages:
         folder = Path(out_dir) / f"{label}-{lang}"
         opts = evaluate_options(task, lang, engine, config, data, folder)
+        # A hung engine ends as a failed attempt that retries: a timeout from the evaluation's size.
+        tokens = {"gsm8k": config.max_new_tokens_math, "squad": config.max_new_tokens_qa}.get(task, 0)
+        opts |= limits.task_options(limits.evaluation_s(config.limit or 5010, tokens, timeouts), timeouts)
         results.append(evaluate.with_options(**opts)(task, lang, engine, config, str(data), str(folder), label))
     create_table_artifact(key="stt-evaluate", table=[{"model": r["model"], "task": r["task"],
                                                       "language": r["language"], **r["scores"]} for r in results],

@@ -10,5 +10,8 @@ for pool in gpu cpu; do
 done
 # One model-holding flow run at a time per GPU worker pool.
 "$PREFECT" work-pool set-concurrency-limit gpu "${STT_GPU_POOL_LIMIT:-1}"
+# Crash flow runs whose worker stopped sending heartbeats, so a lost worker does not hold the pool.
+"$PREFECT" automation inspect stt-crash-zombie-flow-runs >/dev/null 2>&1 \
+  || "$PREFECT" automation create --from-file deployments/automations.yaml
 "$PREFECT" --no-prompt deploy --all --prefect-file deployments/prefect.yaml
 "$PREFECT" deployment ls

@@ -7,4 +7,6 @@ POOL=${1:-gpu}
 export STT_PROJECT_DIR=${STT_PROJECT_DIR:-$PWD}
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1}
 export PATH="$PWD/.venv/bin:$PATH"
+# Heartbeats per flow run: deployments/automations.yaml marks a run Crashed when they stop (worker lost).
+export PREFECT_FLOWS_HEARTBEAT_FREQUENCY=${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}
 exec prefect worker start --pool "$POOL" --type process --name "stt-$POOL-$(hostname)"

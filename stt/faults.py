@@ -8,6 +8,14 @@
 Items are comma-separated; a unit is what the stage is working on (a shard id such as `de-00003`, an
 evaluation such as `eval:zero-shot-de`), matched with shell wildcards. Without STT_FAULTS nothing is
 wrapped and nothing is slower.
+
+STT_KILL_AT="<point pattern>@<n>" makes the process SIGKILL itself the n-th time (default 1) it reaches a
+point matching the pattern: the kill-and-resume trials use it to die at a chosen place, for real.
+
+    engine:<unit>                    half-way through a unit's engine work (the first half is generated)
+    write:<path>                     a file fully written to its temp name, not yet renamed into place
+    finetune:<adapter>:step:<n>      training step n done, its checkpoint not yet saved
+    finetune:<adapter>:checkpoint:<n>  checkpoint n half-written (adapter saved; optimizer, state not)
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import contextvars
 import fnmatch
 import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -55,7 +64,37 @@ def _spec() -> dict[str, str]:
 
 
 def active() -> bool:
-    return bool(os.environ.get("STT_FAULTS"))
+    return bool(os.environ.get("STT_FAULTS") or os.environ.get("STT_KILL_AT"))
+
+
+_KILL_HITS: dict[str, int] = {}
+
+
+def kill_due(point: str) -> bool:
+    """True the n-th time a point matching STT_KILL_AT's pattern is reached (then the caller kills)."""
+    raw = os.environ.get("STT_KILL_AT")
+    if not raw:
+        return False
+    pattern, _, nth = raw.rpartition("@") if "@" in raw else (raw, "", "1")
+    if not fnmatch.fnmatch(point, pattern):
+        return False
+    with _LOCK:
+        _KILL_HITS[pattern] = _KILL_HITS.get(pattern, 0) + 1
+        return _KILL_HITS[pattern] == int(nth)
+
+
+def die(point: str) -> None:
+    """SIGKILL this process: no cleanup, no finally blocks, as when the machine takes it away."""
+    import sys
+
+    print(f"STT_KILL_AT: killing pid {os.getpid()} at {point}", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def crash_point(point: str) -> None:
+    """A place where the kill trials may end the process (free when STT_KILL_AT is unset)."""
+    if kill_due(point):
+        die(point)
 
 
 def check(operation: str) -> None:
@@ -72,8 +111,11 @@ def check(operation: str) -> None:
     if "permanent" in spec and fnmatch.fnmatch(name, spec["permanent"]):
         raise PermanentEngineError(f"injected permanent fault: {where}")
     if "transient" in spec:
-        pattern, _, first = spec["transient"].partition(":")
-        if fnmatch.fnmatch(name, pattern) and call <= int(first or 1):
+        # The count follows the last colon (units such as `eval:base-de` hold colons themselves).
+        pattern, _, first = spec["transient"].rpartition(":")
+        if not first.isdigit():
+            pattern, first = spec["transient"], "1"
+        if fnmatch.fnmatch(name, pattern) and call <= int(first):
             raise TransientEngineError(f"injected transient fault: {where}")
     if "rate" in spec:
         rng = random.Random(f"{spec.get('seed', '0')}:{name}:{call}")
@@ -87,13 +129,22 @@ class FaultyEngine:
     def __init__(self, engine: Any):
         self._engine = engine
 
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
+    def generate(self, requests: Any, *args: Any, **kwargs: Any) -> Any:
         check("generate")
-        return self._engine.generate(*args, **kwargs)
+        self._half_then_die(self._engine.generate, requests)
+        return self._engine.generate(requests, *args, **kwargs)
 
-    def loglikelihood(self, *args: Any, **kwargs: Any) -> Any:
+    def loglikelihood(self, pairs: Any, *args: Any, **kwargs: Any) -> Any:
         check("loglikelihood")
-        return self._engine.loglikelihood(*args, **kwargs)
+        self._half_then_die(self._engine.loglikelihood, pairs)
+        return self._engine.loglikelihood(pairs, *args, **kwargs)
+
+    @staticmethod
+    def _half_then_die(call: Any, work: Any) -> None:
+        point = f"engine:{_UNIT.get() or '-'}"
+        if kill_due(point):  # real work on half the unit, then the kill: the process dies mid-unit
+            call(list(work)[: max(1, len(work) // 2)])
+            die(point)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
@@ -103,3 +154,4 @@ def reset() -> None:
     """Forget call counts (tests)."""
     with _LOCK:
         _CALLS.clear()
+        _KILL_HITS.clear()

@@ -8,6 +8,7 @@ to `checkpoints/`; a run killed mid-way resumes from the last one.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -20,10 +21,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stt import stages
+from stt import faults, stages
 from stt.config import TrainConfig
 from stt.errors import DataError
 from stt.models import ResolvedModel, hf_folder, resolve_model
+from stt.shards import write_text_atomic
 from stt.templates import TEMPLATE_VERSION
 
 log = logging.getLogger(__name__)
@@ -118,6 +120,42 @@ def answer_only_trainer(trainer_cls: type) -> type:
             return (loss, None) if return_outputs else loss
 
     return AnswerOnlyTrainer
+
+
+def killable_trainer(trainer_cls: type, name: str) -> type:
+    """The kill trials' `finetune:<name>:checkpoint:<step>` point: inside a checkpoint's write, after the
+    adapter and before the optimizer and trainer state (which the Trainer writes last)."""
+
+    class KillableTrainer(trainer_cls):  # type: ignore[misc, valid-type]
+        def save_model(self, output_dir=None, _internal_call=False):  # noqa: ANN001, ANN201 - Trainer's signature
+            super().save_model(output_dir, _internal_call)
+            if _internal_call:
+                faults.crash_point(f"finetune:{name}:checkpoint:{self.state.global_step}")
+
+    return KillableTrainer
+
+
+def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """Checkpoints a resume can trust, oldest first; half-written ones (killed mid-save: no readable
+    trainer_state.json, which the Trainer writes last) are removed so nothing ever resumes from them."""
+    import shutil
+
+    good = []
+    for path in sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            good.append(path)
+        except (OSError, ValueError):
+            log.warning("%s: half-written checkpoint (killed while saving): removed", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return good
+
+
+def loss_curve(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """The per-step losses from the Trainer's state, which a resume restores from the checkpoint, so a
+    resumed adapter's curve and mean loss cover every step, not only those after the resume."""
+    return [{"step": h["step"], "epoch": round(h.get("epoch") or 0, 4), "loss": float(h["loss"]),
+             "learning_rate": float(h.get("learning_rate", 0))} for h in log_history if "loss" in h]
 
 
 def _sampler_argument(arguments_cls: type, group_by_length: bool) -> dict[str, Any]:
@@ -225,8 +263,8 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    curve: list[dict[str, float]] = []
     step_times: list[float] = []
+    name = out_folder.name
 
     class Record(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001 - Trainer's signature
@@ -234,17 +272,16 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
 
         def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
             step_times.append(time.perf_counter() - self.t0)
+            faults.crash_point(f"finetune:{name}:step:{state.global_step}")
 
         def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
             if logs and "loss" in logs:
-                curve.append({"step": state.global_step, "epoch": round(state.epoch or 0, 4),
-                              "loss": float(logs["loss"]), "learning_rate": float(logs.get("learning_rate", 0))})
                 log.info("step %d/%d loss %.4f", state.global_step, state.max_steps, logs["loss"])
 
-    trainer_class = answer_only_trainer(Trainer) if config.answer_only_logits else Trainer
+    trainer_class = killable_trainer(answer_only_trainer(Trainer) if config.answer_only_logits else Trainer, name)
     trainer = trainer_class(model=peft_model, args=args, train_dataset=features,
                       data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[Record()])
-    checkpoints = sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    checkpoints = complete_checkpoints(checkpoint_dir)
     resume = str(checkpoints[-1]) if checkpoints else None
     if resume:
         log.info("resuming from %s", resume)
@@ -253,12 +290,17 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     seconds = time.perf_counter() - t0
     peft_model.save_pretrained(out_folder)
 
-    with open(out_folder / "loss.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", "epoch", "loss", "learning_rate"])
-        writer.writeheader()
-        writer.writerows(curve)
+    curve = loss_curve(trainer.state.log_history)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=["step", "epoch", "loss", "learning_rate"])
+    writer.writeheader()
+    writer.writerows(curve)
+    write_text_atomic(out_folder / "loss.csv", table.getvalue())
+    # The Trainer's own training_loss after a resume averages only the resumed steps' losses over all
+    # steps; the mean of the logged per-step losses is right either way (logging_steps=1).
+    train_loss = sum(c["loss"] for c in curve) / len(curve) if curve else result.training_loss
     metrics = {
-        "steps": result.global_step, "train_loss": result.training_loss, "seconds": round(seconds, 2),
+        "steps": result.global_step, "train_loss": train_loss, "seconds": round(seconds, 2),
         "seconds_per_step": round(sum(step_times) / len(step_times), 3) if step_times else None,
         "planned_steps": total_steps, "warmup_steps": math.ceil(config.warmup_ratio * total_steps),
         "examples": len(features), "rows": len(rows), "set_aside": dict(Counter(r["reason"] for r in set_aside)),
@@ -268,8 +310,8 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
         "device": "cuda" if cuda else "cpu", "dtype": "bfloat16" if cuda else "float32",
         "resumed_from": resume, "loss_curve": curve,
     }
-    (out_folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out_folder / "train_config.json").write_text(config.model_dump_json(indent=2))
+    write_text_atomic(out_folder / "metrics.json", json.dumps(metrics, indent=2))
+    write_text_atomic(out_folder / "train_config.json", config.model_dump_json(indent=2))
     files = [*ADAPTER_FILES, "loss.csv", "metrics.json", "train_config.json"]
     files += ["set_aside.parquet"] if set_aside else []
     info = stages.mark_done(out_folder, key, files,
@@ -277,5 +319,5 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
                             set_folder=str(set_folder), set_key=set_info["key"], set=set_info.get("set"),
                             template_version=TEMPLATE_VERSION, config=config.model_dump(mode="json"),
                             metrics={k: v for k, v in metrics.items() if k != "loss_curve"})
-    log.info("adapter %s: %d steps, loss %.4f, %.1fs", out_folder, result.global_step, result.training_loss, seconds)
+    log.info("adapter %s: %d steps, loss %.4f, %.1fs", out_folder, result.global_step, train_loss, seconds)
     return {**info, "folder": str(out_folder), "reused": False}

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from stt import shards, stages
+from stt import faults, shards, stages
 from stt.config import EngineConfig, GenerationParams, PromptConfig
 from stt.engines import Request, engine_signature, get_engine
 from stt.metrics import translation_scores
@@ -77,7 +77,8 @@ def translation_quality(task: str, language: str, engine_config: EngineConfig, g
     requests = [Request(builder.completion_prompt(p["source"]),
                         generation.max_new_tokens(engine.count_tokens(p["source"])), generation.stop) for p in pairs]
     t0 = time.perf_counter()
-    outs = engine.generate(requests)
+    with faults.unit(f"quality:{task}-{language}"):
+        outs = engine.generate(requests)
     seconds = time.perf_counter() - t0
     rows = []
     for p, o in zip(pairs, outs, strict=True):

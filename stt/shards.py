@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stt import faults
 from stt.errors import disk_full, is_disk_full
 from stt.models import file_sha256
 
@@ -49,6 +50,7 @@ def write_parquet_atomic(table: pa.Table, path: Path, metadata: dict[str, str] |
         pq.write_table(table, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        faults.crash_point(f"write:{path}")
         os.replace(tmp, path)
     return file_sha256(path)
 
@@ -115,6 +117,7 @@ def write_text_atomic(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        faults.crash_point(f"write:{path}")
         os.replace(tmp, path)
 
 

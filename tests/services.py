@@ -59,10 +59,19 @@ class Postgres:
         if self.as_root:
             shutil.chown(self.folder, "postgres")
         self._run(self.bin / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        self._run(self.bin / "pg_ctl", "-D", self.data, "-l", self.folder / "pg.log", "-w", "start", "-o",
-                  f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1")
+        self._start()
         self._run(self.bin / "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "prefect")
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/prefect"
+
+    def _start(self) -> None:
+        self._run(self.bin / "pg_ctl", "-D", self.data, "-l", self.folder / "pg.log", "-w", "start", "-o",
+                  f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1")
+
+    def restart(self, down_s: float = 0) -> None:
+        """Stop (fast: open connections are cut, as in a database failover), stay down, start again."""
+        self.stop()
+        time.sleep(down_s)
+        self._start()
 
     def query(self, sql: str) -> list[list[str]]:
         out = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "prefect",
@@ -93,6 +102,20 @@ class Processes:
         self.procs.append((name, proc))
         return proc
 
+    def latest(self, name: str) -> subprocess.Popen:
+        return [p for n, p in self.procs if n == name][-1]
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal the newest process of that name, its process group and every descendant (a worker's
+        flow-run subprocesses too), and wait for it: a machine taken away, not a polite stop."""
+        proc = self.latest(name)
+        for pid in [*_descendants(proc.pid), proc.pid]:
+            with suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        proc.wait(timeout=60)
+
     def log(self, name: str) -> str:
         return (self.folder / f"{name}.log").read_text(errors="replace")
 
@@ -121,6 +144,19 @@ class Processes:
             except ProcessLookupError:
                 pass
         return alive
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.split()
+    children: dict[int, list[int]] = {}
+    for child, parent in zip(map(int, out[::2]), map(int, out[1::2]), strict=True):
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120, path: str = "/health") -> None:

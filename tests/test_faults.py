@@ -8,11 +8,12 @@ import pytest
 
 from flows.translate import ShardsFailed, translate
 from stt import faults
-from stt.config import EngineConfig, GenerationParams, TimeoutConfig, TranslateConfig
+from stt.config import EngineConfig, EvalConfig, GenerationParams, TimeoutConfig, TranslateConfig, resolve_data_dir
 from stt.engines import get_engine
 from stt.translate import run_translate
 
 pytestmark = pytest.mark.model
+DATA = resolve_data_dir()
 
 
 def _config(out, languages=("de", "th"), limit=2, **timeouts):
@@ -70,3 +71,33 @@ def test_the_plain_runner_retries_transient_faults(tmp_path, monkeypatch):
     out = run_translate(_config(tmp_path / "out", languages=("de",), limit=1))
     assert faults._CALLS == {"de-00000": 3}
     assert json.loads((out / "_manifest.json").read_text())["shards"]["de-00000"]["input_rows"] == 1
+
+
+def test_evaluation_survives_a_transient_fault_and_a_permanent_one_keeps_the_finished_languages(
+        prefect_server, tmp_path, monkeypatch):
+    """The fault hook in evaluation, through the real evaluate flow: a transient fault is retried and the
+    scores are those of an evaluation that never failed; a permanent one ends the run naming the fault,
+    and the languages already evaluated are kept (not scored again on the rerun)."""
+    import pandas as pd
+
+    from flows.evaluate import evaluate_model
+    from stt.evaluate import evaluate
+
+    config, engine = EvalConfig(limit=6, batch_size=6), EngineConfig(kind="transformers", batch_size=6)
+    limits = TimeoutConfig(retries=1, retry_delays_s=(0.5,))
+    out = tmp_path / "eval"
+    monkeypatch.setenv("STT_FAULTS", "transient=eval:base-en:1")
+    first = evaluate_model("mnli", ["en", "de"], engine, config, out_dir=str(out), timeouts=limits)
+    assert faults._CALLS == {"eval:base-en": 2, "eval:base-de": 1}  # en failed once, then succeeded
+    monkeypatch.delenv("STT_FAULTS")
+    clean = evaluate("mnli", "en", engine, config, DATA, tmp_path / "clean", "base")
+    assert first[0]["scores"] == clean["scores"]
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "base-en" / "predictions.parquet"),
+                                  pd.read_parquet(tmp_path / "clean" / "predictions.parquet"))
+
+    faults.reset()
+    monkeypatch.setenv("STT_FAULTS", "permanent=eval:base-th")
+    with pytest.raises(Exception, match="injected permanent fault: loglikelihood in eval:base-th"):
+        evaluate_model("mnli", ["en", "de", "th"], engine, config, out_dir=str(out), timeouts=limits)
+    assert faults._CALLS == {"eval:base-th": 2}  # en and de were kept, not scored again; th tried twice
+    assert sorted(p.parent.name for p in out.glob("*/_manifest.json")) == ["base-de", "base-en"]

@@ -43,19 +43,23 @@ def stack(tmp_path_factory):
            "PREFECT_LOCAL_STORAGE_PATH": str(folder / "results"),  # shared by workers and this test: results
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "STT_PROJECT_DIR": str(ROOT),
            "PREFECT_API_AUTH_STRING": AUTH,  # basic auth on, as in docker-compose.yml
+           "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",  # as in docker-compose.yml: a lost worker's run is crashed
            "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
     env.pop("PREFECT_API_KEY", None)
     try:
         t0 = time.time()
         db_url = pg.start()
         port = api.split(":")[2].split("/")[0]
-        server = procs.start("server", [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                        "--port", port], {
-            **env, "PREFECT_API_DATABASE_CONNECTION_URL": db_url,
-            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
-            "PREFECT_SERVER_API_AUTH_STRING": AUTH,
-            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"})
-        wait_healthy(api, server)
+        def start_server() -> None:
+            server = procs.start("server", [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+                                            "--port", port], {
+                **env, "PREFECT_API_DATABASE_CONNECTION_URL": db_url,
+                "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
+                "PREFECT_SERVER_API_AUTH_STRING": AUTH,
+                "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"})
+            wait_healthy(api, server)
+
+        start_server()
         deploy = subprocess.run(["bash", "scripts/deploy.sh"], cwd=ROOT, env={**env, "PREFECT": str(VENV_BIN /
                                 "prefect")}, capture_output=True, text=True, timeout=180)
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
@@ -74,7 +78,10 @@ def stack(tmp_path_factory):
         with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: AUTH,
                                  PREFECT_LOCAL_STORAGE_PATH: env["PREFECT_LOCAL_STORAGE_PATH"]}):
             yield {"api": api, "pg": pg, "procs": procs, "folder": folder, "started_in": time.time() - t0,
-                   "deploy_output": deploy.stdout}
+                   "deploy_output": deploy.stdout, "start_server": start_server,
+                   "start_worker": lambda pool: procs.start(f"worker-{pool}", [
+                       str(VENV_BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process",
+                       "--name", f"test-{pool}-{time.time():.0f}"], env)}
     finally:
         killed = procs.stop()
         pg.stop()
@@ -181,6 +188,92 @@ def test_a_schedule_produces_a_run(stack):
     assert done is not None, stack["procs"].log("worker-cpu")[-3000:]
     rows = stack["pg"].query(f"select auto_scheduled, state_type from flow_run where id = '{done.id}'")
     assert rows == [["t", "COMPLETED"]]
+
+
+def _until(condition, timeout: float, what: str, poll: float = 2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _check_outputs(run_dir, config: RunConfig) -> None:
+    """Everything a finished run should hold is there, verified against its manifests, nothing partial."""
+    from .test_kill_resume import reader_view_problems
+
+    assert reader_view_problems(run_dir) == []
+    results = pd.read_parquet(run_dir / "results.parquet")
+    assert set(results["language"]) == {"en", "de"}
+    from stt.pipeline import plan_task
+
+    plan = plan_task(config, "gsm8k")  # every planned stage output is there, its marker written last
+    folders = [plan.set_dir(s.name) for s in plan.sets] + [plan.adapter_dir(a.name) for a in plan.adapters]
+    folders += [plan.eval_dir(j) for j in plan.evals]
+    assert [f for f in folders if not (f / "_manifest.json").is_file()] == []
+
+
+def _state(flow_run_id) -> str:
+    with _client() as client:
+        run = client.read_flow_run(flow_run_id)
+    return run.state.type.value if run.state else ""
+
+
+def test_server_and_database_restarts_mid_run_lose_nothing(stack, tmp_path):
+    """The Prefect server is killed and started again, then PostgreSQL is restarted, while a worker runs a
+    flow: the run still reaches Completed, visible after the restarts, with every output in place."""
+    from stt.client import submit, wait
+
+    run_dir = tmp_path / "restarts"
+    config = RunConfig.model_validate({**TINY, "name": "svc-restarts", "run_dir": str(run_dir)})
+    handle = submit("self-translate-train/demo", config=config)
+    _until(lambda: (run_dir / "gsm8k" / "translate" / "_manifest.json").exists(), 600, "the translate stage")
+    stack["procs"].kill("server")  # SIGKILL: the API is gone mid-run, with no goodbye
+    time.sleep(5)
+    stack["start_server"]()
+    _until(lambda: list((run_dir / "gsm8k" / "sets").glob("*/_manifest.json")), 900, "the build stage")
+    stack["pg"].restart(down_s=5)  # every open database connection is cut
+    t0 = time.time()
+    done = wait(handle, timeout=1500)
+    assert done.state == "Completed", stack["procs"].log("worker-gpu")[-4000:]
+    rows = stack["pg"].query(f"select state_type from flow_run where id = '{handle.flow_run_id}'")
+    assert rows == [["COMPLETED"]]
+    _check_outputs(run_dir, config)
+    print(f"run completed {time.time() - t0:.0f}s after the database restart")
+
+
+def test_a_worker_killed_mid_run_frees_its_slot_and_the_rerun_completes(stack, tmp_path):
+    """SIGKILL the gpu worker and its flow-run process while a model-holding task holds the machine's model
+    slot: the slot frees itself within its lease, the zombie run is marked Crashed once its heartbeats stop
+    (deployments/automations.yaml), and the same config submitted again completes, reusing what was done."""
+    from prefect.client.orchestration import get_client
+
+    from stt.client import run, submit
+    from tasks.model_slot import SLOT_LEASE_SECONDS, model_slot_name
+
+    def held() -> int:
+        with get_client(sync_client=True) as client:
+            return client.read_global_concurrency_limit_by_name(model_slot_name()).active_slots
+
+    run_dir = tmp_path / "worker-kill"
+    config = RunConfig.model_validate({**TINY, "name": "svc-worker-kill", "run_dir": str(run_dir)})
+    handle = submit("self-translate-train/demo", config=config)
+    _until(lambda: _state(handle.flow_run_id) == "RUNNING" and held() > 0, 900, "a task holding the model slot",
+           poll=0.5)
+    stack["procs"].kill("worker-gpu")
+    killed_at = time.time()
+    _until(lambda: held() == 0, SLOT_LEASE_SECONDS + 60, "the model slot to be released")
+    freed_s = time.time() - killed_at
+    assert freed_s <= SLOT_LEASE_SECONDS + 30
+    _until(lambda: _state(handle.flow_run_id) == "CRASHED", 30 + 90 + 60, "the zombie run to be marked Crashed")
+    crashed_s = time.time() - killed_at
+    stack["start_worker"]("gpu")
+    rerun = run("self-translate-train/demo", config=config, timeout=1500)
+    assert rerun.state == "Completed", stack["procs"].log("worker-gpu")[-4000:]
+    _check_outputs(run_dir, config)
+    print(f"worker killed: slot free after {freed_s:.0f}s, run Crashed after {crashed_s:.0f}s")
 
 
 def test_docker_compose_file_validates(tmp_path):
