@@ -286,11 +286,22 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     if resume:
         log.info("resuming from %s", resume)
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
+    saved = json.loads((Path(resume) / "trainer_state.json").read_text()) if resume else {}
+    if saved.get("global_step", 0) >= total_steps:
+        # Killed after the last checkpoint: training is complete there. (Resuming the Trainer from a
+        # checkpoint at max_steps would take one step more than planned.)
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(peft_model, load_file(Path(resume) / "adapter_model.safetensors"))
+        global_step, log_history = saved["global_step"], saved["log_history"]
+    else:
+        trainer.train(resume_from_checkpoint=resume)
+        global_step, log_history = trainer.state.global_step, trainer.state.log_history
     seconds = time.perf_counter() - t0
     peft_model.save_pretrained(out_folder)
 
-    curve = loss_curve(trainer.state.log_history)
+    curve = loss_curve(log_history)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=["step", "epoch", "loss", "learning_rate"])
     writer.writeheader()
@@ -298,9 +309,9 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     write_text_atomic(out_folder / "loss.csv", table.getvalue())
     # The Trainer's own training_loss after a resume averages only the resumed steps' losses over all
     # steps; the mean of the logged per-step losses is right either way (logging_steps=1).
-    train_loss = sum(c["loss"] for c in curve) / len(curve) if curve else result.training_loss
+    train_loss = sum(c["loss"] for c in curve) / len(curve) if curve else None
     metrics = {
-        "steps": result.global_step, "train_loss": train_loss, "seconds": round(seconds, 2),
+        "steps": global_step, "train_loss": train_loss, "seconds": round(seconds, 2),
         "seconds_per_step": round(sum(step_times) / len(step_times), 3) if step_times else None,
         "planned_steps": total_steps, "warmup_steps": math.ceil(config.warmup_ratio * total_steps),
         "examples": len(features), "rows": len(rows), "set_aside": dict(Counter(r["reason"] for r in set_aside)),
@@ -319,5 +330,5 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
                             set_folder=str(set_folder), set_key=set_info["key"], set=set_info.get("set"),
                             template_version=TEMPLATE_VERSION, config=config.model_dump(mode="json"),
                             metrics={k: v for k, v in metrics.items() if k != "loss_curve"})
-    log.info("adapter %s: %d steps, loss %.4f, %.1fs", out_folder, result.global_step, train_loss, seconds)
+    log.info("adapter %s: %d steps, loss %.4f, %.1fs", out_folder, global_step, train_loss, seconds)
     return {**info, "folder": str(out_folder), "reused": False}

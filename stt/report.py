@@ -7,12 +7,15 @@ directory. Every number comes from an evaluation manifest, whose predictions fil
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from stt.errors import DataError
+from stt.shards import write_parquet_atomic, write_text_atomic
 from stt.stats import RESAMPLES, SEED, Difference, paired_bootstrap
 
 # Column of the table -> evaluation model label.
@@ -231,10 +234,13 @@ def write_report(root: Path, evaluations: list[dict[str, Any]], quality: list[di
     df = results_table(evaluations, quality, resamples, seed)
     notes = [*(notes or []), *translation_notes(root), *training_notes(root),
              f"Intervals: percentile bootstrap over test items, {resamples} resamples, seed {seed}."]
-    df.to_parquet(root / "results.parquet", index=False)
-    plot(df, root / "plot.png")
+    # Atomic writes (temp + rename): a run killed here leaves the previous report or none, never half of one.
+    write_parquet_atomic(pa.Table.from_pandas(df, preserve_index=False), root / "results.parquet")
+    tmp_plot = root / f".plot.{os.getpid()}.tmp.png"
+    plot(df, tmp_plot)
+    os.replace(tmp_plot, root / "plot.png")
     md = markdown(df, config, notes or [])
-    (root / "report.md").write_text(md)
-    (root / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    write_text_atomic(root / "report.md", md)
+    write_text_atomic(root / "config.json", json.dumps(config, indent=2, default=str))
     return {"results": str(root / "results.parquet"), "report": str(root / "report.md"),
             "plot": str(root / "plot.png"), "markdown": md, "table": display_table(df)}

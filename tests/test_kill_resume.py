@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from stt.models import file_sha256
+from stt.shards import read_metadata
 
 from .services import ROOT, VENV_BIN
 
@@ -85,9 +86,12 @@ def reader_view_problems(folder: Path) -> list[str]:
         info = json.loads(marker.read_text())  # a half-written manifest is never under its final name
         vouched = dict(info.get("files", {}))
         for entry in info.get("shards", {}).values():  # the translate stage's manifest: one entry per shard
-            for file, sha in (("file", "sha256"), ("rejects_file", "rejects_sha256"), ("input_file", "input_sha256")):
+            for file, sha in (("file", "sha256"), ("rejects_file", "rejects_sha256")):
                 if entry.get(file) and entry.get(sha):
                     vouched[entry[file]] = entry[sha]
+            # The input shard is vouched for by the hash of its rows, recorded in the file's own metadata.
+            if read_metadata(marker.parent / entry["input_file"]).get("stt.content_sha256") != entry["input_sha256"]:
+                problems.append(f"{marker}: {entry['input_file']} does not hold the rows it was planned with")
         for name, sha in vouched.items():
             path = marker.parent / name
             if not path.is_file() or file_sha256(path) != sha:
@@ -125,6 +129,7 @@ def _evaluations(folder: Path) -> dict[str, pd.DataFrame]:
     out = {f"eval/{p.parent.name}": _table(p, ["id"])
            for p in (folder / "gsm8k" / "eval").glob("*/predictions.parquet")}
     results = pd.read_parquet(folder / "results.parquet")
+    results = results.drop(columns=[c for c in results.columns if c.endswith("_predictions")])  # file paths
     out["results"] = results.sort_values(list(results.columns[:3])).reset_index(drop=True)
     return out
 
@@ -181,8 +186,12 @@ def test_the_resumed_run_equals_the_uninterrupted_one_up_to_training(runs):
     assert len([k for k in straight if k.startswith("sets/")]) == 2
     for name, table in straight.items():
         pd.testing.assert_frame_equal(killed[name], table, obj=name)
-        if "id" in table.columns:
-            assert not table["id"].duplicated().any(), name
+        assert not table.duplicated(_row_key(table)).any(), f"{name}: duplicate rows"
+
+
+def _row_key(table: pd.DataFrame) -> list[str]:
+    """What identifies a row: the id, and in a training set also its language and variant."""
+    return [c for c in ("id", "language", "variant") if c in table.columns]
 
 
 def test_evaluations_killed_and_resumed_equal_an_evaluation_never_killed(runs):
@@ -191,7 +200,7 @@ def test_evaluations_killed_and_resumed_equal_an_evaluation_never_killed(runs):
                                                 "results"]
     for name, table in again.items():
         pd.testing.assert_frame_equal(killed[name], table, obj=name)
-        if "id" in table.columns:
+        if name != "results":
             assert not table["id"].duplicated().any() and len(table) == CONFIG["eval"]["limit"], name
 
 

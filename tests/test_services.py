@@ -122,6 +122,9 @@ def test_deployments_are_registered(stack):
     assert {"self-translate-train/demo", "translate-stage/chain", "build-sets/chain", "finetune/chain",
             "evaluate-stage/chain", "report/chain", "evaluate/adhoc", "check-data/daily"} <= names
     assert pools["gpu"].type == pools["cpu"].type == "process" and pools["gpu"].concurrency_limit == 1
+    with _client() as client:  # a lost worker's run is crashed when its heartbeats stop (frees the pool)
+        [zombies] = client.read_automations_by_name("stt-crash-zombie-flow-runs")
+    assert zombies.enabled and zombies.actions[0].type == "change-flow-run-state"
 
 
 def test_end_to_end_deployment_from_python(stack, tmp_path):
