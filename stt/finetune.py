@@ -206,7 +206,7 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
         return {**done, "folder": str(out_folder), "reused": True}
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, set_seed
 
     # transformers 5 warns about its own deprecated attribute when peft wraps the model: not actionable here.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -230,6 +230,9 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16 if cuda else torch.float32)
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                       target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+    # LoRA's A matrices start random: seeded here, or two runs of one key would start (and end) apart.
+    # (The Trainer seeds only later, when it is created.)
+    set_seed(config.seed)
     peft_model = get_peft_model(base, lora)
     trainable, total = peft_model.get_nb_trainable_parameters()
     features, set_aside, shortened = tokenize_pairs(tokenizer, rows, config.max_length)
