@@ -35,12 +35,9 @@ OUT_SCHEMA = pa.schema([
 ])
 
 
-def run_vllm(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[str, Any]]:
-    from vllm import LLM, SamplingParams
-
-    loras = sorted({r["lora"] for r in rows if r.get("lora")})
-    t_load = time.perf_counter()
-    llm = LLM(
+def llm_kwargs(settings: dict[str, Any], loras: list[str]) -> dict[str, Any]:
+    """The keyword arguments of `vllm.LLM` for these settings (checked against vLLM by --check-api)."""
+    return dict(
         model=settings["model"], tokenizer=settings.get("tokenizer") or settings["model"],
         dtype=settings.get("dtype", "auto"), tensor_parallel_size=settings.get("tensor_parallel_size", 1),
         gpu_memory_utilization=settings.get("gpu_memory_utilization", 0.9),
@@ -49,19 +46,40 @@ def run_vllm(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[
         enable_lora=bool(loras), max_lora_rank=settings.get("max_lora_rank", 64), max_loras=max(1, len(loras)),
         seed=settings.get("seed", 0),
     )
+
+
+def generate_params(settings: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """`vllm.SamplingParams` of one generation request."""
+    return dict(temperature=settings.get("temperature", 0.0), top_p=settings.get("top_p", 1.0),
+                seed=settings.get("seed", 0), max_tokens=row["max_tokens"], stop=list(row["stop"] or []) or None)
+
+
+# Scoring: one token generated, the prompt's log-probabilities returned (rank and logprob of each token).
+SCORE_PARAMS: dict[str, Any] = dict(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+
+
+def lora_request_args(loras: list[str]) -> dict[str, tuple[str, int, str]]:
+    """`vllm.lora.request.LoRARequest(name, int_id, path)` per adapter path (ids start at 1)."""
+    return {path: (f"adapter-{i}", i + 1, path) for i, path in enumerate(loras)}
+
+
+def run_vllm(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    from vllm import LLM, SamplingParams
+
+    loras = sorted({r["lora"] for r in rows if r.get("lora")})
+    t_load = time.perf_counter()
+    llm = LLM(**llm_kwargs(settings, loras))
     TIMES["load_seconds"] = time.perf_counter() - t_load
     t_gen = time.perf_counter()
     lora_requests: dict[str, Any] = {}
     if loras:
         from vllm.lora.request import LoRARequest
 
-        lora_requests = {path: LoRARequest(f"adapter-{i}", i + 1, path) for i, path in enumerate(loras)}
+        lora_requests = {path: LoRARequest(*args) for path, args in lora_request_args(loras).items()}
     out: list[dict[str, Any] | None] = [None] * len(rows)
     gen_idx = [i for i, r in enumerate(rows) if r["kind"] == "generate"]
     if gen_idx:
-        params = [SamplingParams(temperature=settings.get("temperature", 0.0), top_p=settings.get("top_p", 1.0),
-                                 seed=settings.get("seed", 0), max_tokens=rows[i]["max_tokens"],
-                                 stop=list(rows[i]["stop"] or []) or None) for i in gen_idx]
+        params = [SamplingParams(**generate_params(settings, rows[i])) for i in gen_idx]
         # One call for the whole shard: vLLM schedules the batch itself.
         results = llm.generate([rows[i]["prompt"] for i in gen_idx], params, use_tqdm=False,
                                lora_request=[lora_requests.get(rows[i].get("lora")) for i in gen_idx]
@@ -75,7 +93,7 @@ def run_vllm(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[
     score_idx = [i for i, r in enumerate(rows) if r["kind"] == "score"]
     if score_idx:
         tok = llm.get_tokenizer()
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        params = SamplingParams(**SCORE_PARAMS)
         results = llm.generate([rows[i]["prompt"] + rows[i]["continuation"] for i in score_idx], params,
                                use_tqdm=False, lora_request=[lora_requests.get(rows[i].get("lora"))
                                                              for i in score_idx] if loras else None)
@@ -95,6 +113,62 @@ def run_vllm(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[
                       "logprob": total, "score_tokens": len(ids) - n_ctx, "is_greedy": greedy}
     TIMES["generate_seconds"] = time.perf_counter() - t_gen
     return [o for o in out if o is not None]
+
+
+def check_api(settings: dict[str, Any]) -> dict[str, Any]:
+    """Build every vLLM object the runner builds and check each call and attribute it relies on against
+    the installed vLLM, without a GPU: an API drift then fails on a CPU machine, not on the first GPU run."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    import vllm
+    from vllm import LLM, EngineArgs, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    checked: list[str] = []
+    problems: list[str] = []
+
+    def expect(ok: bool, what: str) -> None:
+        (checked if ok else problems).append(what)
+
+    def has(cls: type, names: list[str]) -> None:
+        fields = set(getattr(cls, "__annotations__", {})) | set(getattr(cls, "__struct_fields__", ()))
+        fields |= set(inspect.signature(cls).parameters) | {n for n in dir(cls) if not n.startswith("_")}
+        for name in names:
+            expect(name in fields, f"{cls.__name__}.{name}")
+
+    kwargs = llm_kwargs(settings, ["/adapters/a"])
+    init = set(inspect.signature(LLM.__init__).parameters)
+    engine_fields = {f.name for f in dataclasses.fields(EngineArgs)}
+    for key in kwargs:  # LLM takes some keywords itself and hands the others to EngineArgs
+        expect(key in init or key in engine_fields, f"LLM(..., {key}=...)")
+    try:
+        EngineArgs(**{k: v for k, v in kwargs.items() if k in engine_fields})
+        expect(True, "EngineArgs(**runner's engine keywords)")
+    except Exception as exc:  # noqa: BLE001 - any refusal is the finding
+        expect(False, f"EngineArgs(**runner's engine keywords): {type(exc).__name__}: {exc}")
+    sample = SamplingParams(**generate_params(settings, {"max_tokens": 7, "stop": ["\n\n"]}))
+    expect(sample.max_tokens == 7 and list(sample.stop) == ["\n\n"] and sample.temperature == 0.0,
+           "SamplingParams(generation): max_tokens, stop, temperature kept")
+    score = SamplingParams(**SCORE_PARAMS)
+    expect(score.prompt_logprobs == 0 and score.max_tokens == 1, "SamplingParams(scoring): prompt_logprobs=0")
+    name, int_id, path = lora_request_args(["/adapters/a"])["/adapters/a"]
+    lora = LoRARequest(name, int_id, path)
+    expect((lora.lora_name, lora.lora_int_id, lora.lora_path) == (name, int_id, path), "LoRARequest(name, id, path)")
+    generate = inspect.signature(LLM.generate).parameters
+    for arg in ("prompts", "sampling_params", "use_tqdm", "lora_request"):
+        expect(arg in generate, f"LLM.generate({arg}=...)")
+    expect(callable(getattr(LLM, "get_tokenizer", None)), "LLM.get_tokenizer()")
+    outputs = importlib.import_module("vllm.outputs")
+    has(outputs.RequestOutput, ["prompt_token_ids", "outputs", "prompt_logprobs"])
+    has(outputs.CompletionOutput, ["text", "token_ids", "finish_reason"])
+    logprob = next((getattr(importlib.import_module(m), "Logprob", None) for m in ("vllm.logprobs", "vllm.sequence")
+                    if importlib.util.find_spec(m)), None)
+    expect(logprob is not None, "Logprob class found")
+    if logprob is not None:
+        has(logprob, ["logprob", "rank"])
+    return {"vllm": vllm.__version__, "checked": checked, "problems": problems}
 
 
 def run_transformers(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[str, Any]]:
@@ -126,11 +200,20 @@ def run_transformers(rows: list[dict[str, Any]], settings: dict[str, Any]) -> li
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="stt batch runner: Parquet prompts -> Parquet completions")
-    ap.add_argument("--input", required=True)
-    ap.add_argument("--output", required=True)
-    ap.add_argument("--settings", required=True)
+    ap.add_argument("--input")
+    ap.add_argument("--output")
+    ap.add_argument("--settings")
     ap.add_argument("--backend", choices=("vllm", "transformers"), default="vllm")
+    ap.add_argument("--check-api", action="store_true",
+                    help="build the runner's vLLM objects without a GPU; print a JSON report; exit 1 on a mismatch")
     args = ap.parse_args(argv)
+    if args.check_api:
+        settings = json.loads(Path(args.settings).read_text(encoding="utf-8")) if args.settings else {"model": "m"}
+        report = check_api(settings)
+        print(json.dumps(report, indent=1))
+        return 1 if report["problems"] else 0
+    if not (args.input and args.output and args.settings):
+        ap.error("--input, --output and --settings are required")
     try:
         settings = json.loads(Path(args.settings).read_text(encoding="utf-8"))
         rows = pq.read_table(args.input).to_pylist()
