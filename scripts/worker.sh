@@ -9,4 +9,7 @@ export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFF
 export PATH="$PWD/.venv/bin:$PATH"
 # Heartbeats per flow run: deployments/automations.yaml marks a run Crashed when they stop (worker lost).
 export PREFECT_FLOWS_HEARTBEAT_FREQUENCY=${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}
+# A server whose database restarts answers 500 for a moment: retry those too (backoff 2, 4, ... 256 s).
+export PREFECT_CLIENT_RETRY_EXTRA_CODES=${PREFECT_CLIENT_RETRY_EXTRA_CODES:-500}
+export PREFECT_CLIENT_MAX_RETRIES=${PREFECT_CLIENT_MAX_RETRIES:-8}
 exec prefect worker start --pool "$POOL" --type process --name "stt-$POOL-$(hostname)"

@@ -44,6 +44,8 @@ def stack(tmp_path_factory):
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "STT_PROJECT_DIR": str(ROOT),
            "PREFECT_API_AUTH_STRING": AUTH,  # basic auth on, as in docker-compose.yml
            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",  # as in docker-compose.yml: a lost worker's run is crashed
+           # As in docker-compose.yml: a database restart's moment of 500s is retried, not fatal to a run.
+           "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500", "PREFECT_CLIENT_MAX_RETRIES": "8",
            "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
     env.pop("PREFECT_API_KEY", None)
     try:
@@ -71,12 +73,15 @@ def stack(tmp_path_factory):
         from prefect.settings import (
             PREFECT_API_AUTH_STRING,
             PREFECT_API_URL,
+            PREFECT_CLIENT_MAX_RETRIES,
+            PREFECT_CLIENT_RETRY_EXTRA_CODES,
             PREFECT_LOCAL_STORAGE_PATH,
             temporary_settings,
         )
 
         with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: AUTH,
-                                 PREFECT_LOCAL_STORAGE_PATH: env["PREFECT_LOCAL_STORAGE_PATH"]}):
+                                 PREFECT_LOCAL_STORAGE_PATH: env["PREFECT_LOCAL_STORAGE_PATH"],
+                                 PREFECT_CLIENT_RETRY_EXTRA_CODES: {500}, PREFECT_CLIENT_MAX_RETRIES: 8}):
             yield {"api": api, "pg": pg, "procs": procs, "folder": folder, "started_in": time.time() - t0,
                    "deploy_output": deploy.stdout, "start_server": start_server,
                    "start_worker": lambda pool: procs.start(f"worker-{pool}", [
