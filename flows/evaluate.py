@@ -27,8 +27,7 @@ def evaluate_model(task: str = "gsm8k", languages: list[str] = ["en", "de", "th"
         folder = Path(out_dir) / f"{label}-{lang}"
         opts = evaluate_options(task, lang, engine, config, data, folder)
         # A hung engine ends as a failed attempt that retries: a timeout from the evaluation's size.
-        tokens = {"gsm8k": config.max_new_tokens_math, "squad": config.max_new_tokens_qa}.get(task, 0)
-        opts |= limits.task_options(limits.evaluation_s(config.limit or 5010, tokens, timeouts), timeouts)
+        opts |= limits.evaluation_options(task, config, timeouts)
         results.append(evaluate.with_options(**opts)(task, lang, engine, config, str(data), str(folder), label))
     create_table_artifact(key="stt-evaluate", table=[{"model": r["model"], "task": r["task"],
                                                       "language": r["language"], **r["scores"]} for r in results],

@@ -130,9 +130,7 @@ def _steps(set_folder: Path, train: TrainConfig) -> int:
 
 def _eval_timeout(config: RunConfig, task: str, extra_tokens: int = 0) -> dict[str, Any]:
     """A hung evaluation ends as a failed attempt that retries (a timeout from its size)."""
-    items = config.eval.limit or 5010  # the largest test set (XNLI) when all items are scored
-    tokens = {"gsm8k": config.eval.max_new_tokens_math, "squad": config.eval.max_new_tokens_qa, "mnli": 0}[task]
-    return task_options(timeouts.evaluation_s(items, tokens + extra_tokens, config.timeouts), config.timeouts)
+    return timeouts.evaluation_options(task, config.eval, config.timeouts, extra_tokens)
 
 
 @flow(name="report", log_prints=True, persist_result=True, result_serializer="json")

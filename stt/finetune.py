@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
 OUTPUTS = [*ADAPTER_FILES, "loss.csv", "metrics.json", "train_config.json", "set_aside.parquet", "checkpoints"]
+# Bumped when the training code changes what an adapter holds for the same config and set, so adapters
+# made by the older code are retrained, not reused. v2: LoRA's initialisation is seeded (train.seed).
+TRAIN_VERSION = "finetune-v2"
 # A truncated pair keeps at least this much prompt; a target that leaves less is set aside.
 MIN_PROMPT_TOKENS = 8
 
@@ -177,7 +180,7 @@ def planned_steps(examples: int, config: TrainConfig) -> int:
 
 
 def train_key(model: ResolvedModel, set_key: str, config: TrainConfig) -> str:
-    return stages.stage_key(stage="finetune", weights=model.weights_sha256, set=set_key,
+    return stages.stage_key(stage="finetune", version=TRAIN_VERSION, weights=model.weights_sha256, set=set_key,
                             template=TEMPLATE_VERSION, config=config.model_dump(mode="json"))
 
 

@@ -6,7 +6,7 @@ Prefect retries, instead of a run that waits forever.
 
 from __future__ import annotations
 
-from stt.config import GenerationParams, TimeoutConfig
+from stt.config import EvalConfig, GenerationParams, TimeoutConfig
 
 SEGMENTS_PER_EXAMPLE = 12  # generous: a GSM8K rationale has a few lines, an NLI pair two or three sentences
 
@@ -20,6 +20,14 @@ def evaluation_s(items: int, max_new_tokens: int, config: TimeoutConfig) -> floa
     """Generation tasks (math, QA) at min_tokens_per_s; scoring (NLI, max_new_tokens=0) at min_items_per_s."""
     work = items * max_new_tokens / config.min_tokens_per_s if max_new_tokens else items / config.min_items_per_s
     return round(config.floor_s + work)
+
+
+def evaluation_options(task: str, config: EvalConfig, limits: TimeoutConfig,
+                       extra_tokens: int = 0) -> dict[str, object]:
+    """Prefect options of one evaluation task: a timeout from its size (items x tokens it may generate)."""
+    items = config.limit or 5010  # the largest test set (XNLI) when all items are scored
+    tokens = {"gsm8k": config.max_new_tokens_math, "squad": config.max_new_tokens_qa}.get(task, 0)
+    return task_options(evaluation_s(items, tokens + extra_tokens, limits), limits)
 
 
 def training_s(steps: int, config: TimeoutConfig) -> float:

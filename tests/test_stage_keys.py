@@ -156,3 +156,17 @@ def test_human_translate_train_uses_the_human_translations_of_the_accepted_items
         premise, hypothesis, label = german[int(r["id"].rsplit(":", 1)[1])].split("\t")
         assert r["prompt"] == f"Premise: {premise}\nHypothesis: {hypothesis}\nRelation:"
         assert r["target"] == f" {label}"
+
+
+def test_the_adapter_key_changes_with_the_training_code_version(monkeypatch):
+    """Adapters made by older training code (before LoRA's init was seeded) are retrained, not reused."""
+    from pathlib import Path
+
+    from stt import finetune
+    from stt.config import TrainConfig
+    from stt.models import ResolvedModel
+
+    model, config = ResolvedModel("m", Path("m"), "0" * 64, False), TrainConfig()
+    now = finetune.train_key(model, "set", config)
+    monkeypatch.setattr(finetune, "TRAIN_VERSION", "finetune-v1")
+    assert finetune.train_key(model, "set", config) != now
