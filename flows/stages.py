@@ -1,6 +1,6 @@
 """The method's stages as flows of their own, so each can be a deployment on the right work pool.
 
-    translate-stage  (gpu) -> event stt.translate.completed
+    translate-stage  (gpu) -> event stt.translate.completed   (translation, then translation quality)
     build-sets       (cpu) -> event stt.sets.built
     finetune         (gpu) -> event stt.finetune.completed
     evaluate-stage   (gpu) -> event stt.evaluate.completed
@@ -9,11 +9,16 @@
 Each takes the run's `RunConfig` and announces its completion with an event that carries the config
 and where its outputs are; deployment triggers (deployments/prefect.yaml) chain them. Called from
 the end-to-end flow (as subflows) they announce nothing, so a full run never starts a chain.
+
+Every stage runs the jobs of one plan (`stt.jobs`), the same jobs `stt run --no-prefect` runs: as tasks of
+the stage's flow run (default), or spread over the gpu pool's workers (`scale_out.mode: deployments`,
+see flows/fanout.py).
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +27,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 from prefect.events import emit_event
 
-from flows.translate import translate
-from stt import pipeline, stages, timeouts
-from stt.config import RunConfig, TrainConfig
-from stt.finetune import planned_steps
-from stt.timeouts import task_options
-from stt.trainsets import training_source
+from flows import fanout
+from flows.run_jobs import run_here
+from stt import jobs, pipeline
+from stt.config import RunConfig
+from stt.runlock import run_lock
+from stt.translate import summarize
 from tasks import pipeline as t
 
 
@@ -42,10 +47,32 @@ def _announce(event: str, config: RunConfig, **payload: Any) -> None:
     get_run_logger().info("announced %s for run %s", event, config.name)
 
 
+def run_stages(config: RunConfig, names: tuple[jobs.Stage, ...]) -> dict[str, list[dict[str, Any]]]:
+    """Run the plan's jobs of these stages: as tasks of this flow run, or (scale_out.mode = deployments)
+    as flow runs of the run-jobs deployment spread over the gpu pool's workers. The same jobs either way."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for stage in names:
+        planned = jobs.stage_jobs(config, stage)
+        if config.scale_out.mode == "deployments" and stage in jobs.MODEL_STAGES:
+            out[stage] = fanout.run_on_workers(config, stage, planned)
+        else:
+            out[stage] = run_here(config, planned)
+    return out
+
+
 @flow(name="translate-stage", log_prints=True, persist_result=True, result_serializer="json")
 def translate_stage(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008 - pydantic default
-    """Self-translate every task's English training data (the translate flow per task)."""
-    out = {task: translate(config.translate_config(task))["out_dir"] for task in config.tasks}
+    """Self-translate every task's English training data (one job per shard), then score the model's
+    translations of human-translated test items (translation quality)."""
+    dirs = {task: pipeline.plan_task(config, task).translate_dir for task in config.tasks}
+    with ExitStack() as locks:
+        for folder in dirs.values():  # a second run on the same folders fails (or waits) instead of racing
+            locks.enter_context(run_lock(folder))
+        run_stages(config, ("translate", "quality"))
+    for task, folder in dirs.items():
+        create_table_artifact(key="translate-summary", table=summarize(folder),
+                              description=f"Self-translation of {task} -> {folder}")
+    out = {task: str(folder) for task, folder in dirs.items()}
     _announce("stt.translate.completed", config, translate_dirs=out)
     return {"translate_dirs": out}
 
@@ -53,84 +80,25 @@ def translate_stage(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa:
 @flow(name="build-sets", log_prints=True, persist_result=True, result_serializer="json")
 def build_sets(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
     """Build the english / self-translate-train / code-switch training sets from the translations."""
-    built: dict[str, list[dict[str, Any]]] = {}
-    for task in config.tasks:
-        plan = pipeline.plan_task(config, task)
-        built[task] = []
-        source = training_source(config.translate_config(task))
-        for s in plan.sets:
-            opts = t.build_dataset_options(task, s.kind, s.language, plan.translate_dir, plan.set_dir(s.name),
-                                           config.build, source)
-            built[task].append(t.build_dataset.with_options(**opts)(
-                task, s.name, s.kind, s.language, str(plan.translate_dir), str(plan.root / "sets"), config.build,
-                str(source) if source else None))
-    _announce("stt.sets.built", config, sets={k: [b["folder"] for b in v] for k, v in built.items()})
+    built = run_stages(config, ("build",))["build"]
+    _announce("stt.sets.built", config, sets=[b["folder"] for b in built])
     return {"sets": built}
 
 
 @flow(name="finetune", log_prints=True, persist_result=True, result_serializer="json")
 def finetune(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
     """Train one LoRA adapter per training set (the sets must be built)."""
-    adapters: dict[str, list[dict[str, Any]]] = {}
-    for task in config.tasks:
-        plan = pipeline.plan_task(config, task)
-        adapters[task] = []
-        for a in plan.adapters:
-            # Submitted in plan order: an equal-steps adapter reads the step count of one trained before it.
-            train = pipeline.adapter_train_config(config, plan, a)
-            opts = t.finetune_options(config.engine.model, plan.set_dir(a.set_name), plan.adapter_dir(a.name), train)
-            opts |= task_options(timeouts.training_s(_steps(plan.set_dir(a.set_name), train), config.timeouts),
-                                 config.timeouts)
-            adapters[task].append(t.finetune.with_options(**opts)(
-                config.engine.model, a.name, str(plan.set_dir(a.set_name)), str(plan.adapter_dir(a.name)), train,
-                config.engine.device))
-    _announce("stt.finetune.completed", config, adapters={k: [a["folder"] for a in v] for k, v in adapters.items()})
+    adapters = run_stages(config, ("finetune",))["finetune"]
+    _announce("stt.finetune.completed", config, adapters=[a["folder"] for a in adapters])
     return {"adapters": adapters}
 
 
 @flow(name="evaluate-stage", log_prints=True, persist_result=True, result_serializer="json")
 def evaluate_stage(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
-    """Translation quality, then every model of the plan on every test language."""
-    data_dir = config.resolved_data_dir()
-    quality, evaluations = [], []
-    for task in config.tasks:
-        plan = pipeline.plan_task(config, task)
-        for lang in config.languages:
-            args = (task, lang, config.engine, config.generation, config.prompt, data_dir, plan.quality_dir(lang),
-                    config.eval.quality_limit)
-            limit = timeouts.evaluation_s(config.eval.quality_limit or 250, config.generation.max_new_tokens_cap,
-                                          config.timeouts)
-            quality.append(t.quality.with_options(**t.quality_options(*args), **task_options(limit, config.timeouts))(
-                task, lang, config.engine, config.generation, config.prompt, str(data_dir),
-                str(plan.quality_dir(lang)), config.eval.quality_limit))
-        for job in plan.evals:
-            engine = pipeline.eval_engine(config, plan, job)
-            if job.translate_test:
-                translator = pipeline.translator_engine(config)
-                args = (task, job.language, translator, engine, config.eval, config.generation, config.prompt)
-                opts = t.translate_test_options(*args, data_dir, plan.eval_dir(job))
-                opts |= _eval_timeout(config, task, extra_tokens=config.generation.max_new_tokens_cap)
-                evaluations.append(t.translate_test.with_options(**opts)(*args, str(data_dir),
-                                                                         str(plan.eval_dir(job))))
-                continue
-            opts = t.evaluate_options(task, job.language, engine, config.eval, data_dir, plan.eval_dir(job))
-            opts |= _eval_timeout(config, task)
-            evaluations.append(t.evaluate.with_options(**opts)(
-                task, job.language, engine, config.eval, str(data_dir), str(plan.eval_dir(job)), job.model))
+    """Every model of the plan on every test language."""
+    evaluations = run_stages(config, ("evaluate",))["evaluate"]
     _announce("stt.evaluate.completed", config, evaluations=[e["folder"] for e in evaluations])
-    return {"evaluations": evaluations, "quality": quality}
-
-
-def _steps(set_folder: Path, train: TrainConfig) -> int:
-    """Optimizer steps an adapter will take (from its set's manifest), for its timeout."""
-    marker = Path(set_folder) / stages.MARKER
-    rows = json.loads(marker.read_text()).get("rows", 0) if marker.is_file() else 0
-    return planned_steps(max(rows, 1), train)
-
-
-def _eval_timeout(config: RunConfig, task: str, extra_tokens: int = 0) -> dict[str, Any]:
-    """A hung evaluation ends as a failed attempt that retries (a timeout from its size)."""
-    return timeouts.evaluation_options(task, config.eval, config.timeouts, extra_tokens)
+    return {"evaluations": evaluations}
 
 
 @flow(name="report", log_prints=True, persist_result=True, result_serializer="json")

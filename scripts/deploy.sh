@@ -8,7 +8,7 @@ command -v "$PREFECT" >/dev/null || PREFECT=.venv/bin/prefect
 for pool in gpu cpu; do
   "$PREFECT" work-pool inspect "$pool" >/dev/null 2>&1 || "$PREFECT" work-pool create "$pool" --type process
 done
-# One model-holding flow run at a time per GPU worker pool.
+# Model-holding flow runs at a time on the gpu pool: 1 for one GPU; the number of GPU workers for fan-out.
 "$PREFECT" work-pool set-concurrency-limit gpu "${STT_GPU_POOL_LIMIT:-1}"
 # Crash flow runs whose worker stopped sending heartbeats, so a lost worker does not hold the pool.
 "$PREFECT" automation inspect stt-crash-zombie-flow-runs >/dev/null 2>&1 \

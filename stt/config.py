@@ -277,6 +277,24 @@ class ControlsConfig(BaseModel):
     translate_test: bool = False
 
 
+class ScaleOutConfig(BaseModel):
+    """Where a run's model jobs (translate shards, quality, adapters, evaluations) execute.
+
+    in-process: in the flow run (or process) that runs the stage; one machine, the default.
+    deployments: as flow runs of `deployment` (flows/fanout.py), `group_size` jobs each, spread by Prefect
+    over the workers of that deployment's work pool (one worker per GPU); a run that crashes or fails is
+    submitted again, up to `max_attempts` times per group. Changes where jobs run, never what they write:
+    no stage key holds it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["in-process", "deployments"] = "in-process"
+    deployment: str = "run-jobs/gpu"
+    group_size: int = Field(4, ge=1)
+    max_attempts: int = Field(3, ge=1)
+    poll_s: float = Field(5.0, gt=0)
+
+
 class RunConfig(BaseModel):
     """One end-to-end Self-Translate-Train experiment. Saved as the run directory's config.json."""
 
@@ -300,6 +318,7 @@ class RunConfig(BaseModel):
     round_trip: RoundTripConfig = RoundTripConfig()  # the translate stage's round-trip filter
     bad_rows: BadRowsConfig = BadRowsConfig()  # training-data rows the loaders cannot use
     timeouts: TimeoutConfig = TimeoutConfig()  # when a model-holding task counts as hung
+    scale_out: ScaleOutConfig = ScaleOutConfig()  # one machine, or the gpu pool's workers
 
     @field_validator("languages", "tasks", mode="before")
     @classmethod

@@ -23,12 +23,9 @@ from stt import stages
 from stt.config import EngineConfig, RunConfig, SetKind, TrainConfig
 from stt.errors import DataError
 from stt.evaluate import evaluate
-from stt.finetune import finetune
-from stt.quality import translation_quality
 from stt.report import write_report
 from stt.runlock import run_lock
-from stt.trainsets import build_set, has_human, set_name, training_source
-from stt.translate import run_translate
+from stt.trainsets import has_human, set_name, training_source
 from stt.translate_test import translate_test
 
 log = logging.getLogger(__name__)
@@ -208,25 +205,8 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
 
 
 def _run_pipeline(config: RunConfig) -> dict[str, Any]:
-    from stt.engines import release_engines
+    from stt.jobs import run_plan
 
-    data_dir = config.resolved_data_dir()
-    evaluations, quality = [], []
-    for task in config.tasks:
-        plan = plan_task(config, task)
-        tconfig = config.translate_config(task)
-        run_translate(tconfig)
-        for lang in config.languages:
-            quality.append(translation_quality(task, lang, config.engine, config.generation, config.prompt, data_dir,
-                                               plan.quality_dir(lang), config.eval.quality_limit))
-        for s in plan.sets:
-            build_set(task, s.kind, s.language, plan.translate_dir, plan.root / "sets", config.build,
-                      training_source(tconfig))
-        release_engines()  # training needs the memory more than a cached inference model does
-        for a in plan.adapters:
-            finetune(config.engine.model, plan.set_dir(a.set_name), plan.adapter_dir(a.name),
-                     adapter_train_config(config, plan, a), config.engine.device)
-        for job in plan.evals:
-            evaluations.append(run_job_evaluation(config, plan, job, data_dir))
-            release_engines()  # one model in memory at a time, as in the Prefect tasks
-    return write_report(config.root, evaluations, quality, json.loads(config.model_dump_json()), notes(config))
+    done = run_plan(config)
+    return write_report(config.root, [e for e in done["evaluate"]], [q for q in done["quality"]],
+                        json.loads(config.model_dump_json()), notes(config))

@@ -22,12 +22,17 @@ def evaluation_s(items: int, max_new_tokens: int, config: TimeoutConfig) -> floa
     return round(config.floor_s + work)
 
 
-def evaluation_options(task: str, config: EvalConfig, limits: TimeoutConfig,
-                       extra_tokens: int = 0) -> dict[str, object]:
-    """Prefect options of one evaluation task: a timeout from its size (items x tokens it may generate)."""
+def evaluation_timeout_s(task: str, config: EvalConfig, limits: TimeoutConfig, extra_tokens: int = 0) -> float:
+    """One evaluation's timeout, from its size (items x tokens it may generate)."""
     items = config.limit or 5010  # the largest test set (XNLI) when all items are scored
     tokens = {"gsm8k": config.max_new_tokens_math, "squad": config.max_new_tokens_qa}.get(task, 0)
-    return task_options(evaluation_s(items, tokens + extra_tokens, limits), limits)
+    return evaluation_s(items, tokens + extra_tokens, limits)
+
+
+def evaluation_options(task: str, config: EvalConfig, limits: TimeoutConfig,
+                       extra_tokens: int = 0) -> dict[str, object]:
+    """Prefect options of one evaluation task: its timeout and retries."""
+    return task_options(evaluation_timeout_s(task, config, limits, extra_tokens), limits)
 
 
 def training_s(steps: int, config: TimeoutConfig) -> float:

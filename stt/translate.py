@@ -484,10 +484,25 @@ def run_translate(config: TranslateConfig) -> Path:
     with run_lock(config.out_dir):
         plan = plan_translation(config)
         for job in plan.todo:
-            if not raw_complete(job):
-                _with_retries(generate_shard)(job, config)
-            validate_shard(job, config)
+            run_shard(job, config, retry=True)
     return Path(plan.out_dir)
+
+
+def shard_done(job: ShardJob, config: TranslateConfig) -> bool:
+    out = Path(config.out_dir)
+    return shard_complete(out, shards.read_manifest(out)["shards"].get(job.shard), job)
+
+
+def run_shard(job: ShardJob, config: TranslateConfig, retry: bool = False) -> dict[str, Any]:
+    """One shard, idempotent: a shard already complete is read back, raw generations on disk are reused.
+
+    Done twice (a crashed flow run that had in fact finished, then its resubmission) it is written once:
+    every file goes to a temp name and is renamed, and the manifest entry is replaced under its lock."""
+    if shard_done(job, config):
+        return {"shard": job.shard, **shards.read_manifest(Path(config.out_dir))["shards"][job.shard]}
+    if not raw_complete(job):
+        (_with_retries(generate_shard) if retry else generate_shard)(job, config)
+    return validate_shard(job, config)
 
 
 def _with_retries(fn: Any) -> Any:

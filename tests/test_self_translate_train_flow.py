@@ -113,3 +113,22 @@ def test_changing_only_evaluation_reruns_only_evaluation(first, config):
     assert (preds["completion_tokens"] <= 8).all()  # the evaluations did rerun, with the new setting
     assert again["timings"]["fine-tune"] < first["timings"]["fine-tune"]
     assert again["timings"]["translate"] < first["timings"]["translate"]
+
+
+def test_the_flow_ran_exactly_the_jobs_of_the_plan(first, config):
+    """One plan, several runners: the Prefect flow's task runs are the plan's jobs (stt.jobs), the same list
+    `stt run --no-prefect` works through, each one run and none added."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    from stt.jobs import STAGES, stage_jobs
+
+    planned = {f"{j.stage} {j.task} {j.name}" for stage in STAGES for j in stage_jobs(config, stage)}
+    # By hand: 1 shard, quality in de, 2 sets, 3 adapters (one the equal-steps control), 7 evaluations.
+    assert len(planned) == 1 + 1 + 2 + 3 + 7
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(
+            like_=" gsm8k ")), limit=200)
+    ran = {r.name for r in runs if r.name.split(" ", 1)[0] in STAGES}
+    assert ran == planned
+    assert all(r.state and r.state.is_completed() for r in runs if r.name in planned)

@@ -65,9 +65,10 @@ def stack(tmp_path_factory):
         deploy = subprocess.run(["bash", "scripts/deploy.sh"], cwd=ROOT, env={**env, "PREFECT": str(VENV_BIN /
                                 "prefect")}, capture_output=True, text=True, timeout=180)
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-        for pool in ("gpu", "cpu"):
+        for pool in ("gpu", "cpu"):  # a gpu worker takes one flow run at a time, as scripts/worker.sh starts it
             procs.start(f"worker-{pool}", [str(VENV_BIN / "prefect"), "worker", "start", "--pool", pool, "--type",
-                                           "process", "--name", f"test-{pool}"], env)
+                                           "process", "--name", f"test-{pool}",
+                                           *(["--limit", "1"] if pool == "gpu" else [])], env)
         # This process's Prefect client must talk to this server, even when another test module's
         # prefect_test_harness is active in the same session: settings, not only the environment.
         from prefect.settings import (
@@ -82,11 +83,12 @@ def stack(tmp_path_factory):
         with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: AUTH,
                                  PREFECT_LOCAL_STORAGE_PATH: env["PREFECT_LOCAL_STORAGE_PATH"],
                                  PREFECT_CLIENT_RETRY_EXTRA_CODES: {500}, PREFECT_CLIENT_MAX_RETRIES: 8}):
-            yield {"api": api, "pg": pg, "procs": procs, "folder": folder, "started_in": time.time() - t0,
+            yield {"api": api, "pg": pg, "procs": procs, "folder": folder, "started_in": time.time() - t0, "env": env,
                    "deploy_output": deploy.stdout, "start_server": start_server,
                    "start_worker": lambda pool: procs.start(f"worker-{pool}", [
                        str(VENV_BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process",
-                       "--name", f"test-{pool}-{time.time():.0f}"], env)}
+                       "--name", f"test-{pool}-{time.time():.0f}", *(["--limit", "1"] if pool == "gpu" else [])],
+                       env)}
     finally:
         killed = procs.stop()
         pg.stop()
@@ -124,7 +126,8 @@ def test_deployments_are_registered(stack):
     with _client() as client:
         names = {f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments()}
         pools = {p.name: p for p in client.read_work_pools()}
-    assert {"self-translate-train/demo", "translate-stage/chain", "build-sets/chain", "finetune/chain",
+    assert {"self-translate-train/demo", "self-translate-train/fan-out", "translate-stage/fan-out", "run-jobs/gpu",
+            "translate-stage/chain", "build-sets/chain", "finetune/chain",
             "evaluate-stage/chain", "report/chain", "evaluate/adhoc", "check-data/daily"} <= names
     assert pools["gpu"].type == pools["cpu"].type == "process" and pools["gpu"].concurrency_limit == 1
     with _client() as client:  # a lost worker's run is crashed when its heartbeats stop (frees the pool)

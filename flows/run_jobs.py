@@ -1,0 +1,44 @@
+"""Run a list of the plan's jobs as tasks of one flow run: how every stage flow runs its jobs in-process,
+and the `run-jobs` deployment that a fanned-out stage (flows/fanout.py) sends groups of jobs to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from stt import jobs
+from stt.config import RunConfig
+from tasks.jobs import job_options, run_job
+
+
+def run_here(config: RunConfig, planned: list[jobs.Job]) -> list[dict[str, Any]]:
+    """Every job as a task of this flow run, wave after wave. One failed job does not stop the others of
+    its wave; the stage fails at the end, naming each failed job (finished ones are kept)."""
+    logger = get_run_logger()
+    results: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}
+    total = len(planned)
+    for wave in jobs.waves(planned):
+        if failed:  # a later wave needs the earlier ones
+            break
+        futures = [(job, run_job.with_options(**job_options(config, job)).submit(config, job)) for job in wave]
+        for job, future in futures:
+            future.wait()
+            if not future.state.is_completed():
+                failed[job.id] = str(future.state.message)
+                logger.error("%s failed: %s", job.id, failed[job.id])
+                continue
+            results.append(future.result())
+            logger.info("progress: %d/%d jobs done", len(results), total)
+    if failed:
+        raise jobs.JobsFailed(failed)
+    return results
+
+
+@flow(name="run-jobs", log_prints=True, persist_result=True, result_serializer="json")
+def run_jobs(config: RunConfig, group: list[jobs.Job]) -> list[dict[str, Any]]:
+    """Do these jobs of the plan on this worker (a group sent by a fanned-out stage). Jobs already done
+    are verified and skipped, so a group sent twice writes its outputs once."""
+    get_run_logger().info("%d job(s): %s", len(group), ", ".join(j.id for j in group))
+    return run_here(config, group)

@@ -1,0 +1,147 @@
+"""Scale-out for real: one run's translate shards spread over three process workers of the gpu pool.
+
+PostgreSQL + `prefect server start` + `scripts/deploy.sh`, as in test_services.py. The `translate-stage/fan-out`
+deployment (cpu pool) plans 12 shards and sends them, two per flow run, to `run-jobs/gpu`; three gpu
+workers (one flow run at a time each, each with its own model slot, as scripts/worker.sh starts one per
+GPU) take them. The output must equal a single-process run of the same config row for row. Then a worker
+is SIGKILLed while its flow run is on a shard group: the run is marked Crashed once its heartbeats stop
+(deployments/automations.yaml), the parent submits the group again, another worker does it, and the
+output again equals the single-process run, with no row lost and none twice.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from stt.config import RunConfig
+
+from .services import VENV_BIN
+from .test_services import _client, _until, stack  # noqa: F401 - the module's own server stack
+
+pytestmark = [pytest.mark.model, pytest.mark.services]
+
+CONFIG = {
+    "tasks": ["gsm8k"], "languages": ["de"], "limit": 12, "shard_size": 1,
+    "engine": {"model": "gemma3-270m", "batch_size": 4}, "generation": {"max_new_tokens_cap": 40},
+    "eval": {"quality_limit": 2},
+    "scale_out": {"mode": "deployments", "deployment": "run-jobs/gpu", "group_size": 2, "poll_s": 2},
+}
+WORKERS = 3
+
+
+def _config(name: str, run_dir: Path, **update) -> RunConfig:
+    return RunConfig.model_validate({**CONFIG, "name": name, "run_dir": str(run_dir), **update})
+
+
+def _outputs(run_dir: Path) -> dict[str, pd.DataFrame]:
+    task = run_dir / "gsm8k"
+    out = {f"translate/{p.name}": pd.read_parquet(p) for p in sorted((task / "translate").glob("de-*.parquet"))}
+    rejects = sorted((task / "translate" / "_rejects").glob("*.parquet"))
+    out |= {f"rejects/{p.name}": pd.read_parquet(p) for p in rejects}
+    out["quality"] = pd.read_parquet(task / "quality" / "de" / "translations.parquet")
+    return {k: v.sort_values("id").reset_index(drop=True) for k, v in out.items()}
+
+
+def _rows(outputs: dict[str, pd.DataFrame]) -> list[str]:
+    """Every translated or set-aside example id, once per time it is written."""
+    return [i for k, df in outputs.items() if not k.startswith("quality") for i in df["id"]]
+
+
+def _assert_same(got: dict[str, pd.DataFrame], want: dict[str, pd.DataFrame]) -> None:
+    assert sorted(got) == sorted(want)
+    for name in want:
+        # Timing columns differ between runs; everything the model wrote, and every decision, must not.
+        drop = [c for c in want[name].columns if "seconds" in c]
+        pd.testing.assert_frame_equal(got[name].drop(columns=drop), want[name].drop(columns=drop), obj=name)
+
+
+def _job_runs(name: str) -> list:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    with _client() as client:
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"stt-run:{name}"])))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The same translation in this process, no Prefect: the output every scaled-out run must equal."""
+    from stt.jobs import run_plan
+
+    run_dir = tmp_path_factory.mktemp("scale-out") / "single"
+    config = _config("single", run_dir, scale_out={})
+    t0 = time.time()
+    run_plan(config, ("translate", "quality"))
+    return {"outputs": _outputs(run_dir), "seconds": time.time() - t0}
+
+
+@pytest.fixture(scope="module")
+def workers(stack):  # noqa: F811
+    """Three gpu workers (the stack's own and two more), one flow run at a time each, own model slots."""
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
+    with _client() as client:
+        client.update_work_pool("gpu", WorkPoolUpdate(concurrency_limit=WORKERS))
+    names = {"test-gpu": "worker-gpu"}  # worker name -> process name (to kill it)
+    for i in range(2, WORKERS + 1):
+        name = f"test-gpu-{i}"
+        stack["procs"].start(name, [str(VENV_BIN / "prefect"), "worker", "start", "--pool", "gpu", "--type",
+                                    "process", "--name", name, "--limit", "1"],
+                             {**stack["env"], "STT_MODEL_SLOT": f"stt-model-{name}"})
+        names[name] = name
+    return names
+
+
+def test_a_translation_spreads_over_three_workers_and_equals_one_process(stack, workers, reference, tmp_path):  # noqa: F811
+    from stt.client import run
+
+    config = _config("fan-three", tmp_path / "fan")
+    t0 = time.time()
+    done = run("translate-stage/fan-out", config=config, timeout=1500)
+    seconds = time.time() - t0
+    assert done.state == "Completed"
+    runs = [r for r in _job_runs(config.name) if r.state and r.state.type.value == "COMPLETED"]
+    by_worker: dict[str, int] = {}
+    for r in runs:
+        by_worker[r.labels["prefect.worker.name"]] = by_worker.get(r.labels["prefect.worker.name"], 0) + 1
+    assert sorted(by_worker) == sorted(workers), by_worker  # every worker did work
+    assert len(runs) == 12 // 2 + 1  # six shard groups and the quality job, each run once
+    got = _outputs(tmp_path / "fan")
+    _assert_same(got, reference["outputs"])
+    assert sorted(_rows(got)) == sorted(_rows(reference["outputs"])) and len(set(_rows(got))) == 12
+    print(f"3 workers: flow runs per worker {by_worker}; {seconds:.0f}s vs {reference['seconds']:.0f}s in one "
+          f"process; {len(_rows(got))} rows compared, 0 lost, 0 twice")
+
+
+def test_a_worker_killed_mid_shard_is_replaced_and_nothing_is_lost_or_doubled(stack, workers, reference, tmp_path):  # noqa: F811
+    from stt.client import submit, wait
+
+    config = _config("fan-kill", tmp_path / "kill")
+    t0 = time.time()
+    handle = submit("translate-stage/fan-out", config=config)
+
+    def running_job_run():
+        live = [r for r in _job_runs(config.name) if r.state and r.state.type.value == "RUNNING"
+                and "prefect.worker.name" in (r.labels or {})]
+        return live[0] if live else None
+
+    victim = _until(running_job_run, 600, "a run-jobs flow run to start on a worker", poll=0.5)
+    worker = victim.labels["prefect.worker.name"]
+    stack["procs"].kill(workers[worker])  # the worker and its flow-run process, SIGKILL, mid-group
+    killed_at = time.time()
+    done = wait(handle, timeout=1500)
+    assert done.state == "Completed"
+    runs = {r.id: r for r in _job_runs(config.name)}
+    assert runs[victim.id].state.type.value == "CRASHED"  # found by the zombie automation, not left Running
+    again = [r for r in runs.values() if r.name.startswith(victim.name.rsplit(" #", 1)[0]) and r.id != victim.id]
+    assert again and all(r.state.type.value == "COMPLETED" for r in again), [(r.name, r.state) for r in again]
+    assert all(r.labels["prefect.worker.name"] != worker for r in again)
+    got = _outputs(tmp_path / "kill")
+    _assert_same(got, reference["outputs"])
+    assert sorted(_rows(got)) == sorted(_rows(reference["outputs"])) and len(set(_rows(got))) == 12
+    print(f"worker {worker} killed {killed_at - t0:.0f}s in; its group {victim.name!r} Crashed and redone by "
+          f"{again[0].labels['prefect.worker.name']}; run done {time.time() - killed_at:.0f}s after the kill; "
+          f"{len(_rows(got))} rows compared, 0 lost, 0 twice")
