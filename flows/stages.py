@@ -61,9 +61,10 @@ def run_stages(config: RunConfig, names: tuple[jobs.Stage, ...]) -> dict[str, li
 
 
 @flow(name="translate-stage", log_prints=True, persist_result=True, result_serializer="json")
-def translate_stage(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008 - pydantic default
+def translate_stage(config: RunConfig = RunConfig(), announce: bool = True) -> dict[str, Any]:  # noqa: B008
     """Self-translate every task's English training data (one job per shard), then score the model's
-    translations of human-translated test items (translation quality)."""
+    translations of human-translated test items (translation quality). `announce=False` (the fan-out
+    deployment): the stage alone, without starting the chained stages."""
     dirs = {task: pipeline.plan_task(config, task).translate_dir for task in config.tasks}
     with ExitStack() as locks:
         for folder in dirs.values():  # a second run on the same folders fails (or waits) instead of racing
@@ -73,7 +74,8 @@ def translate_stage(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa:
         create_table_artifact(key="translate-summary", table=summarize(folder),
                               description=f"Self-translation of {task} -> {folder}")
     out = {task: str(folder) for task, folder in dirs.items()}
-    _announce("stt.translate.completed", config, translate_dirs=out)
+    if announce:
+        _announce("stt.translate.completed", config, translate_dirs=out)
     return {"translate_dirs": out}
 
 

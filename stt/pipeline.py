@@ -1,7 +1,8 @@
 """The whole method as a plan of stage calls: translate -> quality -> build sets -> fine-tune -> evaluate -> report.
 
 `plan_task` says which sets, adapters and evaluations a config asks for, and where each lives in the
-run directory; the Prefect flow and the plain-Python `run_pipeline` both follow it.
+run directory; `stt.jobs` turns it into the jobs every runner executes (`run_pipeline` here, the Prefect
+stage flows, the fan-out over workers).
 
     <run_dir>/<task>/translate/            translate stage shards (see stt.translate)
     <run_dir>/<task>/quality/<lang>/       the model's translations of human-translated test items + chrF
@@ -199,7 +200,7 @@ def run_job_evaluation(config: RunConfig, plan: TaskPlan, job: EvalJob, data_dir
 
 
 def run_pipeline(config: RunConfig) -> dict[str, Any]:
-    """The whole method in one process, without Prefect (the flow runs the same calls as tasks)."""
+    """The whole method in one process, without Prefect (the flows run the same jobs as tasks)."""
     with run_lock(config.root):  # one run per run folder at a time
         return _run_pipeline(config)
 
@@ -208,5 +209,5 @@ def _run_pipeline(config: RunConfig) -> dict[str, Any]:
     from stt.jobs import run_plan
 
     done = run_plan(config)
-    return write_report(config.root, [e for e in done["evaluate"]], [q for q in done["quality"]],
-                        json.loads(config.model_dump_json()), notes(config))
+    return write_report(config.root, done["evaluate"], done["quality"], json.loads(config.model_dump_json()),
+                        notes(config))

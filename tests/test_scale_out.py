@@ -26,8 +26,8 @@ pytestmark = [pytest.mark.model, pytest.mark.services]
 
 CONFIG = {
     "tasks": ["gsm8k"], "languages": ["de"], "limit": 12, "shard_size": 1,
-    "engine": {"model": "gemma3-270m", "batch_size": 4}, "generation": {"max_new_tokens_cap": 40},
-    "eval": {"quality_limit": 2},
+    "engine": {"kind": "llama-cpp", "model": "gemma3-270m", "batch_size": 4},
+    "generation": {"max_new_tokens_cap": 40}, "eval": {"quality_limit": 2},
     "scale_out": {"mode": "deployments", "deployment": "run-jobs/gpu", "group_size": 2, "poll_s": 2},
 }
 WORKERS = 3
@@ -142,6 +142,10 @@ def test_a_worker_killed_mid_shard_is_replaced_and_nothing_is_lost_or_doubled(st
     got = _outputs(tmp_path / "kill")
     _assert_same(got, reference["outputs"])
     assert sorted(_rows(got)) == sorted(_rows(reference["outputs"])) and len(set(_rows(got))) == 12
+    # The fan-out deployment runs the stage alone (announce: false): no chained stage was started by either run.
+    from .test_services import _runs_of
+
+    assert _runs_of("chain", "build-sets") == []
     print(f"worker {worker} killed {killed_at - t0:.0f}s in; its group {victim.name!r} Crashed and redone by "
           f"{again[0].labels['prefect.worker.name']}; run done {time.time() - killed_at:.0f}s after the kill; "
           f"{len(_rows(got))} rows compared, 0 lost, 0 twice")
