@@ -11,17 +11,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from stt import translate as lib
 from stt.config import TranslateConfig
+from stt.jobs import JobsFailed
 from stt.runlock import run_lock
 from stt.timeouts import generation_s, task_options
 from tasks.translate import ensure_model_slot, generate_shard, validate_shard
 
 
-class ShardsFailed(RuntimeError):
-    def __init__(self, failed: dict[str, str]):
-        listing = "; ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
-        super().__init__(f"{len(failed)} shard(s) failed after retries ({listing}); "
-                         "finished shards are kept, rerun the same config to retry the rest")
-        self.failed = failed
+class ShardsFailed(JobsFailed):
+    unit = "shard"
 
 
 @flow(name="translate", log_prints=True, persist_result=True, result_serializer="json")

@@ -43,10 +43,12 @@ MODEL_STAGES = frozenset({"translate", "quality", "finetune", "evaluate"})
 class JobsFailed(RuntimeError):
     """Some jobs of a stage failed after their retries; the finished ones are kept."""
 
+    unit = "job"
+
     def __init__(self, failed: dict[str, str]):
         listing = "; ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
-        super().__init__(f"{len(failed)} job(s) failed after retries ({listing}); finished jobs are kept, "
-                         "rerun the same config to retry the rest")
+        super().__init__(f"{len(failed)} {self.unit}(s) failed after retries ({listing}); finished {self.unit}s "
+                         "are kept, rerun the same config to retry the rest")
         self.failed = failed
 
 
