@@ -38,10 +38,12 @@ def run_on_workers(config: RunConfig, stage: str, planned: list[jobs.Job]) -> li
     attempts: dict[str, int] = {}
     failed: dict[str, str] = {}
     running: dict[UUID, tuple[list[jobs.Job], dict[str, Any]]] = {}  # flow runs in flight
+    verified: set[str] = set()  # jobs checked done on disk (once, when their run ended)
     for wave in jobs.waves(planned):
         if failed:  # a later wave needs the earlier ones
             break
         todo = [j for j in wave if not jobs.is_done(config, j)]
+        verified |= {j.id for j in wave} - {j.id for j in todo}
         logger.info("%s: %d of %d jobs to do, in groups of %d, on %s", stage, len(todo), len(wave),
                     so.group_size, so.deployment)
 
@@ -74,6 +76,7 @@ def run_on_workers(config: RunConfig, stage: str, planned: list[jobs.Job]) -> li
                     continue
                 group, row = running.pop(run_id)
                 missing = [j for j in group if not jobs.is_done(config, j)]
+                verified |= {j.id for j in group} - {j.id for j in missing}
                 row.update(state=run.state.name, worker=(run.labels or {}).get("prefect.worker.name", ""),
                            missing_after=", ".join(j.name for j in missing))
                 if not missing:
@@ -88,7 +91,7 @@ def run_on_workers(config: RunConfig, stage: str, planned: list[jobs.Job]) -> li
                                run.state.name, run.state.message, len(missing), len(again))
                 if again:
                     submit(again)
-            done = sum(jobs.is_done(config, j) for j in wave)
+            done = sum(j.id in verified for j in wave)
             logger.info("%s: %d/%d jobs done, %d flow run(s) in flight", stage, done, len(wave), len(running))
     create_table_artifact(key=f"fanout-{stage}", table=record,
                           description=f"{config.name}: {stage} jobs as flow runs of {so.deployment}")
