@@ -11,7 +11,10 @@ done
 # Model-holding flow runs at a time on the gpu pool: 1 for one GPU; the number of GPU workers for fan-out.
 "$PREFECT" work-pool set-concurrency-limit gpu "${STT_GPU_POOL_LIMIT:-1}"
 # Crash flow runs whose worker stopped sending heartbeats, so a lost worker does not hold the pool.
-"$PREFECT" automation inspect stt-crash-zombie-flow-runs >/dev/null 2>&1 \
-  || "$PREFECT" automation create --from-file deployments/automations.yaml
+# Replaced, not kept: a fix to deployments/automations.yaml reaches servers deployed before it.
+if "$PREFECT" automation inspect stt-crash-zombie-flow-runs >/dev/null 2>&1; then
+  "$PREFECT" --no-prompt automation delete stt-crash-zombie-flow-runs
+fi
+"$PREFECT" automation create --from-file deployments/automations.yaml
 "$PREFECT" --no-prompt deploy --all --prefect-file deployments/prefect.yaml
 "$PREFECT" deployment ls

@@ -52,3 +52,9 @@ def tiny_adapter(folder: Path, learning_rate: float) -> Path:
     finetune("gemma3-270m", folder / "set", folder / "adapter",
              TrainConfig(rank=4, alpha=8, max_steps=1, batch_size=4, max_length=48, learning_rate=learning_rate))
     return folder / "adapter"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The service stacks (minutes of waiting on servers and heartbeats each) first: with `-n 2 --dist
+    loadfile` (scripts/test.sh) they then run beside the CPU-bound files instead of last, alone."""
+    items.sort(key=lambda item: item.get_closest_marker("services") is None)

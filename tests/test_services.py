@@ -133,6 +133,33 @@ def test_deployments_are_registered(stack):
     with _client() as client:  # a lost worker's run is crashed when its heartbeats stop (frees the pool)
         [zombies] = client.read_automations_by_name("stt-crash-zombie-flow-runs")
     assert zombies.enabled and zombies.actions[0].type == "change-flow-run-state"
+    # The watch also starts at Running: a run whose worker dies before its first heartbeat is not missed.
+    assert zombies.trigger.after == {"prefect.flow-run.heartbeat", "prefect.flow-run.Running"}
+    with _client() as client:  # every flow run of a deployment sends heartbeats, whoever started its worker
+        envs = {d.name: (d.job_variables or {}).get("env", {}) for d in client.read_deployments()}
+    assert all(env.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY") == "30" for env in envs.values()), envs
+
+
+def test_a_run_lost_before_its_first_heartbeat_is_crashed_and_untagged_runs_are_left_alone(stack):
+    """A worker killed in the first second of a run, before any heartbeat reached the server, must not leave
+    its run Running for ever; a run that never sends heartbeats and is not an `stt` run must not be crashed.
+    Both runs are made Running through the API and then left silent, as a dead worker leaves them."""
+    from prefect.states import Cancelled, Running
+
+    from flows.run_jobs import run_jobs
+
+    with _client() as client:
+        ours = client.create_flow_run(run_jobs, name="lost-before-heartbeat", tags=["stt"])
+        other = client.create_flow_run(run_jobs, name="someone-elses-run", tags=["not-stt"])
+        for run in (ours, other):
+            client.set_flow_run_state(run.id, Running(), force=True)
+    t0 = time.time()
+    _until(lambda: _state(ours.id) == "CRASHED", 90 + 90, "the silent stt run to be marked Crashed")
+    crashed_s = time.time() - t0
+    assert _state(other.id) == "RUNNING"  # same silence, not ours: untouched
+    with _client() as client:
+        client.set_flow_run_state(other.id, Cancelled(), force=True)
+    print(f"silent stt run Crashed {crashed_s:.0f}s after Running; the untagged one left Running")
 
 
 def test_end_to_end_deployment_from_python(stack, tmp_path):
