@@ -55,6 +55,7 @@ def tiny_adapter(folder: Path, learning_rate: float) -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The service stacks (minutes of waiting on servers and heartbeats each) first: with `-n 2 --dist
-    loadfile` (scripts/test.sh) they then run beside the CPU-bound files instead of last, alone."""
+    """The service stacks (minutes of waiting on servers and heartbeats each) before other files: xdist
+    (`-n 2 --dist loadfile`, scripts/test.sh) starts files with more tests first and, among files with as
+    many tests, in this order, so a stack does not start last and run alone."""
     items.sort(key=lambda item: item.get_closest_marker("services") is None)
