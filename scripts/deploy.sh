@@ -15,6 +15,7 @@ done
 if "$PREFECT" automation inspect stt-crash-zombie-flow-runs >/dev/null 2>&1; then
   "$PREFECT" --no-prompt automation delete stt-crash-zombie-flow-runs
 fi
-"$PREFECT" automation create --from-file deployments/automations.yaml
+# STT_AUTOMATIONS_FILE: the test stack deploys a copy with a shorter window (tests/services/conftest.py).
+"$PREFECT" automation create --from-file "${STT_AUTOMATIONS_FILE:-deployments/automations.yaml}"
 "$PREFECT" --no-prompt deploy --all --prefect-file deployments/prefect.yaml
 "$PREFECT" deployment ls

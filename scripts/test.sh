@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Set up and run the whole test suite (real tiny model, real data, real Prefect, real PostgreSQL).
+# Set up (once) and run the tests: real tiny model, real data, real Prefect.
+#   bash scripts/test.sh           the default tier (about 10 minutes on 2 cores)
+#   bash scripts/test.sh --full    adds the full tier: PostgreSQL + Prefect server + workers, server and
+#                                  database faults, fan-out and worker kills, every kill point, the
+#                                  model-running stage-key table (about 25 minutes)
+# Other arguments go to pytest (e.g. `bash scripts/test.sh -k keys`, `-m "not model"`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system-deps.sh
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 .venv/bin/ruff check .
-# Two processes, one test file each at a time (service stacks spend most of their time waiting;
-# xdist starts the files with the most tests first).
-.venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=25 "$@"
+# Two processes; a file's tests stay in one (its module fixtures are built once) and every service-stack test
+# shares one process and one stack (groups set in tests/conftest.py). Per-test time limits: tests/conftest.py.
+.venv/bin/python -m pytest -q -n 2 --dist loadgroup --durations=15 "$@"

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from stt import faults, shards, stages
 from stt.config import EngineConfig, GenerationParams, PromptConfig
-from stt.engines import Request, engine_signature, get_engine
+from stt.engines import Request, generator_signature, get_engine
 from stt.metrics import translation_scores
 from stt.models import resolve_model
 from stt.prompts import PromptBuilder, build_prompt_builder
@@ -49,7 +49,7 @@ def quality_key(task: str, language: str, engine_config: EngineConfig, generatio
                 prompt: PromptConfig, data_dir: Path, limit: int | None) -> str:
     return _key(task, language, resolve_model(engine_config.model).weights_sha256,
                 build_prompt_builder(language, prompt, data_dir), generation,
-                reference_pairs(task, data_dir, language, limit), engine_signature(engine_config))
+                reference_pairs(task, data_dir, language, limit), generator_signature(engine_config))
 
 
 def _key(task: str, language: str, weights: str, builder: PromptBuilder, generation: GenerationParams,
@@ -67,7 +67,7 @@ def translation_quality(task: str, language: str, engine_config: EngineConfig, g
     builder = build_prompt_builder(language, prompt, data_dir)
     pairs = reference_pairs(task, data_dir, language, limit)
     model = resolve_model(engine_config.model)
-    key = _key(task, language, model.weights_sha256, builder, generation, pairs, engine_signature(engine_config))
+    key = _key(task, language, model.weights_sha256, builder, generation, pairs, generator_signature(engine_config))
     out_folder = Path(out_folder)
     done = stages.read_done(out_folder, key)
     if done:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from stt import faults, shards, stages
 from stt.badrows import BadRows
 from stt.config import TranslateConfig, stable_json
-from stt.engines import Request, engine_signature, get_engine
+from stt.engines import Request, generator_signature, get_engine
 from stt.errors import ConfigError, DataError
 from stt.models import resolve_model
 from stt.prompts import PromptBuilder, build_prompt_builder
@@ -167,7 +167,7 @@ def generation_key(config: TranslateConfig, builder: PromptBuilder, weights_sha2
         "prompt_version": builder.version,
         "prompt_prefix": builder.completion_prompt(""),  # demonstrations and their wording
         "generation": config.generation.model_dump(mode="json"),
-        "engine": engine_signature(config.engine),  # engines differ in numerics: never reuse another's output
+        "engine": generator_signature(config.engine),  # engines differ in numerics: never reuse another's output
     }
     return hashlib.sha256(stable_json(parts).encode()).hexdigest()
 

@@ -1,8 +1,17 @@
-"""Shared test setup: offline hubs, a fixed Prefect home, one Prefect test server per session."""
+"""Shared test setup: offline hubs, a fixed Prefect home, one Prefect test server per session, and the tiers.
+
+Two tiers (README, "Tests"):
+- default (`bash scripts/test.sh`): every module's logic, the real model, real data, the Prefect test harness;
+- full (`bash scripts/test.sh --full`): adds the tests marked `full`: the service stacks in tests/services/
+  (PostgreSQL, a Prefect server, workers, server and database faults, fan-out and worker kills), all the
+  kill points of the kill-and-resume trials and the model-running stage-key table.
+Each test has a time limit sized to its tier, so a hang fails with the test's name.
+"""
 
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +29,18 @@ from stt.config import resolve_data_dir  # noqa: E402
 DATA = resolve_data_dir()
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# Seconds one test may take (its fixtures' setup included), by tier; a `timeout` marker overrides it.
+TEST_TIMEOUT_S = {"default": 420, "full": 900}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", default=False,
+                     help="run the full tier too: service stacks, every kill point, the model stage-key table")
+
+
+def full_tier(config) -> bool:
+    return bool(config.getoption("--full"))
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
@@ -34,8 +55,14 @@ def prefect_server():
         yield
 
 
-def tiny_adapter(folder: Path, learning_rate: float) -> Path:
-    """A LoRA adapter trained for one step on four arithmetic pairs: enough to move the model visibly."""
+@pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory) -> Path:
+    """One LoRA adapter for the whole session, trained for one step on four arithmetic pairs at a high
+    learning rate: enough to move the model visibly (the engine tests compare engines on it)."""
+    return train_tiny_adapter(tmp_path_factory.mktemp("tiny-adapter"), learning_rate=0.05)
+
+
+def train_tiny_adapter(folder: Path, learning_rate: float) -> Path:
     import pyarrow as pa
 
     from stt.config import TrainConfig
@@ -54,8 +81,36 @@ def tiny_adapter(folder: Path, learning_rate: float) -> Path:
     return folder / "adapter"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """The service stacks (minutes of waiting on servers and heartbeats each) before other files: xdist
-    (`-n 2 --dist loadfile`, scripts/test.sh) starts files with more tests first and, among files with as
-    many tests, in this order, so a stack does not start last and run alone."""
+    full = full_tier(config)
+    if not full:
+        skipped = [item for item in items if item.get_closest_marker("full")]
+        if skipped:
+            config.hook.pytest_deselected(items=skipped)
+            items[:] = [item for item in items if not item.get_closest_marker("full")]
+    limit = TEST_TIMEOUT_S["full" if full else "default"]
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(limit))
+        # xdist (--dist loadgroup): the tests of a file stay on one process (its module fixtures are built
+        # once), and every service-stack test shares one process, so one server stack serves them all.
+        group = "services" if item.get_closest_marker("services") else item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+    # Service stacks first: their waits on servers and heartbeats overlap the other process's model work.
     items.sort(key=lambda item: item.get_closest_marker("services") is None)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Seconds per test file (setup, call and teardown of its tests), slowest first: what a tier costs."""
+    per_file: dict[str, float] = defaultdict(float)
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) in ("setup", "call", "teardown") and hasattr(report, "duration"):
+                per_file[report.nodeid.split("::", 1)[0]] += report.duration
+    if not per_file:
+        return
+    terminalreporter.write_sep("=", f"seconds per test file ({'full' if full_tier(config) else 'default'} tier)")
+    for name, seconds in sorted(per_file.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{seconds:8.1f}  {name}")
+    terminalreporter.write_line(f"{sum(per_file.values()):8.1f}  in all (process-seconds; wall time is less with -n 2)")

@@ -53,12 +53,22 @@ def test_a_hung_engine_is_ended_by_the_timeout_and_retried(prefect_server, tmp_p
     monkeypatch.setenv("STT_FAULTS", "hang=de-00000")
     config = _config(out, languages=("de",), limit=1, floor_s=8, min_tokens_per_s=1e6)
     get_engine(config.engine, config.generation)  # loaded beforehand: both attempts reach the hung call in 8 s
+    # A model slot of its own with room for both attempts: the retry never waits on the slot the hung
+    # attempt may still hold, so each attempt reaches the engine exactly once.
+    from uuid import uuid4
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    slot = f"stt-test-hang-{uuid4().hex[:8]}"
+    monkeypatch.setenv("STT_MODEL_SLOT", slot)
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=slot, limit=2))
     with pytest.raises(ShardsFailed, match=r"de-00000: Task run exceeded timeout of 8\.0 second"):
         translate(config)
-    # The attempt hung and was ended; Prefect retried it, and the retry was ended too (it may wait for the
-    # model slot the hung attempt held until its timeout freed it, so it need not reach the engine).
+    # The attempt hung and was ended; Prefect retried it, and the retry hung and was ended too.
     messages = [r.getMessage() for r in caplog.records]
-    assert faults._CALLS["de-00000"] >= 1
+    assert faults._CALLS == {"de-00000": 2}
     assert any("timed out after 8.0 second" in m and "Retry 1/1" in m for m in messages)
     assert any("timed out after 8.0 second" in m and "Retries are exhausted" in m for m in messages)
     monkeypatch.delenv("STT_FAULTS")

@@ -9,6 +9,10 @@ would see it; the last start runs to the end. Everything must equal the uninterr
 shards, rejects, training sets, translation quality, the adapters (bit for bit: fine-tuning resumes from
 its last complete checkpoint with the optimizer, schedule, data position and random state restored),
 predictions and results.
+
+The default tier kills at four points (one each in translation, fine-tuning, evaluation and the report);
+the full tier (`--full`) at all sixteen. Which stage each kill interrupted is read from the folder (the
+first stage whose outputs are not all complete), not taken from the list of kill points.
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ import yaml
 from stt.models import file_sha256
 from stt.shards import read_metadata
 
-from .services import ROOT, VENV_BIN
+from .services.stack import ROOT, VENV_BIN
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.timeout(1200)]  # the first test builds every run
 
 CONFIG = {
     "name": "kill-trials", "tasks": ["gsm8k"], "languages": ["de"], "limit": 4, "shard_size": 2,
@@ -61,6 +65,35 @@ KILLS = [
     ("report", "write:*/results.parquet"),
     ("report", "write:*/report.md"),
 ]
+
+
+# The default tier's kill points: one per stage that writes with a model or writes the result.
+DEFAULT_KILLS = [KILLS[0], KILLS[7], KILLS[12], KILLS[15]]
+
+# The run's outputs, by stage, counted by hand from CONFIG (2 shards of de, the two sets and adapters,
+# three evaluations of de: base, zero-shot, Self-Translate-Train).
+SETS = ("english", "self-translate-train-de")
+EVALS = ("base-de", "zero-shot-de", "self-translate-train-de")
+
+
+def stage_in_progress(folder: Path) -> str:
+    """The first stage whose outputs are not all complete in the folder (what a kill interrupted)."""
+    task = folder / "gsm8k"
+    manifest = task / "translate" / "_manifest.json"
+    shards = json.loads(manifest.read_text()).get("shards", {}) if manifest.is_file() else {}
+    if sorted(shards) != ["de-00000", "de-00001"]:
+        return "translate"
+    if not (task / "quality" / "de" / "_manifest.json").is_file():
+        return "quality"
+    if not all((task / "sets" / s / "_manifest.json").is_file() for s in SETS):
+        return "build"
+    if not all((task / "adapters" / s / "_manifest.json").is_file() for s in SETS):
+        return "fine-tune"
+    if not all((task / "eval" / e / "_manifest.json").is_file() for e in EVALS):
+        return "evaluate"
+    if not ((folder / "results.parquet").is_file() and (folder / "report.md").is_file()):
+        return "report"
+    return "done"
 
 
 def _run(folder: Path, kill_at: str | None, config_path: Path) -> subprocess.CompletedProcess:
@@ -133,7 +166,14 @@ def _adapter(folder: Path, name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def kills(request) -> list[tuple[str, str]]:
+    from .conftest import full_tier
+
+    return KILLS if full_tier(request.config) else DEFAULT_KILLS
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, kills):
     base = tmp_path_factory.mktemp("kill-trials")
     config_path = base / "config.yaml"
     config_path.write_text(yaml.safe_dump(CONFIG))
@@ -142,22 +182,27 @@ def runs(tmp_path_factory):
     assert straight.returncode == 0, straight.stderr[-3000:]
     uninterrupted_s = time.time() - t0
     trials, t0 = [], time.time()
-    for stage, kill_at in KILLS:
+    for _, kill_at in kills:
         done = _run(base / "killed", kill_at, config_path)
         # Proof the kill happened where it was asked for, by SIGKILL, and not that the run just failed.
         assert done.returncode == -signal.SIGKILL, (kill_at, done.returncode, done.stderr[-3000:])
         assert "STT_KILL_AT: killing pid" in done.stderr, done.stderr[-2000:]
-        trials.append({"stage": stage, "kill_at": kill_at,
+        trials.append({"stage": stage_in_progress(base / "killed"), "kill_at": kill_at,
                        "problems": reader_view_problems(base / "killed")})
     final = _run(base / "killed", None, config_path)
     assert final.returncode == 0, final.stderr[-3000:]
     return {"base": base, "trials": trials, "uninterrupted_s": uninterrupted_s, "killed_s": time.time() - t0}
 
 
-def test_after_every_kill_a_reader_sees_only_complete_verified_files(runs):
+def test_after_every_kill_a_reader_sees_only_complete_verified_files(runs, kills, request):
+    from .conftest import full_tier
+
     assert [t for t in runs["trials"] if t["problems"]] == []
-    assert {t["stage"] for t in runs["trials"]} == {"translate", "quality", "build", "fine-tune", "evaluate",
-                                                     "report"}
+    # Each kill interrupted the stage it was meant for, as the folder shows, and the kills moved forward.
+    assert [(t["stage"], t["kill_at"]) for t in runs["trials"]] == kills
+    if full_tier(request.config):
+        assert {t["stage"] for t in runs["trials"]} == {"translate", "quality", "build", "fine-tune", "evaluate",
+                                                         "report"}
 
 
 def test_the_resumed_run_equals_the_uninterrupted_one(runs):
@@ -178,19 +223,25 @@ def _row_key(table: pd.DataFrame) -> list[str]:
     return [c for c in ("id", "language", "variant") if c in table.columns] or list(table.columns)
 
 
-def test_fine_tuning_resumed_from_its_checkpoints_matches_the_uninterrupted_adapter(runs):
+def test_fine_tuning_resumed_from_its_checkpoints_matches_the_uninterrupted_adapter(runs, kills):
     import numpy as np
 
+    killed_in_training = {point.split(":")[1] for _, point in kills if point.startswith("finetune:")}
+    assert killed_in_training  # every tier kills at least one adapter mid-training
     rows = []
-    for name in ("english", "self-translate-train-de"):
+    for name in SETS:
         a = _adapter(runs["base"] / "uninterrupted", name)
         b = _adapter(runs["base"] / "killed", name)
-        assert a["resumed_from"] is None and b["resumed_from"] and "checkpoint-" in b["resumed_from"]
+        assert a["resumed_from"] is None
+        if name in killed_in_training:
+            assert b["resumed_from"] and "checkpoint-" in b["resumed_from"], name
+        else:
+            assert b["resumed_from"] is None, name
         assert sorted(a["tensors"]) == sorted(b["tensors"])
         diff = max(float(np.abs(a["tensors"][k] - b["tensors"][k]).max()) for k in a["tensors"])
         rows.append({"adapter": name, "uninterrupted_loss": a["train_loss"], "resumed_loss": b["train_loss"],
                      "uninterrupted_curve": a["curve"], "resumed_curve": b["curve"],
-                     "resumed_from": Path(b["resumed_from"]).name, "max_weight_diff": diff})
+                     "resumed_from": b["resumed_from"] and Path(b["resumed_from"]).name, "max_weight_diff": diff})
         assert len(b["curve"]) == len(a["curve"]) == CONFIG["train"]["max_steps"]  # every step, not only the resumed
         assert b["curve"] == a["curve"] and b["train_loss"] == a["train_loss"]
         assert diff == 0.0, rows[-1]  # bit for bit: LoRA init seeded, state restored from the checkpoint

@@ -13,7 +13,7 @@ from stt.engines import Request, get_engine
 from stt.models import resolve_model
 from stt.prompts import build_prompt_builder
 
-from .conftest import DATA, tiny_adapter
+from .conftest import DATA
 
 pytestmark = pytest.mark.model
 
@@ -93,12 +93,12 @@ def test_loglikelihood_matches_a_plain_llama_cpp_forward_pass(reference):
     assert ours[0].tokens == 2  # " entailment" is two tokens: the multi-token path ran
 
 
-def test_lora_adapter_is_opt_in_and_runs_evaluate_on_transformers(tmp_path, monkeypatch):
+def test_lora_adapter_is_opt_in_and_runs_evaluate_on_transformers(tiny_adapter, monkeypatch):
     from stt.config import RunConfig
     from stt.errors import ConfigError
     from stt.pipeline import eval_engine, plan_task
 
-    adapter = tiny_adapter(tmp_path, learning_rate=0.02)
+    adapter = tiny_adapter
     monkeypatch.delenv("STT_LLAMA_CPP_LORA", raising=False)
     with pytest.raises(ConfigError, match="opt-in"):
         get_engine(EngineConfig(kind="llama-cpp", adapter=adapter))

@@ -22,9 +22,9 @@ from stt.prompts import build_prompt_builder
 from stt.translate import run_translate
 
 from .conftest import DATA
-from .services import Processes, free_port, wait_healthy
+from .services.stack import Processes, free_port, wait_healthy
 
-pytestmark = [pytest.mark.model, pytest.mark.services]
+pytestmark = pytest.mark.model  # a llama-cpp-python server process, not the service stack
 
 
 class LlamaServer:

@@ -20,7 +20,9 @@ def config(tmp_path_factory):
         shard_size=3, engine=EngineConfig(kind="llama-cpp", batch_size=4),
         generation=GenerationParams(max_new_tokens_cap=40),
         build=BuildConfig(sets=("english", "self-translate-train")),
-        train=TrainConfig(rank=4, alpha=8, max_steps=2, batch_size=2, max_length=96, save_steps=1),
+        # One epoch at batch size 1: each adapter takes as many steps as its set has rows, so the Self-Translate-
+        # Train adapter (English + accepted translations) takes more than the English one.
+        train=TrainConfig(rank=4, alpha=8, epochs=1, batch_size=1, max_length=96, save_steps=2),
         eval=EvalConfig(limit=2, batch_size=2, max_new_tokens_math=16, quality_limit=2, bootstrap_resamples=500),
         controls=ControlsConfig(equal_steps=True, translate_test=True),
     )
@@ -37,7 +39,7 @@ def test_every_artifact_exists(first, config):
         assert (root / name).is_file(), name
     assert (root / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| gsm8k" in (root / "report.md").read_text()
-    assert json.loads((root / "config.json").read_text())["train"]["max_steps"] == 2
+    assert json.loads((root / "config.json").read_text())["train"]["batch_size"] == 1
     sets = {p.name: json.loads((p / "_manifest.json").read_text()) for p in (root / "gsm8k" / "sets").iterdir()}
     assert sets["english"]["rows"] == 3 and sets["english"]["mixing"] == {"english": 3}
     accepted = len(pd.read_parquet(root / "gsm8k" / "translate"))
@@ -50,12 +52,13 @@ def test_adapters_load_with_peft_and_record_their_loss_curve(first, config):
 
     from stt.models import hf_folder, resolve_model
 
-    for name in ("english", "self-translate-train-de"):
+    accepted = len(pd.read_parquet(config.root / "gsm8k" / "translate"))
+    for name, rows in (("english", 3), ("self-translate-train-de", 3 + accepted)):
         folder = config.root / "gsm8k" / "adapters" / name
         curve = pd.read_csv(folder / "loss.csv")
-        assert list(curve["step"]) == [1, 2] and (curve["loss"] > 0).all()
+        assert list(curve["step"]) == list(range(1, rows + 1)) and (curve["loss"] > 0).all()
         metrics = json.loads((folder / "metrics.json").read_text())
-        assert metrics["steps"] == 2 and metrics["seconds_per_step"] > 0
+        assert metrics["steps"] == rows and metrics["seconds_per_step"] > 0
     base = AutoModelForCausalLM.from_pretrained(hf_folder(resolve_model("gemma3-270m")))
     model = PeftModel.from_pretrained(base, config.root / "gsm8k" / "adapters" / "english")
     assert model.active_adapter == "default"
@@ -84,7 +87,11 @@ def test_scores_are_computed_from_the_saved_predictions(first, config):
     adapters = config.root / "gsm8k" / "adapters"
     steps = json.loads((adapters / "english-steps-de" / "metrics.json").read_text())
     stt_steps = json.loads((adapters / "self-translate-train-de" / "metrics.json").read_text())
-    assert steps["steps"] == stt_steps["steps"] == 2
+    english = json.loads((adapters / "english" / "metrics.json").read_text())
+    accepted = len(pd.read_parquet(config.root / "gsm8k" / "translate"))
+    assert accepted >= 1  # else both sets are the same size and the check below could not tell them apart
+    # The control trains on English only for as many steps as Self-Translate-Train took, not as English did.
+    assert steps["steps"] == stt_steps["steps"] == 3 + accepted != english["steps"] == 3
     inputs = pd.read_parquet(config.root / "gsm8k" / "eval" / "translate-test-de" / "inputs_en.parquet")
     mgsm_de = (DATA / "mgsm" / "mgsm_de.tsv").read_text().splitlines()
     assert list(inputs["source"]) == [line.split("\t")[0].strip() for line in mgsm_de[:2]]

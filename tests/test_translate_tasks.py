@@ -20,7 +20,8 @@ def _check_every_example_accounted_for(out, n):
 
 def test_squad_translation_records_answer_offsets(tmp_path):
     config = TranslateConfig(task="squad", languages=("de",), limit=1, out_dir=tmp_path / "qa",
-                             engine=EngineConfig(batch_size=4), generation=GenerationParams(max_new_tokens_cap=48))
+                             engine=EngineConfig(kind="llama-cpp", batch_size=4),
+                             generation=GenerationParams(max_new_tokens_cap=48))
     out = run_translate(config)
     rows, rejects = _check_every_example_accounted_for(out, 1)
     for _, r in rows.iterrows():
@@ -34,7 +35,7 @@ def test_squad_translation_records_answer_offsets(tmp_path):
 
 def test_mnli_translation_keeps_labels(tmp_path):
     config = TranslateConfig(task="mnli", languages=("de",), input_path=FIXTURES / "mnli_train_sample.jsonl",
-                             out_dir=tmp_path / "nli", engine=EngineConfig(batch_size=4),
+                             out_dir=tmp_path / "nli", engine=EngineConfig(kind="llama-cpp", batch_size=4),
                              generation=GenerationParams(max_new_tokens_cap=40))
     out = run_translate(config)
     rows, _ = _check_every_example_accounted_for(out, 3)

@@ -15,7 +15,7 @@ from stt.errors import ConfigError
 from stt.models import resolve_model
 from stt.prompts import build_prompt_builder
 
-from .conftest import DATA, tiny_adapter
+from .conftest import DATA
 
 pytestmark = pytest.mark.model
 
@@ -65,15 +65,13 @@ def test_missing_vllm_environment_is_one_clear_error(monkeypatch):
         get_engine(EngineConfig(kind="openai"))
 
 
-def test_runner_applies_a_lora_adapter_like_the_engine_in_process(tmp_path):
+def test_runner_applies_a_lora_adapter_like_the_engine_in_process(tiny_adapter):
     """LoRA evaluation through the runner: the adapter path travels in the Parquet, per request."""
-    # A large learning rate so that one step visibly changes what the model writes.
-    tiny_adapter(tmp_path, learning_rate=0.05)
     requests = [Request("Question: What is 3 plus 3?\nAnswer:", 8, ("\n",))]
     engine = _runner_engine()
-    engine.adapter = str(tmp_path / "adapter")
+    engine.adapter = str(tiny_adapter)
     via_runner = engine.generate(requests)
-    direct = get_engine(EngineConfig(adapter=tmp_path / "adapter", reuse_prefix_cache=False)).generate(requests)
+    direct = get_engine(EngineConfig(adapter=tiny_adapter, reuse_prefix_cache=False)).generate(requests)
     base = get_engine(EngineConfig(reuse_prefix_cache=False)).generate(requests)
     assert [c.text for c in via_runner] == [c.text for c in direct]
     assert via_runner[0].text != base[0].text  # the adapter was applied, not ignored

@@ -12,8 +12,8 @@ from stt.engines.base import Completion, Engine, EngineStats, Request, Score
 from stt.errors import ConfigError
 from stt.models import resolve_model
 
-__all__ = ["Completion", "Engine", "EngineStats", "Request", "Score", "engine_signature", "get_engine",
-           "loaded_engines", "release_engines"]
+__all__ = ["Completion", "Engine", "EngineStats", "Request", "Score", "engine_signature", "generator_signature",
+           "get_engine", "loaded_engines", "release_engines"]
 
 _ENGINES: dict[str, Engine] = {}
 _LOAD_LOCK = threading.Lock()
@@ -22,7 +22,10 @@ _LOAD_LOCK = threading.Lock()
 def get_engine(config: EngineConfig, generation: GenerationParams | None = None) -> Engine:
     """The engine for this config, loaded once per process and reused by every shard."""
     generation = generation or GenerationParams()
-    key = config.model_dump_json() + generation.model_dump_json()
+    # transformers batches per call: one loaded model serves every batch size (the batch is a setting of
+    # the call, not of the weights). llama.cpp sizes its KV cache by the batch, so there it is part of the key.
+    loaded_as = config.model_copy(update={"batch_size": 1}) if config.kind == "transformers" else config
+    key = loaded_as.model_dump_json() + generation.model_dump_json()
     with _LOAD_LOCK:
         if key not in _ENGINES:
             model = resolve_model(config.model)
@@ -45,6 +48,8 @@ def get_engine(config: EngineConfig, generation: GenerationParams | None = None)
             else:  # pragma: no cover - pydantic restricts kind
                 raise ConfigError(f"unknown engine kind '{config.kind}'")
         engine = _ENGINES[key]
+        if config.kind == "transformers":
+            engine.batch_size = config.batch_size  # type: ignore[attr-defined]
     # STT_FAULTS (reliability drills) wraps the engine; without it the engine is returned as it is.
     return faults.FaultyEngine(engine) if faults.active() else engine  # type: ignore[return-value]
 
@@ -58,7 +63,9 @@ def release_engines(keep: EngineConfig | None = None) -> None:
     import gc
 
     with _LOAD_LOCK:
-        released = [key for key in _ENGINES if keep is None or not key.startswith(keep.model_dump_json())]
+        kept = None if keep is None else (keep.model_copy(update={"batch_size": 1}) if keep.kind == "transformers"
+                                          else keep).model_dump_json()
+        released = [key for key in _ENGINES if kept is None or not key.startswith(kept)]
         for key in released:
             del _ENGINES[key]
     if released:  # a full collection costs ~0.3 s: only when a model was actually let go
@@ -81,6 +88,18 @@ def engine_signature(engine_config: EngineConfig) -> dict[str, Any]:
                    tensor_parallel_size=engine_config.tensor_parallel_size)
     if engine_config.kind == "openai":
         out.update(served_model=engine_config.served_model)
+    return out
+
+
+def generator_signature(engine_config: EngineConfig) -> dict[str, Any]:
+    """`engine_signature`, plus the adapter's weights when the model that translates carries one (the
+    translate stage, translation quality). Evaluations key their adapter on their own."""
+    out = engine_signature(engine_config)
+    if engine_config.adapter is not None:
+        from stt.models import file_sha256
+
+        weights = Path(engine_config.adapter) / "adapter_model.safetensors"
+        out["adapter"] = file_sha256(weights) if weights.is_file() else str(engine_config.adapter)
     return out
 
 

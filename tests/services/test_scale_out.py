@@ -1,7 +1,7 @@
 """Scale-out for real: one run's translate shards spread over three process workers of the gpu pool.
 
-PostgreSQL + `prefect server start` + `scripts/deploy.sh`, as in test_services.py. The `translate-stage/fan-out`
-deployment (cpu pool) plans 12 shards and sends them, two per flow run, to `run-jobs/gpu`; three gpu
+The session's service stack (tests/services/conftest.py). The `translate-stage/fan-out`
+deployment (cpu pool) plans 8 shards and sends them, two per flow run, to `run-jobs/gpu`; three gpu
 workers (one flow run at a time each, each with its own model slot, as scripts/worker.sh starts one per
 GPU) take them. The output must equal a single-process run of the same config row for row. Then a worker
 is SIGKILLed while its flow run is on a shard group: the run is marked Crashed once its heartbeats stop
@@ -19,13 +19,13 @@ import pytest
 
 from stt.config import RunConfig
 
-from .services import VENV_BIN
-from .test_services import _client, _until, stack  # noqa: F401 - the module's own server stack
+from .test_services import _client, _until
 
-pytestmark = [pytest.mark.model, pytest.mark.services]
+pytestmark = [pytest.mark.model, pytest.mark.services, pytest.mark.full]
 
+SHARDS = 8
 CONFIG = {
-    "tasks": ["gsm8k"], "languages": ["de"], "limit": 12, "shard_size": 1,
+    "tasks": ["gsm8k"], "languages": ["de"], "limit": SHARDS, "shard_size": 1,
     "engine": {"kind": "llama-cpp", "model": "gemma3-270m", "batch_size": 4},
     "generation": {"max_new_tokens_cap": 40}, "eval": {"quality_limit": 2},
     "scale_out": {"mode": "deployments", "deployment": "run-jobs/gpu", "group_size": 2, "poll_s": 2},
@@ -79,8 +79,9 @@ def reference(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def workers(stack):  # noqa: F811
-    """Three gpu workers (the stack's own and two more), one flow run at a time each, own model slots."""
+def workers(stack):
+    """Three gpu workers (two more beside the stack's own), one flow run at a time each, own model slots.
+    Afterwards the stack is as the other service tests expect it: one gpu worker, a pool limit of 1."""
     from prefect.client.schemas.actions import WorkPoolUpdate
 
     with _client() as client:
@@ -88,14 +89,19 @@ def workers(stack):  # noqa: F811
     names = {"test-gpu": "worker-gpu"}  # worker name -> process name (to kill it)
     for i in range(2, WORKERS + 1):
         name = f"test-gpu-{i}"
-        stack["procs"].start(name, [str(VENV_BIN / "prefect"), "worker", "start", "--pool", "gpu", "--type",
-                                    "process", "--name", name, "--limit", "1"],
-                             {**stack["env"], "STT_MODEL_SLOT": f"stt-model-{name}"})
+        stack["start_worker"]("gpu", name, process=name, extra_env={"STT_MODEL_SLOT": f"stt-model-{name}"})
         names[name] = name
-    return names
+    yield names
+    for name in names:
+        if name != "test-gpu":
+            stack["procs"].kill(name)
+    if stack["procs"].latest("worker-gpu").poll() is not None:  # the stack's own worker was the one killed
+        stack["start_worker"]("gpu")
+    with _client() as client:
+        client.update_work_pool("gpu", WorkPoolUpdate(concurrency_limit=1))
 
 
-def test_a_translation_spreads_over_three_workers_and_equals_one_process(stack, workers, reference, tmp_path):  # noqa: F811
+def test_a_translation_spreads_over_three_workers_and_equals_one_process(stack, workers, reference, tmp_path):
     from stt.client import run
 
     config = _config("fan-three", tmp_path / "fan")
@@ -108,15 +114,15 @@ def test_a_translation_spreads_over_three_workers_and_equals_one_process(stack, 
     for r in runs:
         by_worker[r.labels["prefect.worker.name"]] = by_worker.get(r.labels["prefect.worker.name"], 0) + 1
     assert sorted(by_worker) == sorted(workers), by_worker  # every worker did work
-    assert len(runs) == 12 // 2 + 1  # six shard groups and the quality job, each run once
+    assert len(runs) == SHARDS // 2 + 1  # four shard groups and the quality job, each run once
     got = _outputs(tmp_path / "fan")
     _assert_same(got, reference["outputs"])
-    assert sorted(_rows(got)) == sorted(_rows(reference["outputs"])) and len(set(_rows(got))) == 12
+    assert sorted(_rows(got)) == sorted(_rows(reference["outputs"])) and len(set(_rows(got))) == SHARDS
     print(f"3 workers: flow runs per worker {by_worker}; {seconds:.0f}s vs {reference['seconds']:.0f}s in one "
           f"process; {len(_rows(got))} rows compared, 0 lost, 0 twice")
 
 
-def test_a_worker_killed_mid_shard_is_replaced_and_nothing_is_lost_or_doubled(stack, workers, reference, tmp_path):  # noqa: F811
+def test_a_worker_killed_mid_shard_is_replaced_and_nothing_is_lost_or_doubled(stack, workers, reference, tmp_path):
     from stt.client import submit, wait
 
     config = _config("fan-kill", tmp_path / "kill")
@@ -141,7 +147,7 @@ def test_a_worker_killed_mid_shard_is_replaced_and_nothing_is_lost_or_doubled(st
     assert all(r.labels["prefect.worker.name"] != worker for r in again)
     got = _outputs(tmp_path / "kill")
     _assert_same(got, reference["outputs"])
-    assert sorted(_rows(got)) == sorted(_rows(reference["outputs"])) and len(set(_rows(got))) == 12
+    assert sorted(_rows(got)) == sorted(_rows(reference["outputs"])) and len(set(_rows(got))) == SHARDS
     # The fan-out deployment runs the stage alone (announce: false): no chained stage was started by either run.
     from .test_services import _runs_of
 

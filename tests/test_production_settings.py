@@ -1,0 +1,61 @@
+"""The committed deployment files carry the production settings; only the test stack shortens them.
+
+The full tier's service stack (tests/services/conftest.py) deploys a copy of the zombie automation with a
+shorter window, polls workers every second and leases the model slot for less time. What users deploy must
+keep the production values: a 90 s zombie window over 30 s heartbeats, workers at Prefect's default polling,
+a 60 s model-slot lease. And docker-compose.yml must validate, secrets never defaulted.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+import yaml
+
+from .services.stack import ROOT
+
+
+def test_the_zombie_automation_waits_three_heartbeats():
+    [automation] = yaml.safe_load((ROOT / "deployments" / "automations.yaml").read_text())["automations"]
+    assert automation["trigger"]["within"] == 90
+    assert "90 s" in automation["actions"][0]["message"]
+    deployments = (ROOT / "deployments" / "prefect.yaml").read_text()
+    assert 'env: {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: "30"}' in deployments
+    assert "PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30" in (ROOT / "scripts" / "worker.sh").read_text()
+    deploy = (ROOT / "scripts" / "deploy.sh").read_text()
+    assert "${STT_AUTOMATIONS_FILE:-deployments/automations.yaml}" in deploy
+
+
+def test_workers_poll_and_lease_at_the_defaults():
+    text = (ROOT / "scripts" / "worker.sh").read_text() + (ROOT / "docker-compose.yml").read_text()
+    assert "PREFECT_WORKER_QUERY_SECONDS" not in text and "STT_SLOT_LEASE_S" not in text
+    out = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c",
+                          "from tasks.model_slot import SLOT_LEASE_SECONDS; print(SLOT_LEASE_SECONDS)"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != "STT_SLOT_LEASE_S"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip()) == 60.0
+
+
+def test_docker_compose_file_validates(tmp_path):
+    compose = subprocess.run(["docker-compose", "--env-file", ".env.example", "config"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    if compose.returncode == 127 or "not found" in compose.stderr:
+        pytest.fail("docker-compose is not installed (Debian package docker-compose; scripts/system-deps.sh)")
+    assert compose.returncode == 0, compose.stderr
+    services = yaml.safe_load(compose.stdout)["services"]
+    assert {"postgres", "prefect-server", "worker-gpu", "worker-cpu"} <= set(services)
+    server_env = services["prefect-server"]["environment"]
+    assert server_env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
+    assert server_env["PREFECT_SERVER_API_AUTH_STRING"]
+    gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    assert services["worker-gpu"]["depends_on"]["prefect-server"]["condition"] == "service_healthy"
+    assert "healthcheck" in services["postgres"] and "healthcheck" in services["prefect-server"]
+    assert services["worker-gpu"]["environment"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
+    (tmp_path / "empty.env").write_text("")
+    missing = subprocess.run(["docker-compose", "--env-file", str(tmp_path / "empty.env"), "config"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "set it in .env" in missing.stderr  # secrets are never defaulted
