@@ -38,6 +38,21 @@ def pytest_addoption(parser):
                      help="run the full tier too: service stacks, every kill point, the model stage-key table")
 
 
+class _GroupsKept:
+    """After xdist has read the groups (--dist loadgroup): stop if it did not. A lost group spreads a file's
+    tests over both processes (its module fixtures built twice) and starts a second service stack."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config, items):
+        if config.getvalue("loadgroup") and items and "@" not in items[0].nodeid:
+            raise pytest.UsageError("pytest-xdist did not apply the test groups (pytest-xdist#1386 with pytest "
+                                    "9.2): reinstall with the pytest pinned in pyproject.toml (bash scripts/setup.sh)")
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_GroupsKept(), "stt-groups-kept")
+
+
 def full_tier(config) -> bool:
     return bool(config.getoption("--full"))
 

@@ -239,13 +239,14 @@ def test_a_schedule_produces_a_run(stack):
 
     with _client() as client:
         dep = client.read_deployment_by_name("check-data/daily")
-        client.create_deployment_schedules(dep.id, [(IntervalSchedule(interval=timedelta(seconds=10)), True)])
+        [every_10s] = client.create_deployment_schedules(dep.id, [(IntervalSchedule(interval=timedelta(seconds=10)),
+                                                                   True)])
     done = _until(lambda: next((r for r in _runs_of("daily", "check-data") if r.auto_scheduled and r.state
                                 and r.state.is_completed()), None), 180, "a scheduled run to complete")
     rows = stack["pg"].query(f"select auto_scheduled, state_type from flow_run where id = '{done.id}'")
     assert rows == [["t", "COMPLETED"]]
     with _client() as client:  # stop scheduling: later tests read the flow runs
-        client.update_deployment_schedule(dep.id, client.read_deployment_schedules(dep.id)[0].id, active=False)
+        client.delete_deployment_schedule(dep.id, every_10s.id)
 
 
 def test_a_run_lost_before_its_first_heartbeat_is_crashed_and_untagged_runs_are_left_alone(stack, silent_runs):
