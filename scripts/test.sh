@@ -12,5 +12,6 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 .venv/bin/ruff check .
 # Two processes; a file's tests stay in one (its module fixtures are built once) and every service-stack test
-# shares one process and one stack (groups set in tests/conftest.py). Per-test time limits: tests/conftest.py.
-.venv/bin/python -m pytest -q -n 2 --dist loadgroup --durations=15 "$@"
+# shares one process and one stack (groups and the longest-first order set in tests/conftest.py, kept by
+# --no-loadscope-reorder). Per-test time limits: tests/conftest.py. Seconds per file are printed at the end.
+.venv/bin/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15 "$@"

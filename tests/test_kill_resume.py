@@ -10,7 +10,7 @@ shards, rejects, training sets, translation quality, the adapters (bit for bit: 
 its last complete checkpoint with the optimizer, schedule, data position and random state restored),
 predictions and results.
 
-The default tier kills at four points (one each in translation, fine-tuning, evaluation and the report);
+The default tier kills at three points (one each in translation, fine-tuning and evaluation);
 the full tier (`--full`) at all sixteen. Which stage each kill interrupted is read from the folder (the
 first stage whose outputs are not all complete), not taken from the list of kill points.
 """
@@ -42,7 +42,7 @@ CONFIG = {
     "generation": {"max_new_tokens_cap": 40},
     "build": {"sets": ["english", "self-translate-train"]},
     "train": {"rank": 4, "alpha": 8, "max_steps": 3, "batch_size": 2, "max_length": 96, "save_steps": 1},
-    "eval": {"limit": 2, "batch_size": 2, "max_new_tokens_math": 12, "quality_limit": 2, "include_english": False},
+    "eval": {"limit": 2, "batch_size": 2, "max_new_tokens_math": 8, "quality_limit": 2, "include_english": False},
     "controls": {"equal_steps": False},
 }
 
@@ -67,8 +67,9 @@ KILLS = [
 ]
 
 
-# The default tier's kill points: one per stage that writes with a model or writes the result.
-DEFAULT_KILLS = [KILLS[0], KILLS[7], KILLS[12], KILLS[15]]
+# The default tier's kill points: half-way through a translation shard, after a training step whose checkpoint
+# is not saved, and between an evaluation's predictions and their rename.
+DEFAULT_KILLS = [KILLS[0], KILLS[7], KILLS[12]]
 
 # The run's outputs, by stage, counted by hand from CONFIG (2 shards of de, the two sets and adapters,
 # three evaluations of de: base, zero-shot, Self-Translate-Train).

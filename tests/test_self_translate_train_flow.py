@@ -10,7 +10,7 @@ from stt.config import BuildConfig, ControlsConfig, EngineConfig, EvalConfig, Ge
 
 from .conftest import DATA
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.timeout(900)]  # the first test runs the whole flow
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def config(tmp_path_factory):
         # One epoch at batch size 1: each adapter takes as many steps as its set has rows, so the Self-Translate-
         # Train adapter (English + accepted translations) takes more than the English one.
         train=TrainConfig(rank=4, alpha=8, epochs=1, batch_size=1, max_length=96, save_steps=2),
-        eval=EvalConfig(limit=2, batch_size=2, max_new_tokens_math=16, quality_limit=2, bootstrap_resamples=500),
+        eval=EvalConfig(limit=2, batch_size=2, max_new_tokens_math=8, quality_limit=2, bootstrap_resamples=500),
         controls=ControlsConfig(equal_steps=True, translate_test=True),
     )
 
@@ -112,12 +112,12 @@ def test_changing_only_evaluation_reruns_only_evaluation(first, config):
     adapters = config.root / "gsm8k" / "adapters"
     before = {p: (p / "_manifest.json").read_text() for p in adapters.iterdir()}
     quality_before = (config.root / "gsm8k" / "quality" / "de" / "_manifest.json").read_text()
-    changed = config.model_copy(update={"eval": config.eval.model_copy(update={"max_new_tokens_math": 8})})
+    changed = config.model_copy(update={"eval": config.eval.model_copy(update={"max_new_tokens_math": 4})})
     again = self_translate_train(changed)
     assert {p: (p / "_manifest.json").read_text() for p in adapters.iterdir()} == before
     assert (config.root / "gsm8k" / "quality" / "de" / "_manifest.json").read_text() == quality_before
     preds = pd.read_parquet(config.root / "gsm8k" / "eval" / "zero-shot-de" / "predictions.parquet")
-    assert (preds["completion_tokens"] <= 8).all()  # the evaluations did rerun, with the new setting
+    assert (preds["completion_tokens"] <= 4).all()  # the evaluations did rerun, with the new setting
     assert again["timings"]["fine-tune"] < first["timings"]["fine-tune"]
     assert again["timings"]["translate"] < first["timings"]["translate"]
 
