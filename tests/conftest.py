@@ -44,7 +44,7 @@ class _GroupsKept:
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config, items):
-        if config.getvalue("loadgroup") and items and "@" not in items[0].nodeid:
+        if config.getoption("loadgroup", default=False) and items and "@" not in items[0].nodeid:
             raise pytest.UsageError("pytest-xdist did not apply the test groups (pytest-xdist#1386 with pytest "
                                     "9.2): reinstall with the pytest pinned in pyproject.toml (bash scripts/setup.sh)")
 

@@ -18,7 +18,7 @@ import pytest
 
 from stt.config import RunConfig
 
-from .conftest import SLOT_LEASE_S, ZOMBIE_WINDOW_S
+from .conftest import ZOMBIE_WINDOW_S
 
 pytestmark = [pytest.mark.model, pytest.mark.services, pytest.mark.full]
 
@@ -199,7 +199,7 @@ def test_a_worker_killed_mid_run_frees_its_slot_and_the_rerun_reuses_finished_wo
     from prefect.client.orchestration import get_client
 
     from stt.client import run, submit
-    from tasks.model_slot import model_slot_name
+    from tasks.model_slot import SLOT_LEASE_SECONDS, model_slot_name
 
     def held() -> int:
         with get_client(sync_client=True) as client:
@@ -217,9 +217,9 @@ def test_a_worker_killed_mid_run_frees_its_slot_and_the_rerun_reuses_finished_wo
            poll=0.5)
     stack["procs"].kill("worker-gpu")
     killed_at = time.time()
-    _until(lambda: held() == 0, SLOT_LEASE_S + 60, "the model slot to be released")
+    _until(lambda: held() == 0, SLOT_LEASE_SECONDS + 60, "the model slot to be released")
     freed_s = time.time() - killed_at
-    assert freed_s <= SLOT_LEASE_S + 30
+    assert freed_s <= SLOT_LEASE_SECONDS + 30
     _until(lambda: _state(handle.flow_run_id) == "CRASHED", 30 + ZOMBIE_WINDOW_S + 60,
            "the zombie run to be marked Crashed")
     crashed_s = time.time() - killed_at
