@@ -1,9 +1,11 @@
 """No stale result: change one config field at a time and check exactly which stages rerun.
 
 Real run (the real model, XNLI dev as the declared NLI training stand-in, run_pipeline without Prefect)
-on the same run folder, in the full tier: one representative change per stage, the learning-rate schedule,
-and back to the first config. A stage "reran" when its output file was rewritten; a reused stage keeps its
-file untouched. Every changed adapter must differ in weights and have taken its real number of steps.
+on the same run folder, in the full tier: one representative change per stage after translation (a changed
+translation's keys are in tests/test_stage_key_table.py; its reuse in tests/test_translate_flow.py), the
+learning-rate schedule, and back to the first config. A stage "reran" when its output file was rewritten;
+a reused stage keeps its file untouched. Every changed adapter must differ in weights and have taken its
+real number of steps.
 Every field of the config, without a model, is in tests/test_stage_key_table.py (default tier).
 """
 
@@ -72,7 +74,6 @@ CASES = [
     ({"train.warmup_ratio": 0.5}, ADAPTERS | TRAINED_EVALS),
     ({"build.seed": 1}, {"set-en", "set-stt"} | ADAPTERS | TRAINED_EVALS),
     ({"eval.quality_limit": 3}, {"quality"}),
-    ({"prompt.num_shots": 4}, set(STAGES)),  # a new translation prompt: new translations and all that follows
 ]
 
 

@@ -75,9 +75,15 @@ def _check_outputs(run_dir, config: RunConfig) -> None:
     assert [f for f in folders if not (f / "_manifest.json").is_file()] == []
 
 
-def _markers(run_dir, *stage_globs: str) -> dict[str, str]:
-    """The stage markers (their text: key, time written, checksums) under the run folder."""
-    return {str(p.relative_to(run_dir)): p.read_text() for g in stage_globs for p in sorted(run_dir.glob(g))}
+def _markers(run_dir, *stage_globs: str) -> dict[str, dict]:
+    """The stage markers under the run folder: key, time written, checksums; for the translate stage each
+    shard's entry (its manifest's `updated` time changes whenever a run plans the stage, done or not)."""
+    out = {}
+    for g in stage_globs:
+        for p in sorted(run_dir.glob(g)):
+            info = json.loads(p.read_text())
+            out[str(p.relative_to(run_dir))] = info["shards"] if p.parent.name == "translate" else info
+    return out
 
 
 def test_the_api_requires_the_auth_string(stack):
@@ -157,6 +163,7 @@ def test_chained_deployments_run_in_order_and_rerun_only_evaluation(stack, first
     run_dir = base.root
     kept = _markers(run_dir, "gsm8k/sets/*/_manifest.json", "gsm8k/adapters/*/_manifest.json",
                     "gsm8k/quality/*/_manifest.json", "gsm8k/translate/_manifest.json")
+    assert len(kept) == 1 + 2 + 3 + 1  # translation, two sets, three adapters, quality
     evals_before = _markers(run_dir, "gsm8k/eval/*/_manifest.json")
     config = RunConfig.model_validate({**json.loads(base.model_dump_json()), "name": "svc-chain",
                                        "eval": {**TINY["eval"], "max_new_tokens_math": 8}})
@@ -185,7 +192,7 @@ def test_chained_deployments_run_in_order_and_rerun_only_evaluation(stack, first
     assert _markers(run_dir, *kept) == kept
     evals_after = _markers(run_dir, "gsm8k/eval/*/_manifest.json")
     assert sorted(evals_after) == sorted(evals_before)
-    assert all(json.loads(evals_after[k])["key"] != json.loads(evals_before[k])["key"] for k in evals_before)
+    assert all(evals_after[k]["key"] != evals_before[k]["key"] for k in evals_before)
     preds = pd.read_parquet(run_dir / "gsm8k" / "eval" / "zero-shot-de" / "predictions.parquet")
     assert (preds["completion_tokens"] <= 8).all()
     print(f"chained deployments (evaluation only): {time.time() - t0:.1f}s")
