@@ -34,7 +34,7 @@ from stt.shards import read_metadata
 
 from .services.stack import ROOT, VENV_BIN
 
-pytestmark = [pytest.mark.model, pytest.mark.timeout(1200)]  # the first test builds every run
+pytestmark = [pytest.mark.model, pytest.mark.tiered, pytest.mark.timeout(1200)]  # 1st test builds every run
 
 CONFIG = {
     "name": "kill-trials", "tasks": ["gsm8k"], "languages": ["de"], "limit": 4, "shard_size": 2,
