@@ -79,12 +79,13 @@ def main() -> None:
           f"shared 8-shot prefix {prefix_tokens} tokens, mean prompt "
           f"{sum(engine.count_tokens(r.prompt) for r in requests) / len(requests):.0f} tokens")
 
-    ids = engine.tokenizer(prefix, return_tensors="pt")
+    ids = engine.tokenizer(prefix, return_tensors="pt").to(engine.model.device)
     with torch.inference_mode():
         _, prefill_s = _timed(lambda: engine.model(**ids))
     print(f"prefill of the prefix alone: {prefill_s:.2f}s per prompt at batch 1 "
           f"(x{len(requests)} prompts = {prefill_s * len(requests):.1f}s if recomputed every time)")
 
+    engine.generate(requests[: args.batch_size])  # warm-up: first-call costs (CUDA kernels, allocator) not timed
     rows = []
     out, secs = _timed(lambda: engine.generate(requests))
     raw_tokens = sum(c.completion_tokens for c in out)

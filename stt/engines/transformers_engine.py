@@ -8,6 +8,7 @@ once and reused by every batch: on the CPU that prefill is most of the cost of a
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import os
 import threading
@@ -201,9 +202,15 @@ class TransformersEngine(TokenizerMethods):
                 from transformers import DynamicCache
 
                 cache = DynamicCache(config=self.model.config)
-                out = self.model(torch.tensor([ids], device=self.device), cache=cache, use_cache=True)
+                out = self.model(torch.tensor([ids], device=self.device), use_cache=True,
+                                 **{self._cache_kwarg(): cache})
             self._prefix_cache = (prefix, ids, out.past_key_values)
         return prefix, ids
+
+    def _cache_kwarg(self) -> str:
+        # transformers renamed `past_key_values` to `cache` (5.2x); older 5.x releases reject the new name.
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # peft wraps it
+        return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
     def _generate_batch(
         self, requests: list[Request], encoded: list[list[int]], prefix_ids: list[int] | None
@@ -223,7 +230,7 @@ class TransformersEngine(TokenizerMethods):
             assert self._prefix_cache is not None
             cache = copy.deepcopy(self._prefix_cache[2])
             cache.batch_repeat_interleave(n)
-            kwargs["cache"] = cache
+            kwargs[self._cache_kwarg()] = cache
             input_ids = torch.cat([torch.tensor([prefix_ids] * n), suffix], dim=1)
             attention = torch.cat([torch.ones((n, len(prefix_ids)), dtype=torch.long), mask], dim=1)
         else:
