@@ -22,6 +22,24 @@ os.environ["PREFECT_HOME"] = str(ROOT / ".prefect-test")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
 
+
+
+def _own_share_of_the_cores() -> None:
+    """Under xdist each test process (and what it starts) keeps to its own share of the cores: two processes
+    each running torch and llama.cpp on every core oversubscribe a 2-core machine, and llama.cpp's threads
+    spin while they wait. torch and llama.cpp size their thread pools from this affinity."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cpus = sorted(os.sched_getaffinity(0))
+    if not worker.startswith("gw") or count < 2 or len(cpus) < count:
+        return
+    share = cpus[int(worker[2:]) % count :: count]
+    os.sched_setaffinity(0, share)
+    os.environ["OMP_NUM_THREADS"] = str(len(share))
+
+
+_own_share_of_the_cores()
+
 import pytest  # noqa: E402
 
 from stt.config import resolve_data_dir  # noqa: E402
