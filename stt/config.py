@@ -240,7 +240,21 @@ class TrainConfig(BaseModel):
     answer_only_logits: bool = True
     # Speed: batches of similar length (transformers' length-grouped sampler), so little of a step is padding.
     group_by_length: bool = True
-    seed: int = 0
+    seed: int = 0  # data order and LoRA initialisation
+    # Replicates: every adapter is trained once per seed (data order and LoRA init) and every evaluation runs
+    # per seed; scores are means over seeds with two-level intervals (seeds, then items). Empty: `seed` alone.
+    # The first seed's adapters keep their plain names and keys, so adding seeds to a run reuses them.
+    seeds: tuple[int, ...] = ()
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"train.seeds must be distinct, got {list(value)}")
+        return value
+
+    def replicate_seeds(self) -> tuple[int, ...]:
+        return self.seeds or (self.seed,)
 
 
 class EvalConfig(BaseModel):
@@ -256,9 +270,25 @@ class EvalConfig(BaseModel):
     max_new_tokens_qa: int = Field(32, ge=1)
     xnli_split: Literal["dev", "test"] = "test"
     quality_limit: int | None = Field(32, ge=1)  # human-translated items scored for translation quality (chrF)
+    # The metric of the gains, intervals, significance and plot, per task, declared before the run (default:
+    # MGSM accuracy, XQuAD F1, XNLI calibrated accuracy; choices: stt.evaluate.PRIMARY_CHOICES).
+    primary_metric: dict[str, str] = {}
     # Uncertainty: 95% bootstrap intervals over test items (paired for gains); recorded with every score.
     bootstrap_resamples: int = Field(10_000, ge=100)
     bootstrap_seed: int = 0
+
+    @field_validator("primary_metric")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, str]) -> dict[str, str]:
+        from stt.metrics import PRIMARY_CHOICES
+
+        for task, metric in value.items():
+            if task not in PRIMARY_CHOICES:
+                raise ValueError(f"eval.primary_metric: unknown task '{task}' ({', '.join(PRIMARY_CHOICES)})")
+            if metric not in PRIMARY_CHOICES[task]:
+                raise ValueError(f"eval.primary_metric: '{metric}' is not a per-item metric of {task} "
+                                 f"(choose from {', '.join(PRIMARY_CHOICES[task])})")
+        return value
 
 
 class ControlsConfig(BaseModel):

@@ -16,12 +16,14 @@ from typing import Any
 import pyarrow as pa
 
 from stt import faults, shards, stages
+from stt.calibration import calibrated_choices, macro_f1
 from stt.config import EngineConfig, EvalConfig
 from stt.engines import Request, engine_signature, get_engine
 from stt.engines.tokenizer import SPLIT_VERSION
 from stt.errors import ConfigError, DataError
 from stt.metrics import (
     CHAR_LEVEL,
+    PRIMARY_CHOICES,
     best_over_golds,
     char_f1,
     extract_final_number,
@@ -36,7 +38,16 @@ from stt.testsets import TEST_SETS, test_items
 
 log = logging.getLogger(__name__)
 
-METRICS = {"gsm8k": "accuracy", "squad": "f1", "mnli": "accuracy"}
+METRICS = {task: choices[0] for task, choices in PRIMARY_CHOICES.items()}
+
+
+def primary_metric(task: str, config: EvalConfig | None = None) -> str:
+    """The metric a task's gains, intervals and significance use: the config's choice, else the default."""
+    chosen = (config.primary_metric.get(task) if config else None) or METRICS[task]
+    if chosen not in PRIMARY_CHOICES[task]:
+        raise ConfigError(f"eval.primary_metric: '{chosen}' is not a per-item metric of {task} "
+                          f"(choose from {', '.join(PRIMARY_CHOICES[task])})")
+    return chosen
 # Base models run on past the answer into a new "Question:"; fine-tuned ones stop at EOS.
 MATH_STOPS = ("\nQuestion:", "\n\n")
 QA_STOPS = ("\n",)
@@ -66,7 +77,8 @@ def _key(task: str, language: str, weights: str, adapter_sha: str | None, data_s
          engine: dict[str, Any]) -> str:
     # Batch size changes speed, not what is scored; the rest changes the predictions.
     settings = config.model_dump(mode="json", exclude={"batch_size", "include_english", "quality_limit",
-                                                       "translate_test", "bootstrap_resamples", "bootstrap_seed"})
+                                                       "translate_test", "bootstrap_resamples", "bootstrap_seed",
+                                                       "primary_metric"})
     return stages.stage_key(stage="evaluate", task=task, language=language, weights=weights, adapter=adapter_sha,
                             data=data_sha, template=TEMPLATE_VERSION, config=settings, engine=engine,
                             stops={"math": MATH_STOPS, "qa": QA_STOPS}, scoring=SCORING_VERSION)
@@ -129,22 +141,37 @@ def item_scores(task: str, language: str, rows: list[dict[str, Any]]) -> dict[st
             out["char_f1"] = [best_over_golds(char_f1, r["prediction"], g) for r, g in zip(rows, golds, strict=True)]
         return out
     if task == "mnli":
+        logprobs = [json.loads(r["output"]) for r in rows]
+        calibrated = calibrated_choices([[lp[label] for label in NLI_LABELS] for lp in logprobs])
         return {"accuracy": [float(r["prediction"] == r["gold"]) for r in rows],
-                "accuracy_norm": [float(nli_choice(json.loads(r["output"]), normalized=True) == r["gold"])
-                                  for r in rows]}
+                "accuracy_norm": [float(nli_choice(lp, normalized=True) == r["gold"])
+                                  for lp, r in zip(logprobs, rows, strict=True)],
+                "accuracy_calibrated": [float(NLI_LABELS[c] == r["gold"]) for c, r in zip(calibrated, rows,
+                                                                                          strict=True)]}
     return {"accuracy": [score_row(task, language, r) for r in rows],
             "answered": [float(bool(r["prediction"])) for r in rows]}  # a number was found at all
 
 
+def corpus_scores(task: str, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Metrics that are not means of per-item scores (no interval here): NLI macro-F1, raw and calibrated."""
+    if task != "mnli":
+        return {}
+    golds = [r["gold"] for r in rows]
+    calibrated = calibrated_choices([[json.loads(r["output"])[label] for label in NLI_LABELS] for r in rows])
+    return {"macro_f1": 100 * macro_f1([r["prediction"] for r in rows], golds, NLI_LABELS),
+            "macro_f1_calibrated": 100 * macro_f1([NLI_LABELS[c] for c in calibrated], golds, NLI_LABELS)}
+
+
 def score_predictions(task: str, language: str, rows: list[dict[str, Any]], resamples: int = RESAMPLES,
-                      seed: int = SEED) -> dict[str, Any]:
+                      seed: int = SEED, metric: str | None = None) -> dict[str, Any]:
     """The scores of a predictions file, recomputed from its rows: every metric in percent, n, and a
     95% bootstrap interval over items for the primary metric (`ci_lo`, `ci_hi`; seed recorded)."""
     if not rows:
         raise DataError(f"no predictions to score for {task} {language}")
     per_item = item_scores(task, language, rows)
     out: dict[str, Any] = {name: 100 * sum(v) / len(v) for name, v in per_item.items()}
-    ci = bootstrap_ci(per_item[METRICS[task]], resamples=resamples, seed=seed)
+    out.update(corpus_scores(task, rows))
+    ci = bootstrap_ci(per_item[metric or METRICS[task]], resamples=resamples, seed=seed)
     out.update(n=len(rows), ci_lo=ci.lo, ci_hi=ci.hi, ci_level=0.95, bootstrap_resamples=resamples,
                bootstrap_seed=seed)
     return out
@@ -195,14 +222,15 @@ def evaluate(task: str, language: str, engine_config: EngineConfig, config: Eval
         full.append(row)
     shards.write_parquet_atomic(pa.Table.from_pylist(full, schema=PRED_SCHEMA), out_folder / "predictions.parquet",
                                 {"stt.key": key})
-    scores = score_predictions(task, language, full, config.bootstrap_resamples, config.bootstrap_seed)
+    metric = primary_metric(task, config)
+    scores = score_predictions(task, language, full, config.bootstrap_resamples, config.bootstrap_seed, metric)
     tokens = sum(r["completion_tokens"] for r in full)
     throughput = {"seconds": round(seconds, 2), "items_per_s": round(len(full) / seconds, 3) if seconds else None,
                   "tokens_per_s": round(tokens / seconds, 2) if seconds and tokens else None}
     log.info("%s %s %s: %s (%d items, %.1fs)", label, task, language,
              {k: round(v, 2) if isinstance(v, float) else v for k, v in scores.items()}, len(full), seconds)
     info = stages.mark_done(out_folder, key, ["predictions.parquet"], stage="evaluate", task=task,
-                            language=language, model=label, metric=METRICS[task], scores=scores,
+                            language=language, model=label, metric=metric, scores=scores,
                             throughput=throughput, model_id=model.model_id, weights_sha256=model.weights_sha256,
                             adapter=str(engine_config.adapter) if engine_config.adapter else None,
                             adapter_sha256=adapter_sha, data_sha256=data_sha, test_set=TEST_SETS[task],

@@ -181,7 +181,7 @@ def planned_steps(examples: int, config: TrainConfig) -> int:
 
 def train_key(model: ResolvedModel, set_key: str, config: TrainConfig) -> str:
     return stages.stage_key(stage="finetune", version=TRAIN_VERSION, weights=model.weights_sha256, set=set_key,
-                            template=TEMPLATE_VERSION, config=config.model_dump(mode="json"))
+                            template=TEMPLATE_VERSION, config=config.model_dump(mode="json", exclude={"seeds"}))
 
 
 def _set_info(set_folder: Path) -> dict[str, Any]:

@@ -17,6 +17,13 @@ from stt.numbers import final_answer, parse_number
 CHAR_LEVEL = {"zh", "th", "ja"}
 
 
+# Per-item metrics a task's primary metric may be (EvalConfig.primary_metric), the default first. NLI:
+# calibrated accuracy (stt.calibration: label bias removed without test labels) is primary because raw
+# accuracy moves with the model's prior over label words as much as with what it learned.
+PRIMARY_CHOICES = {"gsm8k": ("accuracy",), "squad": ("f1", "exact_match"),
+                   "mnli": ("accuracy_calibrated", "accuracy", "accuracy_norm")}
+
+
 def extract_final_number(text: str, language: str = "en") -> str | None:
     """The model's final answer, read with the language's number format (see stt.numbers)."""
     return final_answer(text, language)
@@ -76,10 +83,17 @@ def translation_scores(hypotheses: Sequence[str], references: Sequence[str], lan
     import sacrebleu
 
     refs = [list(references)]
-    tokenize = {"zh": "zh", "ja": "ja-mecab", "th": "char"}.get(language, "13a")
-    try:
-        bleu = sacrebleu.corpus_bleu(list(hypotheses), refs, tokenize=tokenize)
-    except Exception:  # ja-mecab needs an extra package: fall back to characters
-        bleu = sacrebleu.corpus_bleu(list(hypotheses), refs, tokenize="char")
+    tokenize = bleu_tokenizer(language)
+    bleu = sacrebleu.corpus_bleu(list(hypotheses), refs, tokenize=tokenize)
     chrf = sacrebleu.corpus_chrf(list(hypotheses), refs)
-    return {"chrf": round(chrf.score, 2), "bleu": round(bleu.score, 2)}
+    return {"chrf": round(chrf.score, 2), "bleu": round(bleu.score, 2), "bleu_tokenizer": tokenize}
+
+
+# Scripts written without spaces between words: sacrebleu's word tokenizer (13a) would count a whole
+# sentence as one word. zh: sacrebleu's Chinese tokenizer; th, ja, lo, km, my: characters (`char`; `flores200`
+# would need a SentencePiece model from the hub, `ja-mecab` an extra package).
+_BLEU_TOKENIZERS = {"zh": "zh", "th": "char", "ja": "char", "lo": "char", "km": "char", "my": "char"}
+
+
+def bleu_tokenizer(language: str) -> str:
+    return _BLEU_TOKENIZERS.get(language.split("-")[0], "13a")

@@ -50,6 +50,7 @@ class AdapterJob:
     set_name: str
     # Train for as many optimizer steps as this other adapter took (the equal-steps control).
     steps_like: str | None = None
+    seed: int = 0  # train.seed of this replicate
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,18 @@ class EvalJob:
     adapter: str | None  # the adapter's folder name; None for the base model
     language: str
     translate_test: bool = False  # inputs translated into English by the base model first
+    seed: int | None = None  # the adapter's training seed (None: the base model, trained by nobody)
+    replicate: str = ""  # folder-name suffix of a replicate after the first (".seed1")
 
     @property
     def name(self) -> str:
-        return f"{self.model}-{self.language}"
+        return f"{self.model}-{self.language}{self.replicate}"
+
+
+def replicate_suffix(config: RunConfig, seed: int) -> str:
+    """The first seed's adapters and evaluations keep their plain names (a one-seed run is unchanged, and
+    adding seeds to a run reuses its first replicate); the others get `.seed<k>`."""
+    return "" if seed == config.train.replicate_seeds()[0] else f".seed{seed}"
 
 
 @dataclass(frozen=True)
@@ -98,19 +107,28 @@ def plan_task(config: RunConfig, task: str) -> TaskPlan:
         kinds.append("human-translate-train")
     sets = [SetJob("english", None, "english")]
     sets += [SetJob(kind, lang, set_name(kind, lang)) for kind in kinds for lang in config.languages]
-    adapters = [AdapterJob(s.name, s.name) for s in sets]
     stt_sets = {s.language: s.name for s in sets if s.kind == "self-translate-train"}
-    if config.controls.equal_steps:
-        adapters += [AdapterJob(f"english-steps-{lang}", "english", steps_like=stt_sets[lang])
-                     for lang in config.languages if lang in stt_sets]
     eval_langs = (["en"] if config.eval.include_english else []) + list(config.languages)
+    adapters: list[AdapterJob] = []
     evals = [EvalJob("base", None, lang) for lang in eval_langs]
-    evals += [EvalJob("zero-shot", "english", lang) for lang in eval_langs]
-    evals += [EvalJob("zero-shot-equal-steps", a.name, a.name.rsplit("-", 1)[1]) for a in adapters if a.steps_like]
-    # A language's Self-Translate-Train (and code-switch, human) model is scored in that language.
-    evals += [EvalJob(MODEL_OF_SET[s.kind], s.name, s.language) for s in sets if s.language]
-    if config.controls.translate_test and supported(task):
-        evals += [EvalJob("translate-test", "english", lang, translate_test=True) for lang in config.languages]
+    for seed in config.train.replicate_seeds():
+        rep = replicate_suffix(config, seed)
+        adapters += [AdapterJob(s.name + rep, s.name, seed=seed) for s in sets]
+        evals += [EvalJob("zero-shot", "english" + rep, lang, seed=seed, replicate=rep) for lang in eval_langs]
+        # Under a step budget (train.max_steps) every arm already trains as long as Self-Translate-Train: the
+        # equal-steps control would be the zero-shot adapter again.
+        if config.controls.equal_steps and not config.train.max_steps:
+            for lang in (lang for lang in config.languages if lang in stt_sets):
+                adapters.append(AdapterJob(f"english-steps-{lang}{rep}", "english", steps_like=stt_sets[lang] + rep,
+                                           seed=seed))
+                evals.append(EvalJob("zero-shot-equal-steps", f"english-steps-{lang}{rep}", lang, seed=seed,
+                                     replicate=rep))
+        # A language's Self-Translate-Train (and code-switch, human) model is scored in that language.
+        evals += [EvalJob(MODEL_OF_SET[s.kind], s.name + rep, s.language, seed=seed, replicate=rep)
+                  for s in sets if s.language]
+        if config.controls.translate_test and supported(task):
+            evals += [EvalJob("translate-test", "english" + rep, lang, translate_test=True, seed=seed, replicate=rep)
+                      for lang in config.languages]
     plan = TaskPlan(task, config.root / task, tuple(sets), tuple(adapters), tuple(evals))
     folders = [plan.root, plan.translate_dir, *(plan.set_dir(s.name) for s in plan.sets),
                *(plan.adapter_dir(a.name) for a in plan.adapters), *(plan.eval_dir(e) for e in plan.evals),
@@ -121,14 +139,16 @@ def plan_task(config: RunConfig, task: str) -> TaskPlan:
 
 
 def adapter_train_config(config: RunConfig, plan: TaskPlan, job: AdapterJob) -> TrainConfig:
-    """The training config of one adapter: the run's, with max_steps copied for the equal-steps control."""
+    """The training config of one adapter: the run's, with its replicate's seed, and max_steps copied for the
+    equal-steps control."""
+    train = config.train.model_copy(update={"seed": job.seed, "seeds": ()})
     if not job.steps_like:
-        return config.train
+        return train
     marker = plan.adapter_dir(job.steps_like) / stages.MARKER
     if not marker.is_file():
         raise DataError(f"{job.name} trains for as many steps as {job.steps_like}: train that adapter first")
     steps = json.loads(marker.read_text())["metrics"]["steps"]
-    return config.train.model_copy(update={"max_steps": steps})
+    return train.model_copy(update={"max_steps": steps})
 
 
 def eval_engine(config: RunConfig, plan: TaskPlan, job: EvalJob) -> EngineConfig:
@@ -160,6 +180,13 @@ def notes(config: RunConfig) -> list[str]:
             out.append(f"No human translate-train for {task}: its training items have no human translations.")
         if config.controls.translate_test and task == "squad":
             out.append("No translate-test for QA: the answer would be an English span, not one of the context.")
+    if config.controls.equal_steps and config.train.max_steps:
+        out.append(f"Step budget: every adapter trains for train.max_steps = {config.train.max_steps} optimizer "
+                   "steps, so the equal-steps control (zero-shot trained as long as Self-Translate-Train) is the "
+                   "zero-shot column itself and is not trained separately.")
+    if len(config.train.replicate_seeds()) > 1:
+        out.append(f"Training seeds: {list(config.train.replicate_seeds())} (each adapter trained once per seed: "
+                   "data order and LoRA initialisation); the base model is evaluated once.")
     if config.eval.limit and config.eval.sample_seed is not None:
         out.append(f"Evaluation on {config.eval.limit} test items per language drawn at random (seed "
                    f"{config.eval.sample_seed}; the same items in every language and column).")
@@ -177,7 +204,7 @@ def collect(config: RunConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any
     for task in config.tasks:
         plan = plan_task(config, task)
         for job in plan.evals:
-            evaluations.append(_finished(plan.eval_dir(job), "evaluation", "evaluate-stage"))
+            evaluations.append({**_finished(plan.eval_dir(job), "evaluation", "evaluate-stage"), "seed": job.seed})
         for lang in config.languages:
             quality.append(_finished(plan.quality_dir(lang), "translation quality", "evaluate-stage"))
     return evaluations, quality
@@ -208,6 +235,6 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
 def _run_pipeline(config: RunConfig) -> dict[str, Any]:
     from stt.jobs import run_plan
 
-    done = run_plan(config)
-    return write_report(config.root, done["evaluate"], done["quality"], json.loads(config.model_dump_json()),
-                        notes(config))
+    run_plan(config)
+    evaluations, quality = collect(config)  # the same reading of the run folder as the Prefect report flow
+    return write_report(config.root, evaluations, quality, json.loads(config.model_dump_json()), notes(config))

@@ -15,8 +15,21 @@ import pandas as pd
 import pyarrow as pa
 
 from stt.errors import DataError
+from stt.evaluate import METRICS, item_scores
 from stt.shards import write_parquet_atomic, write_text_atomic
-from stt.stats import RESAMPLES, SEED, Difference, paired_bootstrap
+from stt.stats import (
+    RESAMPLES,
+    SEED,
+    Difference,
+    Interval,
+    SeededDifference,
+    SeededInterval,
+    bootstrap_ci,
+    holm,
+    paired_bootstrap,
+    seeded_ci,
+    seeded_paired,
+)
 
 # Column of the table -> evaluation model label.
 MODEL_COLUMNS = {"base": "base", "zero_shot": "zero-shot", "zero_shot_steps": "zero-shot-equal-steps",
@@ -34,57 +47,120 @@ GAIN_SHOWN = {"gain": "gain (STT - zero-shot)", "gain_vs_equal_steps": "STT - ze
               "filter_gain": "STT - STT unfiltered"}
 
 
-def _item_scores(path: str) -> pd.Series:
-    df = pd.read_parquet(path, columns=["index", "score"])
-    return df.set_index("index")["score"]
+ALPHA = 0.05  # family-wise error rate of the declared comparisons (Holm)
 
 
-def compare(new_predictions: str, baseline_predictions: str, resamples: int = RESAMPLES,
-            seed: int = SEED) -> Difference:
-    """Paired bootstrap of new - baseline over the items both predictions files scored."""
-    new, base = _item_scores(new_predictions), _item_scores(baseline_predictions)
-    common = new.index.intersection(base.index)
-    if len(common) != len(new) or len(common) != len(base):
-        raise DataError(f"{new_predictions} and {baseline_predictions} scored different items "
-                        f"({len(new)} vs {len(base)}, {len(common)} shared): a gain needs the same items")
-    return paired_bootstrap(base.loc[common].to_numpy(), new.loc[common].to_numpy(), resamples, seed)
+def _item_scores(path: str, task: str, language: str, metric: str) -> pd.Series:
+    """Per-item scores of `metric`, recomputed from the saved rows (labels read from the file's gold)."""
+    rows = pd.read_parquet(path).to_dict("records")
+    return pd.Series(item_scores(task, language, rows)[metric], index=[r["index"] for r in rows])
+
+
+def _aligned(series: list[pd.Series], where: str) -> pd.DataFrame:
+    """Per-item scores of several evaluations on the same items: one row per evaluation."""
+    index = series[0].index
+    for other in series[1:]:
+        common = index.intersection(other.index)
+        if len(common) != len(index) or len(common) != len(other):
+            raise DataError(f"{where}: the models scored different items ({len(index)} vs {len(other)}, "
+                            f"{len(common)} shared): a gain needs the same items")
+    return pd.DataFrame([s.loc[index].to_numpy() for s in series], columns=index)
+
+
+def compare(new: dict[int | None, pd.Series], base: dict[int | None, pd.Series], resamples: int = RESAMPLES,
+            seed: int = SEED, where: str = "") -> Difference | SeededDifference:
+    """new - baseline, paired on items, and on training seeds when there are several: seed k of one arm
+    against seed k of the other (the base model, trained by nobody, stands against every seed).
+    Per-item scores by seed (None: the base model)."""
+    seeds = sorted(k for k in new if k is not None) or [None]
+    if set(base) != {None} and set(base) != set(new):
+        raise DataError(f"{where}: the two arms were trained with different seeds ({sorted(new)} vs {sorted(base)})")
+    rows = _aligned([new[k] for k in seeds] + [base.get(k, base.get(None)) for k in seeds], where).to_numpy()
+    n = len(seeds)
+    if n == 1:
+        return paired_bootstrap(rows[1], rows[0], resamples, seed)
+    return seeded_paired(rows[n:], rows[:n], resamples, seed)
+
+
+def _score(by_seed: dict[int | None, pd.Series], resamples: int, seed: int, where: str
+           ) -> Interval | SeededInterval:
+    seeds = sorted(by_seed, key=lambda k: -1 if k is None else k)
+    values = _aligned([by_seed[k] for k in seeds], where).to_numpy()
+    if len(seeds) == 1:
+        return bootstrap_ci(values[0], resamples, seed)
+    return seeded_ci(values, resamples, seed)
+
+
+def _seed_fields(prefix: str, stat: Interval) -> dict[str, Any]:
+    if not isinstance(stat, SeededInterval):
+        return {f"{prefix}_seeds": 1}
+    return {f"{prefix}_seeds": stat.seeds, f"{prefix}_seed_sd": stat.seed_sd,
+            f"{prefix}_per_seed": json.dumps(stat.per_seed)}
 
 
 def results_table(evaluations: list[dict[str, Any]], quality: list[dict[str, Any]], resamples: int = RESAMPLES,
-                  seed: int = SEED) -> pd.DataFrame:
-    """Rows: (task, language). Per model column: the main metric, its 95% interval and n; per comparison:
-    the paired gain, its interval and p-value; translation chrF and BLEU."""
+                  seed: int = SEED, primary: dict[str, str] | None = None) -> pd.DataFrame:
+    """Rows: (task, language). Per model column: the primary metric (`primary`: task -> metric, default the
+    task's, see stt.metrics.PRIMARY_CHOICES), recomputed from the predictions: over one seed, the mean with a
+    bootstrap interval over items; over several training seeds (`seed` of each evaluation), the mean over
+    seeds with a two-level interval (seeds, then items), the seeds' standard deviation and each seed's score.
+    Per comparison: the paired gain (items and seeds), its interval, raw and Holm-adjusted p-value (over
+    every comparison in the table), significance at the adjusted p. Translation chrF and BLEU (tokenizer)."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
+    per_item: dict[tuple[str, str, str], dict[int | None, pd.Series]] = {}
     by_label = {label: column for column, label in MODEL_COLUMNS.items()}
     for e in evaluations:
-        row = rows.setdefault((e["task"], e["language"]), {"task": e["task"], "language": e["language"],
-                                                           "metric": e["metric"], "n": e["scores"]["n"]})
+        task, language = e["task"], e["language"]
+        metric = (primary or {}).get(task) or METRICS[task]
+        row = rows.setdefault((task, language), {"task": task, "language": language, "metric": metric,
+                                                 "n": e["scores"]["n"]})
         column = by_label.get(e["model"])
         if column is None:
             continue
-        sc = e["scores"]
-        row[column] = round(sc[e["metric"]], 2)
-        row[f"{column}_lo"], row[f"{column}_hi"] = sc.get("ci_lo"), sc.get("ci_hi")
-        row[f"{column}_n"] = sc["n"]
-        row[f"{column}_scores"] = json.dumps({k: v for k, v in sc.items() if isinstance(v, float)})
-        row[f"{column}_predictions"] = str(Path(e["folder"]) / "predictions.parquet")
-        row["n"] = max(row["n"], sc["n"])
-    for row in rows.values():
+        predictions = str(Path(e["folder"]) / "predictions.parquet")
+        seeds = per_item.setdefault((task, language, column), {})
+        if e.get("seed") in seeds:
+            raise DataError(f"{task} {language}: two evaluations of {e['model']} with training seed {e.get('seed')}")
+        seeds[e.get("seed")] = _item_scores(predictions, task, language, metric)
+        if len(seeds) == 1:  # the first replicate's files and secondary scores stand for the column
+            row[f"{column}_scores"] = json.dumps({k: v for k, v in e["scores"].items() if isinstance(v, float)})
+            row[f"{column}_predictions"] = predictions
+    for (task, language, column), by_seed in per_item.items():
+        row = rows[(task, language)]
+        ci = _score(by_seed, resamples, seed, f"{task} {language} {MODEL_COLUMNS[column]}")
+        row[column], row[f"{column}_lo"], row[f"{column}_hi"] = round(ci.value, 2), ci.lo, ci.hi
+        row[f"{column}_n"] = ci.n
+        row.update(_seed_fields(column, ci))
+        row["n"] = max(row["n"], ci.n)
+    family: list[tuple[dict[str, Any], str]] = []
+    for (task, language), row in rows.items():
         for name, new, baseline in COMPARISONS:
-            if f"{new}_predictions" in row and f"{baseline}_predictions" in row:
-                d = compare(row[f"{new}_predictions"], row[f"{baseline}_predictions"], resamples, seed)
+            if (task, language, new) in per_item and (task, language, baseline) in per_item:
+                d = compare(per_item[(task, language, new)], per_item[(task, language, baseline)], resamples, seed,
+                            where=f"{task} {language}: {MODEL_COLUMNS[new]} vs {MODEL_COLUMNS[baseline]}")
                 row[name], row[f"{name}_lo"], row[f"{name}_hi"] = round(d.value, 2), d.lo, d.hi
-                row[f"{name}_p"], row[f"{name}_significant"] = d.p_value, d.significant
+                row[f"{name}_p"] = d.p_value
+                row.update(_seed_fields(name, d))
+                family.append((row, name))
+        if language == "en" and (task, language, "zero_shot") in per_item and (task, language, "base") in per_item:
+            # The English reference: how much fine-tuning taught the task at all. Not a claim about the method,
+            # so outside the Holm family.
+            d = compare(per_item[(task, language, "zero_shot")], per_item[(task, language, "base")], resamples,
+                        seed, where=f"{task} en: zero-shot vs base")
+            row["learned"], row["learned_lo"], row["learned_hi"], row["learned_p"] = d.value, d.lo, d.hi, d.p_value
+    for (row, name), adjusted in zip(family, holm([row[f"{name}_p"] for row, name in family]), strict=True):
+        row[f"{name}_p_holm"], row[f"{name}_significant"] = adjusted, adjusted < ALPHA
     for q in quality:
         row = rows.get((q["task"], q["language"]))
         if row is not None:
             row["chrf"], row["bleu"] = q["scores"]["chrf"], q["scores"]["bleu"]
+            row["bleu_tokenizer"] = q["scores"].get("bleu_tokenizer")
     df = pd.DataFrame(list(rows.values()))
     for column in [*MODEL_COLUMNS, *(c for c, *_ in COMPARISONS), "chrf", "bleu"]:
         for suffix in ("", "_lo", "_hi") if column not in ("chrf", "bleu") else ("",):
             if column + suffix not in df:
                 df[column + suffix] = float("nan")
-    df["bootstrap_seed"], df["bootstrap_resamples"] = seed, resamples
+    df["bootstrap_seed"], df["bootstrap_resamples"], df["comparisons_in_family"] = seed, resamples, len(family)
     order = ["task", "language", "metric", "n", *MODEL_COLUMNS, *(c for c, *_ in COMPARISONS), "chrf", "bleu"]
     rest = [c for c in df.columns if c not in order]
     df["_en"] = df["language"] != "en"  # English first: the language the model was fine-tuned in
@@ -101,23 +177,33 @@ def _fmt(v: object, lo: object, hi: object, signed: bool = False) -> str:
     return f"{sign}{v:.1f}"
 
 
+def _sd(df: pd.DataFrame, column: str, i: int) -> str:
+    """` sd 2.1/3` after a score over several training seeds: the seeds' standard deviation and count."""
+    sd, k = df.get(f"{column}_seed_sd"), df.get(f"{column}_seeds")
+    if sd is None or k is None or sd.iloc[i] != sd.iloc[i] or k.iloc[i] != k.iloc[i] or k.iloc[i] < 2:
+        return ""
+    return f" sd {sd.iloc[i]:.1f}/{int(k.iloc[i])}"
+
+
 def display_table(df: pd.DataFrame) -> pd.DataFrame:
     """The table people read: score [95% CI] per model, gains with CI, p-value and significance."""
     out = df[["task", "language", "metric", "n"]].copy()
     for column, title in SHOWN.items():
         if df[column].notna().any():
-            out[title] = [_fmt(v, lo, hi) for v, lo, hi in zip(df[column], df[f"{column}_lo"], df[f"{column}_hi"],
-                                                                strict=True)]
+            out[title] = [_fmt(v, lo, hi) + _sd(df, column, i)
+                          for i, (v, lo, hi) in enumerate(zip(df[column], df[f"{column}_lo"], df[f"{column}_hi"],
+                                                              strict=True))]
     for name, *_ in COMPARISONS:
         if df[name].notna().any():
             cells = []
-            for v, lo, hi, p in zip(df[name], df[f"{name}_lo"], df[f"{name}_hi"], df.get(f"{name}_p", df[name]),
-                                    strict=True):
+            for v, lo, hi, p, adj in zip(df[name], df[f"{name}_lo"], df[f"{name}_hi"], df[f"{name}_p"],
+                                         df[f"{name}_p_holm"], strict=True):
                 if v != v:
                     cells.append("-")
                     continue
-                mark = "" if not (lo <= 0 <= hi) else " n.s."
-                cells.append(f"{_fmt(v, lo, hi, signed=True)} p={p:.3f}{mark}")
+                mark = "" if adj < ALPHA else " n.s."
+                cells.append(f"{_fmt(v, lo, hi, signed=True)}{_sd(df, name, len(cells))} p={p:.3f} "
+                             f"(Holm {adj:.3f}){mark}")
             out[GAIN_SHOWN[name]] = cells
     out["translation chrF"] = [("-" if v != v else f"{v:.1f}") for v in df["chrf"]]
     return out
@@ -155,6 +241,11 @@ def plot(df: pd.DataFrame, path: Path) -> Path:
             err = [(values - sub[f"{column}_lo"]).fillna(0).clip(lower=0),
                    (sub[f"{column}_hi"] - values).fillna(0).clip(lower=0)]
             ax.bar([i + k * width for i in x], values.fillna(0), width, yerr=err, capsize=2, label=SHOWN[column])
+            if f"{column}_per_seed" in sub:  # every training seed's own score, over its bar
+                for i, points in zip(x, sub[f"{column}_per_seed"], strict=True):
+                    if isinstance(points, str):
+                        ys = json.loads(points)
+                        ax.plot([i + k * width] * len(ys), ys, "k.", ms=4, zorder=3)
         ax.set_xticks([i + width * (len(columns) - 1) / 2 for i in x])
         ax.set_xticklabels(sub["language"])
         ax.set_title(f"{task} ({sub['metric'].iloc[0]}, n={int(sub['n'].max())}, 95% CI)")
@@ -164,6 +255,32 @@ def plot(df: pd.DataFrame, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def steps_check(root: Path) -> list[str]:
+    """Are the arms matched? Per task, every adapter with its optimizer steps; matched when all took the same
+    number (train.max_steps: one step budget for every arm, whatever its set's size)."""
+    lines = []
+    for task_dir in sorted(p for p in Path(root).glob("*/adapters") if p.is_dir()):
+        steps, batch = {}, 0
+        for marker in sorted(task_dir.glob("*/_manifest.json")):
+            m = json.loads(marker.read_text())
+            if "steps" in m.get("metrics", {}):
+                steps[marker.parent.name] = m["metrics"]["steps"]
+                train = m.get("config", {})
+                batch = train.get("batch_size", 0) * train.get("gradient_accumulation", 1)
+        if not steps:
+            continue
+        task, listing = task_dir.parent.name, ", ".join(f"{k} {v}" for k, v in steps.items())
+        if len(set(steps.values())) == 1:
+            lines.append(f"Matched arms, {task}: every adapter took {next(iter(steps.values()))} optimizer steps of "
+                         f"{batch} rows (train.max_steps is the shared step budget; a smaller set is cycled through "
+                         f"more epochs): {listing}.")
+        else:
+            lines.append(f"Arms **not matched** in training, {task}: optimizer steps per adapter: {listing}. A gain "
+                         "between two arms mixes their data with their amount of training; set train.max_steps to "
+                         "give every arm one step budget.")
+    return lines
 
 
 def training_notes(root: Path) -> list[str]:
@@ -199,24 +316,94 @@ def translation_notes(root: Path) -> list[str]:
     return notes
 
 
+def _interval_note(df: pd.DataFrame, resamples: int, seed: int) -> str:
+    seeded = [c for c in df.columns if c.endswith("_seeds") and (df[c].fillna(1) > 1).any()]
+    if not seeded:
+        return (f"Intervals: percentile bootstrap over test items, {resamples} resamples, seed {seed}. One training "
+                "seed per adapter: the intervals hold the sampling of test items only, not the variance between "
+                "training runs (set train.seeds to measure it).")
+    k = int(max(df[c].max() for c in seeded))
+    return (f"Intervals: two-level percentile bootstrap over {k} training seeds and then test items (each resample "
+            f"draws seeds with replacement, then items within each drawn seed), {resamples} resamples, seed {seed}; "
+            "gains are paired on seeds and items; `sd x/k` = the standard deviation of the k seeds' scores. The "
+            "plot shows each seed's score as a dot.")
+
+
+def bleu_notes(df: pd.DataFrame) -> list[str]:
+    """Which BLEU tokenizer each language's score used (word-based BLEU on unsegmented scripts is meaningless)."""
+    if "bleu_tokenizer" not in df:
+        return []
+    used = {r["language"]: r["bleu_tokenizer"] for _, r in df.iterrows() if isinstance(r.get("bleu_tokenizer"), str)}
+    if not used:
+        return []
+    return ["Translation BLEU (sacrebleu) tokenizer per language: " + ", ".join(f"{k}: `{v}`" for k, v in
+            sorted(used.items())) + "; chrF needs no tokenizer and is the translation score the plot uses."]
+
+
 def _markdown_table(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, disable_numparse=True)
 
 
-def markdown(df: pd.DataFrame, config: dict[str, Any], notes: list[str]) -> str:
+def _gain_text(row: pd.Series, name: str) -> str:
+    return (f"{_fmt(row[name], row[f'{name}_lo'], row[f'{name}_hi'], signed=True)} points, p = {row[f'{name}_p']:.3f}"
+            f" (Holm {row[f'{name}_p_holm']:.3f})")
+
+
+def design_checks(df: pd.DataFrame) -> list[str]:
+    """What the report must say before any claim about Self-Translate-Train: whether the design could have
+    detected target-language training data (the positive control: human translate-train over zero-shot on
+    the primary metric) and how much the adapters learned the task in English (the reference)."""
+    lines = []
+    for _, row in df.iterrows():
+        where = f"{row['task']} {row['language']} ({row['metric']})"
+        if row["language"] == "en":
+            if row.get("learned") == row.get("learned"):
+                learned = row["learned_lo"] > 0
+                lines.append(f"English reference, {where}: zero-shot - base = "
+                             f"{_fmt(row['learned'], row['learned_lo'], row['learned_hi'], signed=True)} points "
+                             f"(p = {row['learned_p']:.3f}, outside the Holm family): the English adapter "
+                             f"{'learned' if learned else 'did not measurably learn'} the task in the language it "
+                             "was trained in.")
+            continue
+        if row["human_gain"] != row["human_gain"]:
+            lines.append(f"Positive control, {where}: not run (controls.human_translate_train off or no human "
+                         "translations for this task): nothing shows that this design can detect a gain from "
+                         "target-language training data, so a null Self-Translate-Train result is not evidence "
+                         "of no effect.")
+        elif row["human_gain"] > 0 and bool(row["human_gain_significant"]):
+            lines.append(f"Positive control, {where}: **passed**. Human translate-train beats zero-shot by "
+                         f"{_gain_text(row, 'human_gain')}: the design detects target-language training data.")
+        else:
+            lines.append(f"Positive control, {where}: **failed**. Human translate-train - zero-shot = "
+                         f"{_gain_text(row, 'human_gain')}: gold target-language data does not beat zero-shot "
+                         "here, so this run **cannot judge Self-Translate-Train** for this task and language.")
+    return lines
+
+
+def markdown(df: pd.DataFrame, config: dict[str, Any], notes: list[str], root: Path | None = None) -> str:
+    checks = design_checks(df) + (steps_check(root) if root else [])
+    metrics = ", ".join(f"{t}: `{m}`" for t, m in dict(zip(df["task"], df["metric"], strict=True)).items())
     lines = [f"# Self-Translate-Train: {config.get('name', 'run')}", "",
              f"Model `{config['engine']['model']}`, languages {', '.join(config['languages'])}, "
              f"tasks {', '.join(config['tasks'])}.", "",
+             f"Primary metric, declared in the config before the run (`eval.primary_metric`): {metrics}. "
+             "Every score, interval, gain, p-value and the plot use it.", "",
+             "## Design checks (read these first)", "", *[f"- {c}" for c in checks], "",
+             "## Results", "",
              "Columns: the task metric (%) with its 95% bootstrap interval over test items, of the base model, "
              "zero-shot transfer (LoRA on English only), the controls that are enabled (zero-shot trained for as "
              "many optimizer steps as Self-Translate-Train; English + human translations of the same items; "
              "translate-test) and Self-Translate-Train (LoRA on English + the model's own translations into the "
              "row's language). Gains are paired over the same items: difference [95% CI], two-sided bootstrap "
-             "p-value; `n.s.` = the interval contains 0 (not significant). Translation chrF = the model's en->X "
+             "p-value and its Holm adjustment over every comparison in the table (`comparisons_in_family` in "
+             "`results.parquet`); `n.s.` = the Holm-adjusted p is at least 0.05. Translation chrF = the model's en->X "
              "translation of human-translated test items, scored against the human translation.", "",
-             "Metrics: MGSM accuracy (final number, read with the language's number format); XNLI accuracy "
-             "(label with the highest summed log-likelihood, lm-evaluation-harness `acc`; `accuracy_norm` in "
-             "`results.parquet`); XQuAD F1 with the official SQuAD v1.1 normalisation (exact match and, for "
+             "Metrics: MGSM accuracy (final number, read with the language's number format); XNLI calibrated "
+             "accuracy (`accuracy_calibrated`: per-label biases fitted by prior matching on the other half of the "
+             "test inputs, no label used, see stt.calibration; raw `accuracy` = the label with the highest summed "
+             "log-likelihood, lm-evaluation-harness `acc`; `accuracy_norm`, `macro_f1` and `macro_f1_calibrated` "
+             "in each column's scores in `results.parquet`); XQuAD F1 with the official SQuAD v1.1 "
+             "normalisation (exact match and, for "
              "zh/th, character F1 in `results.parquet`).", "",
              _markdown_table(display_table(df)), ""]
     lines += [f"- {n}" for n in notes]
@@ -231,15 +418,16 @@ def write_report(root: Path, evaluations: list[dict[str, Any]], quality: list[di
     root.mkdir(parents=True, exist_ok=True)
     ev = config.get("eval", {})
     resamples, seed = ev.get("bootstrap_resamples", RESAMPLES), ev.get("bootstrap_seed", SEED)
-    df = results_table(evaluations, quality, resamples, seed)
+    df = results_table(evaluations, quality, resamples, seed, ev.get("primary_metric") or {})
     notes = [*(notes or []), *translation_notes(root), *training_notes(root),
-             f"Intervals: percentile bootstrap over test items, {resamples} resamples, seed {seed}."]
+             _interval_note(df, resamples, seed),
+             *bleu_notes(df)]
     # Atomic writes (temp + rename): a run killed here leaves the previous report or none, never half of one.
     write_parquet_atomic(pa.Table.from_pandas(df, preserve_index=False), root / "results.parquet")
     tmp_plot = root / f".plot.{os.getpid()}.tmp.png"
     plot(df, tmp_plot)
     os.replace(tmp_plot, root / "plot.png")
-    md = markdown(df, config, notes or [])
+    md = markdown(df, config, notes or [], root)
     write_text_atomic(root / "report.md", md)
     write_text_atomic(root / "config.json", json.dumps(config, indent=2, default=str))
     return {"results": str(root / "results.parquet"), "report": str(root / "report.md"),

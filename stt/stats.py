@@ -83,3 +83,88 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = RE
     extreme = int(np.sum(np.abs(means - observed) >= abs(observed) - 1e-12))
     p = (extreme + 1) / (resamples + 1)
     return Difference(round(observed, 4), round(lo, 4), round(hi, 4), len(diff), round(min(1.0, p), 6))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values for a family of comparisons (controls the family-wise error
+    rate without assuming independence). The i-th smallest p is multiplied by (m - i), running maximum,
+    capped at 1; returned in the input's order."""
+    p = np.asarray(p_values, dtype=float)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return [round(float(v), 6) for v in adjusted]
+
+
+@dataclass(frozen=True)
+class SeededInterval(Interval):
+    """A score over training seeds and test items: the mean over seeds, a two-level bootstrap interval
+    (seeds resampled, then items within each drawn seed) and the standard deviation of the seeds' means."""
+
+    seeds: int
+    seed_sd: float
+    per_seed: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class SeededDifference(SeededInterval):
+    p_value: float
+
+    @property
+    def significant(self) -> bool:
+        return not (self.lo <= 0.0 <= self.hi)
+
+
+def _two_level_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """values: seeds x items. Each resample draws seeds with replacement, then items with replacement
+    independently for every drawn seed, and averages. One seed: the item bootstrap."""
+    rng = np.random.default_rng(seed)
+    s, n = values.shape
+    out = np.empty(resamples)
+    for start in range(0, resamples, _CHUNK):
+        k = min(_CHUNK, resamples - start)
+        seeds = rng.integers(0, s, size=(k, s))
+        items = rng.integers(0, n, size=(k, s, n))
+        out[start : start + k] = values[seeds[:, :, None], items].mean(axis=(1, 2))
+    return out
+
+
+def _seeded(values: np.ndarray) -> tuple[float, float, tuple[float, ...]]:
+    per_seed = values.mean(axis=1)
+    sd = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0
+    return float(per_seed.mean()), sd, tuple(round(float(v), 4) for v in per_seed)
+
+
+def seeded_ci(scores: Sequence[Sequence[float]], resamples: int = RESAMPLES, seed: int = SEED,
+              confidence: float = CONFIDENCE, scale: float = 100.0) -> SeededInterval:
+    """Two-level percentile bootstrap interval of the mean score, in percent. scores: one row per training
+    seed, the same items in every row."""
+    values = np.asarray(scores, dtype=float) * scale
+    if values.ndim != 2 or values.size == 0:
+        raise ValueError("scores must be seeds x items, non-empty")
+    mean, sd, per_seed = _seeded(values)
+    lo, hi = _bounds(_two_level_means(values, resamples, seed), confidence)
+    return SeededInterval(round(mean, 4), round(lo, 4), round(hi, 4), values.shape[1], values.shape[0],
+                          round(sd, 4), per_seed)
+
+
+def seeded_paired(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], resamples: int = RESAMPLES,
+                  seed: int = SEED, confidence: float = CONFIDENCE, scale: float = 100.0) -> SeededDifference:
+    """mean(b - a) over seeds and items, paired on both: seed k of b against seed k of a (the same data order
+    and initialisation seed), item i against item i. Two-level bootstrap of the differences; two-sided
+    p-value from the resampled gains moved to mean 0."""
+    a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a_arr.shape != b_arr.shape or a_arr.ndim != 2 or a_arr.size == 0:
+        raise ValueError(f"paired scores need the same seeds and items: {a_arr.shape} vs {b_arr.shape}")
+    diff = (b_arr - a_arr) * scale
+    mean, sd, per_seed = _seeded(diff)
+    means = _two_level_means(diff, resamples, seed)
+    lo, hi = _bounds(means, confidence)
+    extreme = int(np.sum(np.abs(means - mean) >= abs(mean) - 1e-12))
+    p = min(1.0, (extreme + 1) / (resamples + 1))
+    return SeededDifference(round(mean, 4), round(lo, 4), round(hi, 4), diff.shape[1], diff.shape[0],
+                            round(sd, 4), per_seed, round(p, 6))

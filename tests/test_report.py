@@ -40,7 +40,7 @@ def test_table_numbers_equal_hand_computation(tmp_path):
                    _predictions(tmp_path / "base", "base", "de", [i % 3 == 0 for i in range(n)])]
     quality = [{"task": "mnli", "language": "de", "scores": {"chrf": 51.2, "bleu": 20.1}}]
     config = {"name": "t", "engine": {"model": "m"}, "languages": ["de"], "tasks": ["mnli"],
-              "eval": {"bootstrap_resamples": 20000, "bootstrap_seed": 0}}
+              "eval": {"bootstrap_resamples": 20000, "bootstrap_seed": 0, "primary_metric": {"mnli": "accuracy"}}}
     out = write_report(tmp_path / "run", evaluations, quality, config)
     r = pd.read_parquet(out["results"]).iloc[0]
     assert (r["zero_shot"], r["stt"], r["zero_shot_steps"], r["base"]) == (40.0, 50.0, 42.0, 33.5)
@@ -61,7 +61,8 @@ def test_a_gain_whose_interval_contains_zero_is_marked(tmp_path):
     b = [(i % 2 == 0) != (i in (0, 1)) for i in range(40)]  # one won, one lost: gain 0
     evaluations = [_predictions(tmp_path / "zs", "zero-shot", "th", a),
                    _predictions(tmp_path / "stt", "self-translate-train", "th", b)]
-    config = {"name": "t", "engine": {"model": "m"}, "languages": ["th"], "tasks": ["mnli"]}
+    config = {"name": "t", "engine": {"model": "m"}, "languages": ["th"], "tasks": ["mnli"],
+              "eval": {"primary_metric": {"mnli": "accuracy"}}}
     out = write_report(tmp_path / "run", evaluations, [], config)
     r = pd.read_parquet(out["results"]).iloc[0]
     assert r["gain"] == 0.0 and not bool(r["gain_significant"]) and r["gain_p"] == 1.0

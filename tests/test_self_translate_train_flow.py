@@ -108,6 +108,7 @@ def test_artifacts_are_published(first):
     assert "data:image/png;base64," in found[0].data
 
 
+@pytest.mark.full  # default tier: the key table (test_stage_key_table) proves which keys an eval setting changes
 def test_changing_only_evaluation_reruns_only_evaluation(first, config):
     adapters = config.root / "gsm8k" / "adapters"
     before = {p: (p / "_manifest.json").read_text() for p in adapters.iterdir()}

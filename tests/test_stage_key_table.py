@@ -112,6 +112,8 @@ TABLE: dict[str, tuple[Any, frozenset[str]]] = {
     "train.answer_only_logits": (False, AFTER_TRAIN),
     "train.group_by_length": (False, AFTER_TRAIN),
     "train.seed": (1, AFTER_TRAIN),
+    # Replicates: the first seed keeps its adapters and evaluations (names and keys); the others are added.
+    "train.seeds": ([0, 1], NONE),
     # eval: what is scored changes the evaluations; how fast and how intervals are drawn do not.
     "eval.limit": (2, EVAL),
     "eval.sample_seed": (3, EVAL),
@@ -123,6 +125,7 @@ TABLE: dict[str, tuple[Any, frozenset[str]]] = {
     "eval.quality_limit": (3, frozenset({"quality"})),
     "eval.bootstrap_resamples": (200, NONE),
     "eval.bootstrap_seed": (1, NONE),
+    "eval.primary_metric": ({"gsm8k": "accuracy"}, NONE),  # the report recomputes scores from predictions
     "controls.equal_steps": (False, NONE),
     "controls.human_translate_train": (True, NONE),
     "controls.translate_test": (False, NONE),
@@ -170,12 +173,18 @@ ADDED: dict[str, set[str]] = {
                                        "mnli/finetune/human-translate-train-de",
                                        "mnli/evaluate/human-translate-train-de"},
     "limit": {"mnli/translate/de-00002"},
+    "train.seeds": {"mnli/finetune/english.seed1", "mnli/finetune/self-translate-train-de.seed1",
+                    "mnli/finetune/english-steps-de.seed1", "mnli/evaluate/zero-shot-en.seed1",
+                    "mnli/evaluate/zero-shot-de.seed1", "mnli/evaluate/zero-shot-equal-steps-de.seed1",
+                    "mnli/evaluate/self-translate-train-de.seed1", "mnli/evaluate/translate-test-de.seed1"},
 }
 REMOVED: dict[str, set[str]] = {
     "eval.include_english": {"mnli/evaluate/base-en", "mnli/evaluate/zero-shot-en"},
     "controls.equal_steps": {"mnli/finetune/english-steps-de", "mnli/evaluate/zero-shot-equal-steps-de"},
     "controls.translate_test": {"mnli/evaluate/translate-test-de"},
     "shard_size": {"mnli/translate/de-00001"},
+    # A step budget shared by every arm makes the equal-steps control the zero-shot adapter itself.
+    "train.max_steps": {"mnli/finetune/english-steps-de", "mnli/evaluate/zero-shot-equal-steps-de"},
 }
 
 
