@@ -7,7 +7,7 @@ What is copied: report.md, results.parquet, plot.png, config.json, the config fi
 evaluation (`predictions/<model>-<language>.parquet`: id, index, prediction, gold, score; the full files with
 prompts and outputs are listed with their SHA-256 in `predictions/full_checksums.json` when all of them
 together are over the size limit). `results.parquet`'s prediction paths are rewritten to the copies, so the
-committed scores can be recomputed from the committed predictions (tests/test_study_results.py does).
+committed scores can be recomputed from the committed predictions (tests/test_study_recompute.py does, without stt).
 `timings.md` gives the wall time of each stage, from the manifests.
 """
 

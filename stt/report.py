@@ -161,6 +161,7 @@ def results_table(evaluations: list[dict[str, Any]], quality: list[dict[str, Any
             if column + suffix not in df:
                 df[column + suffix] = float("nan")
     df["bootstrap_seed"], df["bootstrap_resamples"], df["comparisons_in_family"] = seed, resamples, len(family)
+    df["comparisons"] = json.dumps(COMPARISONS)  # (gain, new column, baseline column): readable without stt
     order = ["task", "language", "metric", "n", *MODEL_COLUMNS, *(c for c, *_ in COMPARISONS), "chrf", "bleu"]
     rest = [c for c in df.columns if c not in order]
     df["_en"] = df["language"] != "en"  # English first: the language the model was fine-tuned in

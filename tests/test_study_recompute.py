@@ -1,0 +1,239 @@
+"""Every number of a committed study, recomputed from its committed per-item outputs and the raw data files
+with this file's own code: nothing from `stt` is imported.
+
+- Gold labels come from the raw XNLI files of the data folder (`STT_DATA_DIR`, else ../shared/data), by the
+  item index in each prediction's id, never from the study's `gold` or `score` columns.
+- The full prediction files are verified against the SHA-256 recorded in `predictions/full_checksums.json`;
+  the slim files must carry the same predictions; each prediction must be the argmax of its saved per-label
+  log-likelihoods.
+- The columns come from the results file (`*_predictions`); the comparisons from its `comparisons` column
+  (or the study's `comparisons.json`).
+- Every score, interval and n; every gain, interval, p-value, Holm-adjusted p-value and significance flag; the
+  secondary scores (accuracy_norm, calibrated accuracy by prior matching solved with scipy, macro-F1).
+- Anything in the results file that was not checked fails the test, except what the study declares not
+  recomputable (with its reason).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import optimize
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = sorted(p for p in (ROOT / "experiments").glob("*") if (p / "results.parquet").is_file())
+LABELS = ["entailment", "neutral", "contradiction"]
+PARAMETERS = {"task", "language", "metric", "n", "bootstrap_seed", "bootstrap_resamples", "comparisons"}
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("STT_DATA_DIR") or ROOT.parent / "shared" / "data")
+
+
+def raw_gold(data: Path, language: str, split: str) -> list[str]:
+    if split == "test":
+        return (data / "xnli" / "xnli_test_labels.txt").read_text(encoding="utf-8").split()
+    lines = (data / "xnli" / f"xtreme_dev-{language}.tsv").read_text(encoding="utf-8").splitlines()
+    return [line.split("\t")[2].strip() for line in lines if line.strip()]
+
+
+def bootstrap(values: np.ndarray, resamples: int, seed: int) -> tuple[float, float, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return float(lo), float(hi), means
+
+
+def prior_matched(logprobs: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Calibrated choices: biases solving mean softmax(x + b) = 1/3 (scipy's root finder) on one half of
+    a seeded random split, applied to the other, halves swapped."""
+    def fit(x: np.ndarray) -> np.ndarray:
+        def gap(b12: np.ndarray) -> np.ndarray:
+            z = x + np.concatenate([[0.0], b12])
+            p = np.exp(z - z.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            return p.mean(axis=0)[1:] - 1 / 3
+        return np.concatenate([[0.0], optimize.root(gap, np.zeros(2), tol=1e-12).x])
+
+    order = np.random.default_rng(seed).permutation(len(logprobs))
+    a, b = order[: len(order) // 2], order[len(order) // 2 :]
+    choice = np.empty(len(logprobs), dtype=int)
+    choice[b] = np.argmax(logprobs[b] + fit(logprobs[a]), axis=1)
+    choice[a] = np.argmax(logprobs[a] + fit(logprobs[b]), axis=1)
+    return choice
+
+
+def macro_f1(pred: np.ndarray, gold: np.ndarray) -> float:
+    f1 = []
+    for k in range(3):
+        tp, fp = np.sum((pred == k) & (gold == k)), np.sum((pred == k) & (gold != k))
+        fn = np.sum((pred != k) & (gold == k))
+        f1.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return 100 * float(np.mean(f1))
+
+
+def holm(p: list[float]) -> list[float]:
+    m, out, running = len(p), [0.0] * len(p), 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda j: p[j])):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+class Recompute:
+    def __init__(self, study: Path, data: Path):
+        self.study, self.data = study, data
+        self.df = pd.read_parquet(study / "results.parquet")
+        extra = study / "comparisons.json"
+        meta = json.loads(extra.read_text()) if extra.is_file() else {}
+        self.comparisons = (json.loads(self.df["comparisons"].iloc[0]) if "comparisons" in self.df
+                            else meta["comparisons"])
+        self.not_recomputable = meta.get("not_recomputable", {})
+        config = json.loads((study / "config.json").read_text())
+        self.split = config.get("eval", {}).get("xnli_split", "test")
+        self.tasks = config["tasks"]
+        self.problems: list[str] = []
+        self.checked: set[tuple[int, str]] = set()
+        self.files_checked = 0
+
+    def expect(self, row: int, column: str, ok: bool, detail: str) -> None:
+        self.checked.add((row, column))
+        if not ok:
+            self.problems.append(f"row {row} ({self.df.at[row, 'language']}) {column}: {detail}")
+
+    def checksums(self) -> dict[str, dict]:
+        files = json.loads((self.study / "predictions" / "full_checksums.json").read_text())["files"]
+        for name, f in files.items():
+            full = self.study / "predictions" / name.replace(".parquet", ".full.parquet")
+            sha = hashlib.sha256(full.read_bytes()).hexdigest() if full.is_file() else "missing"
+            if sha != f["sha256"]:
+                self.problems.append(f"{full.name}: SHA-256 {sha[:12]} is not the recorded {f['sha256'][:12]}")
+            self.files_checked += 1
+        return files
+
+    def run(self) -> None:
+        if self.tasks != ["mnli"]:
+            self.problems.append(f"no independent scorer here for tasks {self.tasks} (only XNLI)")
+            return
+        recorded = self.checksums()
+        columns = [c.removesuffix("_predictions") for c in self.df.columns if c.endswith("_predictions")]
+        family: list[tuple[int, str, float]] = []
+        for i, row in self.df.iterrows():
+            gold_all = raw_gold(self.data, row["language"], self.split)
+            resamples, seed = int(row["bootstrap_resamples"]), int(row["bootstrap_seed"])
+            per_item: dict[str, pd.Series] = {}
+            for col in columns:
+                rel = row[f"{col}_predictions"]
+                if not isinstance(rel, str):
+                    continue
+                name = Path(rel).name
+                self.expect(i, f"{col}_predictions", name in recorded, "no recorded checksum for its full file")
+                full = pd.read_parquet(self.study / "predictions" / name.replace(".parquet", ".full.parquet"))
+                slim = pd.read_parquet(self.study / rel)
+                index = np.array([int(x.rsplit(":", 1)[1]) for x in full["id"]])
+                gold = np.array([LABELS.index(gold_all[k]) for k in index])
+                logprobs = np.array([[json.loads(o)[lab] for lab in LABELS] for o in full["output"]])
+                pred = np.array([LABELS.index(p) for p in full["prediction"]])
+                self.expect(i, f"{col}_predictions", list(slim["prediction"]) == list(full["prediction"])
+                            and np.array_equal(np.argmax(logprobs, axis=1), pred),
+                            "slim and full files disagree, or a prediction is not the argmax of its scores")
+                norm = np.argmax(logprobs / np.array([len(f" {lab}".encode()) for lab in LABELS]), axis=1)
+                calibrated = prior_matched(logprobs)
+                metrics = {"accuracy": (pred == gold).astype(float), "accuracy_norm": (norm == gold).astype(float),
+                           "accuracy_calibrated": (calibrated == gold).astype(float)}
+                primary = metrics[row["metric"]] * 100
+                per_item[col] = pd.Series(primary, index=index)
+                n = len(primary)
+                lo, hi, _ = bootstrap(primary, resamples, seed)
+                self.expect(i, col, round(primary.mean(), 2) == pytest.approx(row[col], abs=0.006),
+                            f"{row[col]} recorded, {primary.mean():.2f} recomputed")
+                self.expect(i, f"{col}_n", int(row[f"{col}_n"]) == n, f"n {row[f'{col}_n']} vs {n}")
+                self.expect(i, f"{col}_lo", row[f"{col}_lo"] == pytest.approx(lo, abs=0.06), f"lo vs {lo:.2f}")
+                self.expect(i, f"{col}_hi", row[f"{col}_hi"] == pytest.approx(hi, abs=0.06), f"hi vs {hi:.2f}")
+                self.check_scores(i, col, json.loads(row[f"{col}_scores"]), metrics, (pred, calibrated, gold), n,
+                                  (lo, hi), row)
+            self.expect(i, "n", int(row["n"]) == max(len(s) for s in per_item.values()), "n")
+            for name, new, base in self.comparisons:
+                if new not in per_item or base not in per_item:
+                    continue
+                a, b = per_item[new], per_item[base]
+                self.expect(i, name, list(a.index) == list(b.index), "the two columns scored different items")
+                diff = a.to_numpy() - b.to_numpy()
+                lo, hi, means = bootstrap(diff, resamples, seed)
+                obs = diff.mean()
+                p = (np.sum(np.abs(means - obs) >= abs(obs) - 1e-12) + 1) / (resamples + 1)
+                self.expect(i, name, round(obs, 2) == pytest.approx(row[name], abs=0.006), f"{row[name]} vs {obs:.2f}")
+                self.expect(i, f"{name}_lo", row[f"{name}_lo"] == pytest.approx(lo, abs=0.06), f"lo vs {lo:.2f}")
+                self.expect(i, f"{name}_hi", row[f"{name}_hi"] == pytest.approx(hi, abs=0.06), f"hi vs {hi:.2f}")
+                self.expect(i, f"{name}_p", row[f"{name}_p"] == pytest.approx(min(1.0, p), abs=0.005),
+                            f"p {row[f'{name}_p']} vs {p:.4f}")
+                family.append((i, name, float(row[f"{name}_p"])))
+                if f"{name}_p_holm" not in self.df:  # before Holm: significant = the interval excludes 0
+                    self.expect(i, f"{name}_significant", bool(row[f"{name}_significant"]) == (not lo <= 0 <= hi),
+                                "significance flag")
+        if "comparisons_in_family" in self.df:
+            for i in self.df.index:
+                self.expect(i, "comparisons_in_family", self.df.at[i, "comparisons_in_family"] == len(family),
+                            f"{len(family)} comparisons in the table")
+            for (i, name, _), adj in zip(family, holm([p for *_, p in family]), strict=True):
+                self.expect(i, f"{name}_p_holm", self.df.at[i, f"{name}_p_holm"] == pytest.approx(adj, abs=1e-5),
+                            f"Holm p vs {adj:.4f}")
+                self.expect(i, f"{name}_significant", bool(self.df.at[i, f"{name}_significant"]) == (adj < 0.05),
+                            "significance at the Holm-adjusted p")
+
+    def check_scores(self, i: int, col: str, scores: dict, metrics: dict, choices: tuple, n: int,
+                     interval: tuple[float, float], row: pd.Series) -> None:
+        pred, calibrated, gold = choices
+        expected = {name: 100 * v.mean() for name, v in metrics.items()}
+        expected |= {"n": n, "ci_lo": interval[0], "ci_hi": interval[1], "ci_level": 0.95,
+                     "bootstrap_resamples": row["bootstrap_resamples"], "bootstrap_seed": row["bootstrap_seed"],
+                     "macro_f1": macro_f1(pred, gold), "macro_f1_calibrated": macro_f1(calibrated, gold)}
+        for key, value in scores.items():
+            if key not in expected:
+                self.expect(i, f"{col}_scores", False, f"'{key}' has no independent recomputation here")
+                continue
+            tol = 0.06 if key in ("ci_lo", "ci_hi") else 0.006
+            self.expect(i, f"{col}_scores", value == pytest.approx(expected[key], abs=tol), f"{key} {value}")
+
+    def unchecked(self) -> list[str]:
+        out = []
+        for i, row in self.df.iterrows():
+            for column, value in row.items():
+                if column in PARAMETERS or column in self.not_recomputable or (i, column) in self.checked:
+                    continue
+                if value is None or (isinstance(value, float) and value != value):
+                    continue  # a column not run for this row
+                out.append(f"row {i} {column} = {value}")
+        return out
+
+
+@pytest.mark.skipif(not STUDIES, reason="no committed study under experiments/")
+@pytest.mark.parametrize("study", STUDIES, ids=[p.name for p in STUDIES])
+def test_every_number_of_a_committed_study_recomputes(study: Path):
+    check = Recompute(study, data_dir())
+    check.run()
+    assert not check.problems, "\n".join(check.problems)
+    assert not check.unchecked(), "numbers nobody recomputed:\n" + "\n".join(check.unchecked())
+    assert check.files_checked >= len([c for c in check.df.columns if c.endswith("_predictions")])
+
+
+@pytest.mark.skipif(not STUDIES, reason="no committed study under experiments/")
+def test_one_changed_gold_label_fails_the_recompute(tmp_path):
+    study = STUDIES[0]
+    data = tmp_path / "data"
+    shutil.copytree(data_dir() / "xnli", data / "xnli")
+    first = pd.read_parquet(study / pd.read_parquet(study / "results.parquet").iloc[0]["zero_shot_predictions"])
+    k = int(first["id"].iloc[0].rsplit(":", 1)[1])  # an item the study scored
+    labels = (data / "xnli" / "xnli_test_labels.txt").read_text().split("\n")
+    labels[k] = LABELS[(LABELS.index(labels[k]) + 1) % 3]
+    (data / "xnli" / "xnli_test_labels.txt").write_text("\n".join(labels))
+    check = Recompute(study, data)
+    check.run()
+    assert any("recomputed" in p for p in check.problems), check.problems[:5]
