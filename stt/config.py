@@ -206,8 +206,9 @@ def stable_json(obj: object) -> str:
 
 # self-translate-train-unfiltered: English + every validated translation, including the rows the round-trip
 # filter set aside (the "without the filter" column; needs translate.round_trip.enabled).
+# english-equal-data: English only, as many distinct rows as the language's self-translate-train set (stt.trainsets).
 SetKind = Literal["english", "self-translate-train", "self-translate-train-unfiltered", "code-switch",
-                  "human-translate-train"]
+                  "human-translate-train", "english-equal-data"]
 
 
 class BuildConfig(BaseModel):

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # Which training set each evaluated model was fine-tuned on.
 MODEL_OF_SET = {"english": "zero-shot", "self-translate-train": "self-translate-train",
                 "self-translate-train-unfiltered": "self-translate-train-unfiltered", "code-switch": "code-switch",
-                "human-translate-train": "human-translate-train"}
+                "human-translate-train": "human-translate-train", "english-equal-data": "zero-shot-equal-data"}
 
 
 @dataclass(frozen=True)

@@ -33,18 +33,20 @@ from stt.stats import (
 
 # Column of the table -> evaluation model label.
 MODEL_COLUMNS = {"base": "base", "zero_shot": "zero-shot", "zero_shot_steps": "zero-shot-equal-steps",
+                 "zero_shot_data": "zero-shot-equal-data",
                  "stt": "self-translate-train", "stt_unfiltered": "self-translate-train-unfiltered",
                  "code_switch": "code-switch", "human_tt": "human-translate-train", "translate_test": "translate-test"}
 SHOWN = {"base": "base", "zero_shot": "zero-shot", "zero_shot_steps": "zero-shot (equal steps)",
+         "zero_shot_data": "zero-shot (equal data)",
          "stt": "self-translate-train", "stt_unfiltered": "STT without round-trip filter",
          "code_switch": "code-switch", "human_tt": "human translate-train", "translate_test": "translate-test"}
 # Paired comparisons on the same items: (name, new model column, baseline column).
 COMPARISONS = [("gain", "stt", "zero_shot"), ("gain_vs_equal_steps", "stt", "zero_shot_steps"),
                ("gain_vs_translate_test", "stt", "translate_test"), ("human_gain", "human_tt", "zero_shot"),
-               ("filter_gain", "stt", "stt_unfiltered")]
+               ("filter_gain", "stt", "stt_unfiltered"), ("gain_vs_equal_data", "stt", "zero_shot_data")]
 GAIN_SHOWN = {"gain": "gain (STT - zero-shot)", "gain_vs_equal_steps": "STT - zero-shot (equal steps)",
               "gain_vs_translate_test": "STT - translate-test", "human_gain": "human TT - zero-shot",
-              "filter_gain": "STT - STT unfiltered"}
+              "filter_gain": "STT - STT unfiltered", "gain_vs_equal_data": "STT - zero-shot (equal data)"}
 
 
 ALPHA = 0.05  # family-wise error rate of the declared comparisons (Holm)

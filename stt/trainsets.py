@@ -7,7 +7,11 @@
 - `self-translate-train-unfiltered`: with round-trip filtering on, the same without the filter (the rows
   it set aside added back);
 - `human-translate-train` (a control, the upper bound): English + the *human* translations of the
-  same items whose self-translation was accepted, where the training data has them (XNLI dev, XQuAD).
+  same items whose self-translation was accepted, where the training data has them (XNLI dev, XQuAD);
+- `english-equal-data` (a control, one per language): English only, with as many distinct rows as that
+  language's self-translate-train set: the translated English items plus as many further English items,
+  in file order, as there are accepted translations (items no other arm uses). Separates "more distinct
+  training rows" from "rows in the target language".
 
 Each set is a folder with `data.parquet` (one row per training pair: prompt, target, provenance)
 and `_manifest.json` (how the set was mixed, from what, with checksums).
@@ -137,7 +141,7 @@ def _switched(spec: TaskSpec, english: dict[str, Any], translated: dict[str, Any
 def build_rows(spec: TaskSpec, kind: SetKind, language: str | None, english: list[dict[str, Any]],
                translated: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
     rows = [_row(spec, ex, "en", "english") for ex in english]
-    if kind != "english":
+    if kind not in ("english", "english-equal-data"):
         assert language is not None
         variant = "human" if kind == "human-translate-train" else "translated"  # unfiltered too
         rows += [_row(spec, ex, language, variant) for ex in translated]
@@ -158,10 +162,26 @@ def _human_for_accepted(task: str, source: Path | None, language: str, translate
     return [r for r in human_examples(task, source, language) if r["id"] in accepted]
 
 
+def unused_english(task: str, source: Path | None, language: str, translate_dir: Path) -> list[dict[str, Any]]:
+    """The equal-data control's extra rows: the first k English items of the training file that the translate
+    stage did not read, k = the accepted translations into `language`."""
+    if source is None:
+        raise DataError("english-equal-data needs the training file the translate stage read (inputs:)")
+    k = len(translated_examples(translate_dir, language))
+    used = {r["id"] for r in english_examples(translate_dir)}
+    pool = [r for r in get_task(task).load(Path(source)) if r["id"] not in used]
+    if len(pool) < k:
+        raise DataError(f"english-equal-data for '{language}': {k} more English items needed, {Path(source).name} "
+                        f"has {len(pool)} the other arms do not use; lower `limit` or drop the set")
+    return pool[:k]
+
+
 def build_key(task: str, kind: SetKind, language: str | None, translate_dir: Path, config: BuildConfig,
               source: Path | None = None) -> str:
     human = (stages.stage_key(rows=_human_for_accepted(task, source, language, translate_dir))
              if kind == "human-translate-train" else None)
+    if kind == "english-equal-data":
+        human = stages.stage_key(extra_english=unused_english(task, source, language, translate_dir))
     return stages.stage_key(stage="build", task=task, kind=kind, language=language if kind != "english" else None,
                             translate=translate_fingerprint(translate_dir), template=TEMPLATE_VERSION,
                             config=config.model_dump(mode="json"), human=human)
@@ -190,9 +210,12 @@ def build_set(task: str, kind: SetKind, language: str | None, translate_dir: Pat
             raise ConfigError("the self-translate-train-unfiltered set is the 'without the filter' control of "
                               "round-trip filtering: enable translate.round_trip (it would equal self-translate-train)")
         translated = translated_examples(translate_dir, language, unfiltered=True)
+    elif kind == "english-equal-data":
+        translated = []
+        english = english + unused_english(task, source, language, translate_dir)
     else:
         translated = translated_examples(translate_dir, language) if kind != "english" else []
-    if kind != "english" and not translated:
+    if kind not in ("english", "english-equal-data") and not translated:
         raise DataError(f"{translate_dir}: no accepted translations into '{language}' to build {kind} from "
                         "(see _rejects/ for why)")
     rows = build_rows(spec, kind, language, english, translated, config.seed)

@@ -92,3 +92,48 @@ def test_loss_only_on_answer_tokens_and_truncation_keeps_the_answer():
     batch = PadCollator(tok.pad_token_id)([f, g])
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     assert int(batch["attention_mask"][1].sum()) == 64
+
+
+def _translate_dir(folder, english, german):
+    """A finished translate stage's folder, written by hand: one German shard over `english`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (folder / "_input").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(english), folder / "_input" / "shard-00000.parquet")
+    pq.write_table(pa.Table.from_pylist(german), folder / "de-00000.parquet")
+    (folder / "_manifest.json").write_text(json.dumps({"plan": ["de-00000"], "shards": {"de-00000": {
+        "language": "de", "file": "de-00000.parquet", "input_file": "_input/shard-00000.parquet",
+        "sha256": "a", "rejects_sha256": None, "input_sha256": "b"}}}))
+    return folder
+
+
+def test_equal_data_control_adds_unused_english_items_one_per_accepted_translation(tmp_path):
+    from stt.config import BuildConfig
+    from stt.errors import DataError
+    from stt.trainsets import build_set
+
+    source = DATA / "xnli" / "xtreme_dev-en.tsv"
+    dev = get_task("mnli").load(source)
+    german = get_task("mnli").load(DATA / "xnli" / "xtreme_dev-de.tsv")
+    # 4 English items translated, 2 translations accepted (items 0 and 2).
+    folder = _translate_dir(tmp_path / "translate", dev[:4], [{**german[0], "id": dev[0]["id"]},
+                                                              {**german[2], "id": dev[2]["id"]}])
+    info = build_set("mnli", "english-equal-data", "de", folder, tmp_path / "sets", BuildConfig(), source)
+    rows = pq_rows(tmp_path / "sets" / "english-equal-data-de" / "data.parquet")
+    # As many rows as English + German (4 + 2), all English, all distinct: items 0-3 and the next two, 4 and 5.
+    assert info["rows"] == 6 and {r["language"] for r in rows} == {"en"}
+    assert sorted(r["id"] for r in rows) == sorted(d["id"] for d in dev[:6])
+    stt = build_set("mnli", "self-translate-train", "de", folder, tmp_path / "sets", BuildConfig(), source)
+    assert stt["rows"] == info["rows"]
+    with pytest.raises(DataError, match="more English items needed"):  # a pool too small says so
+        (tmp_path / "small").mkdir()
+        small = tmp_path / "small" / "xtreme_dev-en.tsv"  # the first 5 items: 1 unused, 2 needed
+        small.write_text("\n".join(source.read_text().splitlines()[:5]) + "\n")
+        build_set("mnli", "english-equal-data", "de", folder, tmp_path / "sets2", BuildConfig(), small)
+
+
+def pq_rows(path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
