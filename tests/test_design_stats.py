@@ -223,3 +223,15 @@ def test_report_over_three_seeds(tmp_path):
     assert (r["zero_shot_hi"] - r["zero_shot_lo"]) > (pooled.hi - pooled.lo)
     md = (tmp_path / "run" / "report.md").read_text()
     assert "two-level percentile bootstrap over 3 training seeds" in md and "sd 10.0/3" in md
+
+
+def test_power_of_the_pilot_script_equals_hand_value():
+    import importlib.util
+
+    from .conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("power_from_pilot", ROOT / "scripts" / "power_from_pilot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # effect 3, SE 1, alpha 0.05: Phi(3 - 1.95996) + Phi(-3 - 1.95996) = 0.85083 + 0.0000004
+    assert module.power(3.0, 1.0, 0.05) == pytest.approx(0.85083, abs=1e-4)
