@@ -266,6 +266,9 @@ class EvalConfig(BaseModel):
     limit: int | None = Field(None, ge=1)  # N test items per language (the same items in every language)
     sample_seed: int | None = None  # None: the first N items; a seed: a seeded random draw of N (a study's sample)
     include_english: bool = True
+    # With include_english: every adapter (Self-Translate-Train, controls, each seed) is also scored on the
+    # English test: how much each learned the task in the language it saw most (the English reference).
+    adapters_on_english: bool = True
     batch_size: int = Field(8, ge=1)
     max_new_tokens_math: int = Field(256, ge=1)
     max_new_tokens_qa: int = Field(32, ge=1)

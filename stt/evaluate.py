@@ -76,7 +76,8 @@ def evaluate_key(task: str, language: str, engine_config: EngineConfig, config: 
 def _key(task: str, language: str, weights: str, adapter_sha: str | None, data_sha: str, config: EvalConfig,
          engine: dict[str, Any]) -> str:
     # Batch size changes speed, not what is scored; the rest changes the predictions.
-    settings = config.model_dump(mode="json", exclude={"batch_size", "include_english", "quality_limit",
+    settings = config.model_dump(mode="json", exclude={"batch_size", "include_english", "adapters_on_english",
+                                                       "quality_limit",
                                                        "translate_test", "bootstrap_resamples", "bootstrap_seed",
                                                        "primary_metric"})
     return stages.stage_key(stage="evaluate", task=task, language=language, weights=weights, adapter=adapter_sha,

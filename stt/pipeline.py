@@ -61,10 +61,12 @@ class EvalJob:
     translate_test: bool = False  # inputs translated into English by the base model first
     seed: int | None = None  # the adapter's training seed (None: the base model, trained by nobody)
     replicate: str = ""  # folder-name suffix of a replicate after the first (".seed1")
+    trained_for: str | None = None  # an adapter of another language scored here (the English reference)
 
     @property
     def name(self) -> str:
-        return f"{self.model}-{self.language}{self.replicate}"
+        of = f"-{self.trained_for}-on" if self.trained_for else ""
+        return f"{self.model}{of}-{self.language}{self.replicate}"
 
 
 def replicate_suffix(config: RunConfig, seed: int) -> str:
@@ -129,6 +131,11 @@ def plan_task(config: RunConfig, task: str) -> TaskPlan:
         if config.controls.translate_test and supported(task):
             evals += [EvalJob("translate-test", "english" + rep, lang, translate_test=True, seed=seed, replicate=rep)
                       for lang in config.languages]
+        if config.eval.include_english and config.eval.adapters_on_english:
+            # The English reference of every other adapter: scored on the English test too.
+            evals += [EvalJob(e.model, e.adapter, "en", seed=seed, replicate=rep, trained_for=e.language)
+                      for e in list(evals) if e.seed == seed and e.adapter and e.adapter != "english" + rep
+                      and not e.translate_test and e.language != "en"]
     plan = TaskPlan(task, config.root / task, tuple(sets), tuple(adapters), tuple(evals))
     folders = [plan.root, plan.translate_dir, *(plan.set_dir(s.name) for s in plan.sets),
                *(plan.adapter_dir(a.name) for a in plan.adapters), *(plan.eval_dir(e) for e in plan.evals),
@@ -204,7 +211,8 @@ def collect(config: RunConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any
     for task in config.tasks:
         plan = plan_task(config, task)
         for job in plan.evals:
-            evaluations.append({**_finished(plan.eval_dir(job), "evaluation", "evaluate-stage"), "seed": job.seed})
+            evaluations.append({**_finished(plan.eval_dir(job), "evaluation", "evaluate-stage"), "seed": job.seed,
+                                "trained_for": job.trained_for})
         for lang in config.languages:
             quality.append(_finished(plan.quality_dir(lang), "translation quality", "evaluate-stage"))
     return evaluations, quality

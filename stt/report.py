@@ -112,6 +112,8 @@ def results_table(evaluations: list[dict[str, Any]], quality: list[dict[str, Any
     per_item: dict[tuple[str, str, str], dict[int | None, pd.Series]] = {}
     by_label = {label: column for column, label in MODEL_COLUMNS.items()}
     for e in evaluations:
+        if e.get("trained_for"):
+            continue  # an adapter of another language on the English test: english_reference()
         task, language = e["task"], e["language"]
         metric = (primary or {}).get(task) or METRICS[task]
         row = rows.setdefault((task, language), {"task": task, "language": language, "metric": metric,
@@ -169,6 +171,27 @@ def results_table(evaluations: list[dict[str, Any]], quality: list[dict[str, Any
     df["_en"] = df["language"] != "en"  # English first: the language the model was fine-tuned in
     df = df.sort_values(["task", "_en", "language"]).drop(columns="_en").reset_index(drop=True)
     return df[order + rest]
+
+
+def english_reference(evaluations: list[dict[str, Any]], resamples: int = RESAMPLES, seed: int = SEED,
+                      primary: dict[str, str] | None = None) -> pd.DataFrame:
+    """Every model scored on the English test (the language all adapters saw most): base, zero-shot and
+    each target language's adapters, on the primary metric, over seeds where there are several."""
+    groups: dict[tuple[str, str, str], dict[int | None, pd.Series]] = {}
+    for e in evaluations:
+        if e["language"] != "en":
+            continue
+        task, metric = e["task"], (primary or {}).get(e["task"]) or METRICS[e["task"]]
+        model = e["model"] + (f" ({e['trained_for']})" if e.get("trained_for") else "")
+        groups.setdefault((task, model, metric), {})[e.get("seed")] = _item_scores(
+            str(Path(e["folder"]) / "predictions.parquet"), task, "en", metric)
+    rows = []
+    for (task, model, metric), by_seed in groups.items():
+        ci = _score(by_seed, resamples, seed, f"{task} en {model}")
+        rows.append({"task": task, "model (trained for)": model, "metric": metric, "n": ci.n,
+                     "English score": _fmt(ci.value, ci.lo, ci.hi) + (
+                         f" sd {ci.seed_sd:.1f}/{ci.seeds}" if isinstance(ci, SeededInterval) else "")})
+    return pd.DataFrame(rows)
 
 
 def _fmt(v: object, lo: object, hi: object, signed: bool = False) -> str:
@@ -383,8 +406,12 @@ def design_checks(df: pd.DataFrame) -> list[str]:
     return lines
 
 
-def markdown(df: pd.DataFrame, config: dict[str, Any], notes: list[str], root: Path | None = None) -> str:
+def markdown(df: pd.DataFrame, config: dict[str, Any], notes: list[str], root: Path | None = None,
+             evaluations: list[dict[str, Any]] | None = None) -> str:
     checks = design_checks(df) + (steps_check(root) if root else [])
+    ev = config.get("eval", {})
+    english = english_reference(evaluations or [], ev.get("bootstrap_resamples", RESAMPLES),
+                                ev.get("bootstrap_seed", SEED), ev.get("primary_metric") or {})
     metrics = ", ".join(f"{t}: `{m}`" for t, m in dict(zip(df["task"], df["metric"], strict=True)).items())
     lines = [f"# Self-Translate-Train: {config.get('name', 'run')}", "",
              f"Model `{config['engine']['model']}`, languages {', '.join(config['languages'])}, "
@@ -409,6 +436,10 @@ def markdown(df: pd.DataFrame, config: dict[str, Any], notes: list[str], root: P
              "normalisation (exact match and, for "
              "zh/th, character F1 in `results.parquet`).", "",
              _markdown_table(display_table(df)), ""]
+    if len(english):
+        lines += ["## English reference", "", "Every model on the English test (the language every adapter "
+                  "saw most; target-language adapters in parentheses): how much each learned the task at all.", "",
+                  _markdown_table(english), ""]
     lines += [f"- {n}" for n in notes]
     lines += ["", "![results](plot.png)", "", "Per-item predictions: the `*_predictions` columns of "
               "`results.parquet`. Full config: `config.json`."]
@@ -430,7 +461,7 @@ def write_report(root: Path, evaluations: list[dict[str, Any]], quality: list[di
     tmp_plot = root / f".plot.{os.getpid()}.tmp.png"
     plot(df, tmp_plot)
     os.replace(tmp_plot, root / "plot.png")
-    md = markdown(df, config, notes or [], root)
+    md = markdown(df, config, notes or [], root, evaluations)
     write_text_atomic(root / "report.md", md)
     write_text_atomic(root / "config.json", json.dumps(config, indent=2, default=str))
     return {"results": str(root / "results.parquet"), "report": str(root / "report.md"),

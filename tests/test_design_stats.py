@@ -235,3 +235,20 @@ def test_power_of_the_pilot_script_equals_hand_value():
     spec.loader.exec_module(module)
     # effect 3, SE 1, alpha 0.05: Phi(3 - 1.95996) + Phi(-3 - 1.95996) = 0.85083 + 0.0000004
     assert module.power(3.0, 1.0, 0.05) == pytest.approx(0.85083, abs=1e-4)
+
+
+def test_english_reference_lists_every_adapter_on_the_english_test(tmp_path):
+    golds = [i % 3 for i in range(30)]
+    config = {"name": "t", "engine": {"model": "m"}, "languages": ["de"], "tasks": ["mnli"],
+              "eval": {"bootstrap_resamples": 500, "primary_metric": {"mnli": "accuracy"}}}
+    evaluations = [_predictions(tmp_path / "zs-de", "zero-shot", "de", _knows(golds, set(range(9))), golds),
+                   _predictions(tmp_path / "zs-en", "zero-shot", "en", _knows(golds, set(range(15))), golds),
+                   _predictions(tmp_path / "b-en", "base", "en", _knows(golds, set(range(6))), golds),
+                   {**_predictions(tmp_path / "stt-en", "self-translate-train", "en", _knows(golds, set(range(12))),
+                                   golds), "trained_for": "de"}]
+    out = write_report(tmp_path / "run", evaluations, [], config)
+    df = pd.read_parquet(out["results"])
+    assert df["stt"].isna().all()  # the German adapter's English score is not the table's STT column
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "| mnli   | self-translate-train (de) | accuracy | 30  | 40.0 [" in md
+    assert "| mnli   | zero-shot                 | accuracy | 30  | 50.0 [" in md

@@ -132,8 +132,9 @@ def test_the_flow_ran_exactly_the_jobs_of_the_plan(first, config):
     from stt.jobs import STAGES, stage_jobs
 
     planned = {f"{j.stage} {j.task} {j.name}" for stage in STAGES for j in stage_jobs(config, stage)}
-    # By hand: 1 shard, quality in de, 2 sets, 3 adapters (one the equal-steps control), 7 evaluations.
-    assert len(planned) == 1 + 1 + 2 + 3 + 7
+    # By hand: 1 shard, quality in de, 2 sets, 3 adapters (one the equal-steps control), 9 evaluations (base
+    # and zero-shot in en and de; equal steps, STT, translate-test in de; equal steps and STT on English).
+    assert len(planned) == 1 + 1 + 2 + 3 + 9
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(
             like_=" gsm8k ")), limit=200)

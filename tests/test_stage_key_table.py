@@ -118,6 +118,7 @@ TABLE: dict[str, tuple[Any, frozenset[str]]] = {
     "eval.limit": (2, EVAL),
     "eval.sample_seed": (3, EVAL),
     "eval.include_english": (False, NONE),
+    "eval.adapters_on_english": (False, NONE),
     "eval.batch_size": (1, NONE),
     "eval.max_new_tokens_math": (8, EVAL),
     "eval.max_new_tokens_qa": (8, EVAL),
@@ -167,24 +168,35 @@ ADDED: dict[str, set[str]] = {
                   "mnli/build/self-translate-train-th", "mnli/finetune/self-translate-train-th",
                   "mnli/finetune/english-steps-th", "mnli/evaluate/base-th", "mnli/evaluate/zero-shot-th",
                   "mnli/evaluate/zero-shot-equal-steps-th", "mnli/evaluate/self-translate-train-th",
-                  "mnli/evaluate/translate-test-th"},
-    "build.sets": {"mnli/build/code-switch-de", "mnli/finetune/code-switch-de", "mnli/evaluate/code-switch-de"},
+                  "mnli/evaluate/translate-test-th", "mnli/evaluate/self-translate-train-th-on-en",
+                  "mnli/evaluate/zero-shot-equal-steps-th-on-en"},
+    "build.sets": {"mnli/build/code-switch-de", "mnli/finetune/code-switch-de", "mnli/evaluate/code-switch-de",
+                   "mnli/evaluate/code-switch-de-on-en"},
     "controls.human_translate_train": {"mnli/build/human-translate-train-de",
                                        "mnli/finetune/human-translate-train-de",
-                                       "mnli/evaluate/human-translate-train-de"},
+                                       "mnli/evaluate/human-translate-train-de",
+                                       "mnli/evaluate/human-translate-train-de-on-en"},
     "limit": {"mnli/translate/de-00002"},
     "train.seeds": {"mnli/finetune/english.seed1", "mnli/finetune/self-translate-train-de.seed1",
                     "mnli/finetune/english-steps-de.seed1", "mnli/evaluate/zero-shot-en.seed1",
                     "mnli/evaluate/zero-shot-de.seed1", "mnli/evaluate/zero-shot-equal-steps-de.seed1",
-                    "mnli/evaluate/self-translate-train-de.seed1", "mnli/evaluate/translate-test-de.seed1"},
+                    "mnli/evaluate/self-translate-train-de.seed1", "mnli/evaluate/translate-test-de.seed1",
+                    "mnli/evaluate/self-translate-train-de-on-en.seed1",
+                    "mnli/evaluate/zero-shot-equal-steps-de-on-en.seed1"},
 }
 REMOVED: dict[str, set[str]] = {
-    "eval.include_english": {"mnli/evaluate/base-en", "mnli/evaluate/zero-shot-en"},
-    "controls.equal_steps": {"mnli/finetune/english-steps-de", "mnli/evaluate/zero-shot-equal-steps-de"},
+    "eval.include_english": {"mnli/evaluate/base-en", "mnli/evaluate/zero-shot-en",
+                             "mnli/evaluate/self-translate-train-de-on-en",
+                             "mnli/evaluate/zero-shot-equal-steps-de-on-en"},
+    "eval.adapters_on_english": {"mnli/evaluate/self-translate-train-de-on-en",
+                                 "mnli/evaluate/zero-shot-equal-steps-de-on-en"},
+    "controls.equal_steps": {"mnli/finetune/english-steps-de", "mnli/evaluate/zero-shot-equal-steps-de",
+                             "mnli/evaluate/zero-shot-equal-steps-de-on-en"},
     "controls.translate_test": {"mnli/evaluate/translate-test-de"},
     "shard_size": {"mnli/translate/de-00001"},
     # A step budget shared by every arm makes the equal-steps control the zero-shot adapter itself.
-    "train.max_steps": {"mnli/finetune/english-steps-de", "mnli/evaluate/zero-shot-equal-steps-de"},
+    "train.max_steps": {"mnli/finetune/english-steps-de", "mnli/evaluate/zero-shot-equal-steps-de",
+                        "mnli/evaluate/zero-shot-equal-steps-de-on-en"},
 }
 
 
@@ -288,13 +300,15 @@ def test_every_field_of_the_run_config_has_a_row():
 
 def test_the_base_plan_has_the_jobs_counted_by_hand(base_keys):
     # 2 shards; quality de; english + stt-de sets; english, stt-de, equal-steps adapters;
-    # base and zero-shot in en and de, equal steps, stt and translate-test in de.
+    # base and zero-shot in en and de, equal steps, stt and translate-test in de; equal steps and stt in en
+    # (the English reference of the German adapters).
     assert sorted(base_keys) == sorted([
         "mnli/translate/de-00000", "mnli/translate/de-00001", "mnli/quality/de", "mnli/build/english",
         "mnli/build/self-translate-train-de", "mnli/finetune/english", "mnli/finetune/self-translate-train-de",
         "mnli/finetune/english-steps-de", "mnli/evaluate/base-en", "mnli/evaluate/base-de",
         "mnli/evaluate/zero-shot-en", "mnli/evaluate/zero-shot-de", "mnli/evaluate/zero-shot-equal-steps-de",
-        "mnli/evaluate/self-translate-train-de", "mnli/evaluate/translate-test-de"])
+        "mnli/evaluate/self-translate-train-de", "mnli/evaluate/translate-test-de",
+        "mnli/evaluate/zero-shot-equal-steps-de-on-en", "mnli/evaluate/self-translate-train-de-on-en"])
     assert len(set(base_keys.values())) == len(base_keys)  # no two jobs share a key
 
 
