@@ -3,7 +3,8 @@
     python scripts/export_study.py runs/xnli-study experiments/xnli-study [--config configs/xnli-study.yaml]
 
 What is copied: report.md, results.parquet, plot.png, config.json, the config file, every stage manifest
-(`_manifest.json`, under manifests/ with its path in the run), and the per-item predictions of every
+(`_manifest.json`, under manifests/ with its path in the run), the model's translations behind each chrF / BLEU
+(`translations/<task>-<language>.parquet`), and the per-item predictions of every
 evaluation (`predictions/<model>-<language>.parquet`: id, index, prediction, gold, score; the full files with
 prompts and outputs are listed with their SHA-256 in `predictions/full_checksums.json` when all of them
 together are over the size limit). `results.parquet`'s prediction paths are rewritten to the copies, so the
@@ -51,27 +52,38 @@ def export(run: Path, out: Path, config_file: Path | None) -> None:
     predictions.mkdir()
     df = pd.read_parquet(run / "results.parquet")
     full_files = {}
-    for column in [c for c in df.columns if c.endswith("_predictions")]:
-        paths = []
-        for value in df[column]:
-            if not isinstance(value, str):
-                paths.append(value)
-                continue
-            source = Path(value)
-            if not source.is_file():  # a path recorded relative to another working directory
-                source = run / Path(*Path(value).parts[-4:])
-            name = f"{source.parent.name}.parquet"
+    def copy(value: str) -> str:
+        source = Path(value)
+        if not source.is_file():  # a path recorded relative to another working directory
+            source = run / Path(*Path(value).parts[-4:])
+        name = f"{source.parent.name}.parquet"
+        if name not in full_files:
             pq.write_table(pq.read_table(source, columns=COMPACT), predictions / name)
             full_files[name] = {"file": str(source.relative_to(run)), "sha256": _sha256(source),
                                 "bytes": source.stat().st_size}
-            paths.append(f"predictions/{name}")
-        df[column] = paths
+        return f"predictions/{name}"
+
+    for column in [c for c in df.columns if c.endswith("_predictions")]:
+        df[column] = [copy(v) if isinstance(v, str) else v for v in df[column]]
+    for column in [c for c in df.columns if c.endswith("_predictions_by_seed")]:  # every training seed's file
+        df[column] = [json.dumps({k: copy(p) for k, p in json.loads(v).items()}) if isinstance(v, str) else v
+                      for v in df[column]]
+    # The model's translations behind each row's chrF / BLEU (small), so those recompute too.
+    translations = out / "translations"
+    shutil.rmtree(translations, ignore_errors=True)
+    translated = {}
+    for source in sorted(run.glob("*/quality/*/translations.parquet")):
+        translations.mkdir(exist_ok=True)
+        name = f"{source.parts[-4]}-{source.parent.name}.parquet"
+        shutil.copy2(source, translations / name)
+        translated[name] = {"file": str(source.relative_to(run)), "sha256": _sha256(source)}
     total = sum(f["bytes"] for f in full_files.values())
     if total <= LIMIT_BYTES:
         for name, f in full_files.items():
             shutil.copy2(run / f["file"], predictions / name.replace(".parquet", ".full.parquet"))
     (predictions / "full_checksums.json").write_text(json.dumps(
-        {"total_bytes": total, "copied": total <= LIMIT_BYTES, "files": full_files}, indent=2))
+        {"total_bytes": total, "copied": total <= LIMIT_BYTES, "files": full_files, "translations": translated},
+        indent=2))
     df.to_parquet(out / "results.parquet", index=False)
     (out / "timings.md").write_text(timings(run))
     print(f"exported {run} -> {out}: {len(full_files)} prediction files ({total / 1e6:.1f} MB full)")

@@ -126,6 +126,8 @@ def results_table(evaluations: list[dict[str, Any]], quality: list[dict[str, Any
         if e.get("seed") in seeds:
             raise DataError(f"{task} {language}: two evaluations of {e['model']} with training seed {e.get('seed')}")
         seeds[e.get("seed")] = _item_scores(predictions, task, language, metric)
+        by_seed_paths = json.loads(row.get(f"{column}_predictions_by_seed", "{}"))
+        row[f"{column}_predictions_by_seed"] = json.dumps({**by_seed_paths, str(e.get("seed")): predictions})
         if len(seeds) == 1:  # the first replicate's files and secondary scores stand for the column
             row[f"{column}_scores"] = json.dumps({k: v for k, v in e["scores"].items() if isinstance(v, float)})
             row[f"{column}_predictions"] = predictions

@@ -51,6 +51,22 @@ def bootstrap(values: np.ndarray, resamples: int, seed: int) -> tuple[float, flo
     return float(lo), float(hi), means
 
 
+def two_level(values: np.ndarray, resamples: int, seed: int) -> tuple[float, float, np.ndarray]:
+    """seeds x items: each resample draws seeds with replacement, then items within each drawn seed (drawn
+    here in one order of its own; the study's interval came from another stream, so they agree within Monte
+    Carlo error)."""
+    rng = np.random.default_rng(seed + 12345)
+    s, n = values.shape
+    means = np.empty(resamples)
+    for start in range(0, resamples, 1000):
+        k = min(1000, resamples - start)
+        drawn = rng.integers(0, s, size=(k, s))
+        items = rng.integers(0, n, size=(k, s, n))
+        means[start : start + k] = values[drawn[:, :, None], items].mean(axis=(1, 2))
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return float(lo), float(hi), means
+
+
 def prior_matched(logprobs: np.ndarray, seed: int = 0) -> np.ndarray:
     """Calibrated choices: biases solving mean softmax(x + b) = 1/3 (scipy's root finder) on one half of
     a seeded random split, applied to the other, halves swapped."""
@@ -109,7 +125,9 @@ class Recompute:
             self.problems.append(f"row {row} ({self.df.at[row, 'language']}) {column}: {detail}")
 
     def checksums(self) -> dict[str, dict]:
-        files = json.loads((self.study / "predictions" / "full_checksums.json").read_text())["files"]
+        recorded = json.loads((self.study / "predictions" / "full_checksums.json").read_text())
+        files = recorded["files"]
+        self.recorded, self.translations = files, recorded.get("translations", {})
         for name, f in files.items():
             full = self.study / "predictions" / name.replace(".parquet", ".full.parquet")
             sha = hashlib.sha256(full.read_bytes()).hexdigest() if full.is_file() else "missing"
@@ -122,7 +140,7 @@ class Recompute:
         if self.tasks != ["mnli"]:
             self.problems.append(f"no independent scorer here for tasks {self.tasks} (only XNLI)")
             return
-        recorded = self.checksums()
+        self.checksums()
         columns = [c.removesuffix("_predictions") for c in self.df.columns if c.endswith("_predictions")]
         family: list[tuple[int, str, float]] = []
         for i, row in self.df.iterrows():
@@ -133,51 +151,30 @@ class Recompute:
                 rel = row[f"{col}_predictions"]
                 if not isinstance(rel, str):
                     continue
-                name = Path(rel).name
-                self.expect(i, f"{col}_predictions", name in recorded, "no recorded checksum for its full file")
-                full = pd.read_parquet(self.study / "predictions" / name.replace(".parquet", ".full.parquet"))
-                slim = pd.read_parquet(self.study / rel)
-                index = np.array([int(x.rsplit(":", 1)[1]) for x in full["id"]])
-                gold = np.array([LABELS.index(gold_all[k]) for k in index])
-                logprobs = np.array([[json.loads(o)[lab] for lab in LABELS] for o in full["output"]])
-                pred = np.array([LABELS.index(p) for p in full["prediction"]])
-                self.expect(i, f"{col}_predictions", list(slim["prediction"]) == list(full["prediction"])
-                            and np.array_equal(np.argmax(logprobs, axis=1), pred),
-                            "slim and full files disagree, or a prediction is not the argmax of its scores")
-                norm = np.argmax(logprobs / np.array([len(f" {lab}".encode()) for lab in LABELS]), axis=1)
-                calibrated = prior_matched(logprobs)
-                metrics = {"accuracy": (pred == gold).astype(float), "accuracy_norm": (norm == gold).astype(float),
-                           "accuracy_calibrated": (calibrated == gold).astype(float)}
-                primary = metrics[row["metric"]] * 100
-                per_item[col] = pd.Series(primary, index=index)
-                n = len(primary)
-                lo, hi, _ = bootstrap(primary, resamples, seed)
-                self.expect(i, col, round(primary.mean(), 2) == pytest.approx(row[col], abs=0.006),
-                            f"{row[col]} recorded, {primary.mean():.2f} recomputed")
-                self.expect(i, f"{col}_n", int(row[f"{col}_n"]) == n, f"n {row[f'{col}_n']} vs {n}")
-                self.expect(i, f"{col}_lo", row[f"{col}_lo"] == pytest.approx(lo, abs=0.06), f"lo vs {lo:.2f}")
-                self.expect(i, f"{col}_hi", row[f"{col}_hi"] == pytest.approx(hi, abs=0.06), f"hi vs {hi:.2f}")
-                self.check_scores(i, col, json.loads(row[f"{col}_scores"]), metrics, (pred, calibrated, gold), n,
-                                  (lo, hi), row)
-            self.expect(i, "n", int(row["n"]) == max(len(s) for s in per_item.values()), "n")
-            for name, new, base in self.comparisons:
-                if new not in per_item or base not in per_item:
+                by_seed = row.get(f"{col}_predictions_by_seed")
+                paths = json.loads(by_seed) if isinstance(by_seed, str) else {"-": rel}
+                seeds = {}
+                for seed_key, path in sorted(paths.items()):
+                    seeds[seed_key] = self.load(i, col, path, gold_all, row["metric"])
+                    self.expect(i, f"{col}_predictions_by_seed", True, "")
+                first = seeds[sorted(paths, key=lambda k: paths[k] != rel)[0]]
+                per_item[col] = {k: v[0] for k, v in seeds.items()}
+                self.check_column(i, col, row, per_item[col], first, resamples, seed)
+            self.expect(i, "n", int(row["n"]) == max(len(next(iter(s.values()))) for s in per_item.values()), "n")
+            pairs = [(name, new, base) for name, new, base in self.comparisons]
+            if row["language"] == "en":
+                pairs.append(("learned", "zero_shot", "base"))  # the English reference, outside the family
+            for name, new, base in pairs:
+                if new not in per_item or base not in per_item or name not in self.df:
                     continue
-                a, b = per_item[new], per_item[base]
-                self.expect(i, name, list(a.index) == list(b.index), "the two columns scored different items")
-                diff = a.to_numpy() - b.to_numpy()
-                lo, hi, means = bootstrap(diff, resamples, seed)
-                obs = diff.mean()
-                p = (np.sum(np.abs(means - obs) >= abs(obs) - 1e-12) + 1) / (resamples + 1)
-                self.expect(i, name, round(obs, 2) == pytest.approx(row[name], abs=0.006), f"{row[name]} vs {obs:.2f}")
-                self.expect(i, f"{name}_lo", row[f"{name}_lo"] == pytest.approx(lo, abs=0.06), f"lo vs {lo:.2f}")
-                self.expect(i, f"{name}_hi", row[f"{name}_hi"] == pytest.approx(hi, abs=0.06), f"hi vs {hi:.2f}")
-                self.expect(i, f"{name}_p", row[f"{name}_p"] == pytest.approx(min(1.0, p), abs=0.005),
-                            f"p {row[f'{name}_p']} vs {p:.4f}")
+                lo, hi = self.check_gain(i, name, row, per_item[new], per_item[base], resamples, seed)
+                if name == "learned":
+                    continue
                 family.append((i, name, float(row[f"{name}_p"])))
                 if f"{name}_p_holm" not in self.df:  # before Holm: significant = the interval excludes 0
                     self.expect(i, f"{name}_significant", bool(row[f"{name}_significant"]) == (not lo <= 0 <= hi),
                                 "significance flag")
+            self.check_translations(i, row)
         if "comparisons_in_family" in self.df:
             for i in self.df.index:
                 self.expect(i, "comparisons_in_family", self.df.at[i, "comparisons_in_family"] == len(family),
@@ -187,6 +184,102 @@ class Recompute:
                             f"Holm p vs {adj:.4f}")
                 self.expect(i, f"{name}_significant", bool(self.df.at[i, f"{name}_significant"]) == (adj < 0.05),
                             "significance at the Holm-adjusted p")
+
+    def load(self, i: int, col: str, rel: str, gold_all: list[str], metric: str) -> tuple[pd.Series, dict, tuple]:
+        recorded = self.recorded
+        name = Path(rel).name
+        self.expect(i, f"{col}_predictions", name in recorded, f"no recorded checksum for {name}")
+        full = pd.read_parquet(self.study / "predictions" / name.replace(".parquet", ".full.parquet"))
+        slim = pd.read_parquet(self.study / rel)
+        index = np.array([int(x.rsplit(":", 1)[1]) for x in full["id"]])
+        gold = np.array([LABELS.index(gold_all[k]) for k in index])
+        logprobs = np.array([[json.loads(o)[lab] for lab in LABELS] for o in full["output"]])
+        pred = np.array([LABELS.index(p) for p in full["prediction"]])
+        self.expect(i, f"{col}_predictions", list(slim["prediction"]) == list(full["prediction"])
+                    and np.array_equal(np.argmax(logprobs, axis=1), pred),
+                    "slim and full files disagree, or a prediction is not the argmax of its scores")
+        norm = np.argmax(logprobs / np.array([len(f" {lab}".encode()) for lab in LABELS]), axis=1)
+        calibrated = prior_matched(logprobs)
+        metrics = {"accuracy": (pred == gold).astype(float), "accuracy_norm": (norm == gold).astype(float),
+                   "accuracy_calibrated": (calibrated == gold).astype(float)}
+        return pd.Series(metrics[metric] * 100, index=index), metrics, (pred, calibrated, gold)
+
+    def check_column(self, i: int, col: str, row: pd.Series, by_seed: dict[str, pd.Series], first: tuple,
+                     resamples: int, seed: int) -> None:
+        order = sorted(by_seed, key=lambda k: (k in ("None", "-"), int(k) if k.lstrip("-").isdigit() else 0))
+        values = np.array([by_seed[k].loc[by_seed[order[0]].index].to_numpy() for k in order])
+        n = values.shape[1]
+        if len(order) == 1:
+            lo, hi, _ = bootstrap(values[0], resamples, seed)
+            tol = 0.06
+        else:
+            lo, hi, _ = two_level(values, resamples, seed)
+            tol = 0.4
+            per_seed = values.mean(axis=1)
+            self.expect(i, f"{col}_per_seed", json.loads(row[f"{col}_per_seed"]) == pytest.approx(per_seed, abs=0.006),
+                        f"per seed {row[f'{col}_per_seed']} vs {per_seed.round(2)}")
+            self.expect(i, f"{col}_seed_sd", row[f"{col}_seed_sd"] == pytest.approx(per_seed.std(ddof=1), abs=0.006),
+                        "seed SD")
+        if f"{col}_seeds" in self.df:
+            self.expect(i, f"{col}_seeds", int(row[f"{col}_seeds"]) == len(order), "number of seeds")
+        mean = values.mean()
+        self.expect(i, col, round(mean, 2) == pytest.approx(row[col], abs=0.006),
+                    f"{row[col]} recorded, {mean:.2f} recomputed")
+        self.expect(i, f"{col}_n", int(row[f"{col}_n"]) == n, f"n {row[f'{col}_n']} vs {n}")
+        self.expect(i, f"{col}_lo", row[f"{col}_lo"] == pytest.approx(lo, abs=tol), f"lo vs {lo:.2f}")
+        self.expect(i, f"{col}_hi", row[f"{col}_hi"] == pytest.approx(hi, abs=tol), f"hi vs {hi:.2f}")
+        _, metrics, choices = first
+        flo, fhi, _ = bootstrap(metrics[row["metric"]] * 100, resamples, seed)
+        self.check_scores(i, col, json.loads(row[f"{col}_scores"]), metrics, choices, n, (flo, fhi), row)
+
+    def check_gain(self, i: int, name: str, row: pd.Series, new: dict[str, pd.Series], base: dict[str, pd.Series],
+                   resamples: int, seed: int) -> tuple[float, float]:
+        keys = sorted(k for k in new if k not in ("None", "-")) or sorted(new)
+        index = next(iter(new.values())).index
+        self.expect(i, name, all(list(s.index) == list(index) for s in [*new.values(), *base.values()]),
+                    "the two columns scored different items")
+        base_of = {k: base.get(k, base.get("None", base.get("-"))) for k in keys}
+        diff = np.array([new[k].to_numpy() - base_of[k].to_numpy() for k in keys])
+        if len(keys) == 1:
+            lo, hi, means = bootstrap(diff[0], resamples, seed)
+            tol, ptol = 0.06, 0.005
+        else:
+            lo, hi, means = two_level(diff, resamples, seed)
+            tol, ptol = 0.4, 0.01
+            per_seed = diff.mean(axis=1)
+            self.expect(i, f"{name}_per_seed", json.loads(row[f"{name}_per_seed"]) == pytest.approx(per_seed,
+                        abs=0.006), "per-seed gains")
+            self.expect(i, f"{name}_seed_sd", row[f"{name}_seed_sd"] == pytest.approx(per_seed.std(ddof=1),
+                        abs=0.006), "seed SD of the gain")
+        if f"{name}_seeds" in self.df:
+            self.expect(i, f"{name}_seeds", int(row[f"{name}_seeds"]) == len(keys), "number of seeds")
+        obs = diff.mean()
+        p = min(1.0, (np.sum(np.abs(means - obs) >= abs(obs) - 1e-12) + 1) / (resamples + 1))
+        self.expect(i, name, round(obs, 2) == pytest.approx(row[name], abs=0.006), f"{row[name]} vs {obs:.2f}")
+        self.expect(i, f"{name}_lo", row[f"{name}_lo"] == pytest.approx(lo, abs=tol), f"lo vs {lo:.2f}")
+        self.expect(i, f"{name}_hi", row[f"{name}_hi"] == pytest.approx(hi, abs=tol), f"hi vs {hi:.2f}")
+        self.expect(i, f"{name}_p", row[f"{name}_p"] == pytest.approx(p, abs=ptol), f"p {row[f'{name}_p']} vs {p:.4f}")
+        return lo, hi
+
+    def check_translations(self, i: int, row: pd.Series) -> None:
+        """chrF and BLEU from the exported translations, references read from the raw XNLI dev files."""
+        path = self.study / "translations" / f"{row['task']}-{row['language']}.parquet"
+        if row.get("chrf") != row.get("chrf") or not path.is_file():
+            return
+        import sacrebleu
+
+        recorded = self.translations.get(path.name, {}).get("sha256")
+        self.expect(i, "chrf", recorded == hashlib.sha256(path.read_bytes()).hexdigest(), "translations checksum")
+        t = pd.read_parquet(path)
+        lines = (self.data / "xnli" / f"xtreme_dev-{row['language']}.tsv").read_text(encoding="utf-8").splitlines()
+        refs = [lines[int(x.rsplit(":", 1)[1])].split("\t")[1] for x in t["id"]]
+        tokenizer = {"th": "char", "ja": "char", "zh": "zh"}.get(row["language"], "13a")
+        chrf = sacrebleu.corpus_chrf(list(t["output"]), [refs]).score
+        bleu = sacrebleu.corpus_bleu(list(t["output"]), [refs], tokenize=tokenizer).score
+        self.expect(i, "chrf", row["chrf"] == pytest.approx(chrf, abs=0.006), f"chrF {row['chrf']} vs {chrf:.2f}")
+        self.expect(i, "bleu", row["bleu"] == pytest.approx(bleu, abs=0.006), f"BLEU {row['bleu']} vs {bleu:.2f}")
+        if "bleu_tokenizer" in self.df:
+            self.expect(i, "bleu_tokenizer", row["bleu_tokenizer"] == tokenizer, "BLEU tokenizer for the script")
 
     def check_scores(self, i: int, col: str, scores: dict, metrics: dict, choices: tuple, n: int,
                      interval: tuple[float, float], row: pd.Series) -> None:
