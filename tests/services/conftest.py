@@ -39,6 +39,10 @@ def stack(tmp_path_factory):
     if pg_bin() is None:
         pytest.fail("PostgreSQL is not installed: `apt-get install postgresql` (.ci/run does it)")
     folder = tmp_path_factory.mktemp("services")
+    # The stack's processes (database, server, workers running models side by side) get every core, not this
+    # test process's share (tests/conftest.py): they, not this process, do the work of these tests.
+    os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    os.environ.pop("OMP_NUM_THREADS", None)
     pg = Postgres()
     procs = Processes(folder)
     api = f"http://127.0.0.1:{free_port()}/api"
