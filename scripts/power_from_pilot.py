@@ -3,18 +3,18 @@
     python scripts/power_from_pilot.py runs/xnli-pilot --task mnli --language de --gain human_gain \\
         --new human_tt --baseline zero_shot --effect 3 --comparisons 6 > experiments/xnli-pilot/power.md
 
-Model of a gain measured over S training seeds and N test items (paired): each seed's gain = the design's
-true gain + a seed effect (SD sigma_seed) + item noise (SD s_d / sqrt(N), s_d = the SD of the per-item
-differences of the primary metric within a seed). The mean over seeds then has
+Model of a gain measured on the same N test items by S training seeds (a crossed design): the per-item
+difference of the primary metric d[s, i] = gain + seed effect (SD sigma_seed) + item effect (SD sigma_item,
+shared by every seed: the same test items) + residual (SD sigma_res). Two-way random-effects ANOVA on the
+pilot's S x N matrix estimates the three; the mean over S' seeds and N' items then has
 
-    SE(S, N) = sqrt(sigma_seed^2 / S + s_d^2 / (S * N)),
+    SE(S', N') = sqrt(sigma_seed^2 / S' + sigma_item^2 / N' + sigma_res^2 / (S' * N')),
 
 and a two-sided test at level alpha detects a gain `effect` with power
 Phi(effect / SE - z) + Phi(-effect / SE - z), z = z_{1 - alpha/2}. alpha = 0.05 / comparisons: Holm's first
 step (the most demanding), so the power is a lower bound for the comparison Holm tests first.
-sigma_seed^2 = the variance of the per-seed gains minus the item noise in them (at least 0). From 3 seeds it
-is a rough estimate: a 95% interval of an SD estimated from 3 values is about [0.52, 6.3] times it, so the
-table is also given at the interval's upper end.
+From 3 seeds sigma_seed is rough: the table is also given at the upper end of its 95% interval (chi-square
+on the seeds' mean square).
 """
 
 from __future__ import annotations
@@ -56,34 +56,42 @@ def main() -> None:
     df = pd.read_parquet(args.run / "results.parquet")
     row = df[(df["task"] == args.task) & (df["language"] == args.language)].iloc[0]
     metric = row["metric"]
-    gains = np.array(json.loads(row[f"{args.gain}_per_seed"]))
-    seeds = len(gains)
-    new, base = per_item(row[f"{args.new}_predictions"], args.task, args.language, metric), per_item(
-        row[f"{args.baseline}_predictions"], args.task, args.language, metric)
-    n = len(new)
-    s_d = float((new - base.loc[new.index]).std(ddof=1))
-    observed_var = float(gains.var(ddof=1))
-    sigma_seed = math.sqrt(max(0.0, observed_var - s_d**2 / n))
-    chi = stats.chi2.ppf(0.025, seeds - 1)
-    sigma_hi = math.sqrt(max(observed_var * (seeds - 1) / chi - s_d**2 / n, 0.0))
+    new_paths = json.loads(row[f"{args.new}_predictions_by_seed"])
+    base_paths = json.loads(row[f"{args.baseline}_predictions_by_seed"])
+    seeds = sorted(k for k in new_paths if k != "None")
+    rows = []
+    for k in seeds:
+        new = per_item(new_paths[k], args.task, args.language, metric)
+        base = per_item(base_paths.get(k, base_paths.get("None")), args.task, args.language, metric)
+        rows.append((new - base.loc[new.index]).to_numpy())
+    d = np.array(rows)
+    s_, n = d.shape
+    seed_means, item_means, grand = d.mean(axis=1), d.mean(axis=0), d.mean()
+    ms_seed = n * seed_means.var(ddof=1)
+    ms_item = s_ * item_means.var(ddof=1)
+    resid = d - seed_means[:, None] - item_means[None, :] + grand
+    ms_res = float((resid**2).sum() / ((s_ - 1) * (n - 1)))
+    var_seed = max(0.0, (ms_seed - ms_res) / n)
+    var_item = max(0.0, (ms_item - ms_res) / s_)
+    var_seed_hi = max(0.0, (ms_seed * (s_ - 1) / stats.chi2.ppf(0.025, s_ - 1) - ms_res) / n)
     alpha = 0.05 / args.comparisons
     print(f"# Seed variance and power: {args.task} {args.language}, {args.gain} ({args.new} - {args.baseline}), "
           f"metric `{metric}`\n")
-    print(f"From `{args.run}` ({seeds} seeds, {n} test items):\n")
+    print(f"From `{args.run}` ({s_} seeds, {n} test items, every seed on the same items):\n")
     for col in (args.baseline, args.new):
         print(f"- {col}: per seed {json.loads(row[f'{col}_per_seed'])}, seed SD {row[f'{col}_seed_sd']:.2f}")
-    print(f"- {args.gain}: per seed {gains.round(2).tolist()}, mean {gains.mean():.2f}, SD {gains.std(ddof=1):.2f}")
-    print(f"- per-item paired difference SD within a seed: s_d = {s_d:.1f} points (item noise in one seed's "
-          f"gain: {s_d / math.sqrt(n):.2f})")
-    print(f"- seed SD of the gain beyond item noise: sigma_seed = {sigma_seed:.2f} (95% upper end {sigma_hi:.2f})\n")
+    print(f"- {args.gain}: per seed {seed_means.round(2).tolist()}, mean {grand:.2f}, SD {seed_means.std(ddof=1):.2f}")
+    print(f"- two-way random effects on the per-item differences (points): sigma_seed = {math.sqrt(var_seed):.2f} "
+          f"(95% upper end {math.sqrt(var_seed_hi):.2f}), sigma_item = {math.sqrt(var_item):.1f}, "
+          f"sigma_res = {math.sqrt(ms_res):.1f}\n")
     print(f"Power to detect a {args.effect:g}-point gain, two-sided, alpha = 0.05 / {args.comparisons} "
           f"(Holm's first step):\n")
     print("| seeds S | test items N | SE | power | power at sigma_seed's upper end |\n|---|---|---|---|---|")
-    for s in (3, 5, 8, 12):
+    for seeds_n in (3, 5, 8):
         for items in (500, 1500, 5010):
-            se = math.sqrt(sigma_seed**2 / s + s_d**2 / (s * items))
-            se_hi = math.sqrt(sigma_hi**2 / s + s_d**2 / (s * items))
-            print(f"| {s} | {items} | {se:.2f} | {power(args.effect, se, alpha):.2f} | "
+            se = math.sqrt(var_seed / seeds_n + var_item / items + ms_res / (seeds_n * items))
+            se_hi = math.sqrt(var_seed_hi / seeds_n + var_item / items + ms_res / (seeds_n * items))
+            print(f"| {seeds_n} | {items} | {se:.2f} | {power(args.effect, se, alpha):.2f} | "
                   f"{power(args.effect, se_hi, alpha):.2f} |")
 
 

@@ -103,7 +103,8 @@ def holm(p_values: Sequence[float]) -> list[float]:
 @dataclass(frozen=True)
 class SeededInterval(Interval):
     """A score over training seeds and test items: the mean over seeds, a two-level bootstrap interval
-    (seeds resampled, then items within each drawn seed) and the standard deviation of the seeds' means."""
+    (seeds resampled, and the test items resampled once for all of them: every seed was scored on the same
+    items, so their sampling is shared, not averaged away) and the standard deviation of the seeds' means."""
 
     seeds: int
     seed_sd: float
@@ -120,16 +121,18 @@ class SeededDifference(SeededInterval):
 
 
 def _two_level_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
-    """values: seeds x items. Each resample draws seeds with replacement, then items with replacement
-    independently for every drawn seed, and averages. One seed: the item bootstrap."""
+    """values: seeds x items, every seed scored on the same items (a crossed design). Each resample draws
+    seeds with replacement and one set of items with replacement, used for every drawn seed, and averages.
+    Drawing items anew for each seed would shrink the items' share of the variance by the number of seeds,
+    as if each seed had its own test set. One seed: the item bootstrap."""
     rng = np.random.default_rng(seed)
     s, n = values.shape
     out = np.empty(resamples)
     for start in range(0, resamples, _CHUNK):
         k = min(_CHUNK, resamples - start)
         seeds = rng.integers(0, s, size=(k, s))
-        items = rng.integers(0, n, size=(k, s, n))
-        out[start : start + k] = values[seeds[:, :, None], items].mean(axis=(1, 2))
+        items = rng.integers(0, n, size=(k, n))
+        out[start : start + k] = values[seeds[:, :, None], items[:, None, :]].mean(axis=(1, 2))
     return out
 
 
@@ -155,8 +158,8 @@ def seeded_ci(scores: Sequence[Sequence[float]], resamples: int = RESAMPLES, see
 def seeded_paired(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], resamples: int = RESAMPLES,
                   seed: int = SEED, confidence: float = CONFIDENCE, scale: float = 100.0) -> SeededDifference:
     """mean(b - a) over seeds and items, paired on both: seed k of b against seed k of a (the same data order
-    and initialisation seed), item i against item i. Two-level bootstrap of the differences; two-sided
-    p-value from the resampled gains moved to mean 0."""
+    and initialisation seed), item i against item i. Two-level bootstrap of the differences (seeds, and the
+    shared items); two-sided p-value from the resampled gains moved to mean 0."""
     a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a_arr.shape != b_arr.shape or a_arr.ndim != 2 or a_arr.size == 0:
         raise ValueError(f"paired scores need the same seeds and items: {a_arr.shape} vs {b_arr.shape}")

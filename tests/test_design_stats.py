@@ -13,7 +13,7 @@ from stt.calibration import calibrated_choices, fit_biases, macro_f1
 from stt.evaluate import score_predictions
 from stt.metrics import translation_scores
 from stt.report import write_report
-from stt.stats import bootstrap_ci, holm, seeded_ci, seeded_paired
+from stt.stats import bootstrap_ci, holm, paired_bootstrap, seeded_ci, seeded_paired
 
 LABELS = ["entailment", "neutral", "contradiction"]
 
@@ -32,6 +32,15 @@ def test_two_level_interval_holds_the_seed_variance():
     ci = seeded_ci(scores, resamples=4000)
     assert (ci.value, ci.lo, ci.hi, ci.n, ci.seeds) == (50.0, 40.0, 60.0, 50, 3)
     assert ci.seed_sd == pytest.approx(10.0) and ci.per_seed == (40.0, 50.0, 60.0)
+
+
+def test_two_level_interval_keeps_the_shared_items_variance():
+    # Three seeds that agree item by item: the seeds add nothing, so the interval is the items' interval of
+    # one seed, not narrower by sqrt(3) as if every seed had its own test set.
+    items = [1.0 if i < 80 else 0.0 for i in range(200)]
+    three = seeded_ci([items] * 3, resamples=20000)
+    one = bootstrap_ci(items, resamples=20000)
+    assert (three.hi - three.lo) == pytest.approx(one.hi - one.lo, abs=0.8)
 
 
 def test_two_level_interval_with_one_seed_is_the_item_bootstrap():
@@ -53,7 +62,8 @@ def test_two_level_against_an_independent_loop():
     means = []
     for _ in range(20000):
         drawn = [r.randrange(3) for _ in range(3)]
-        means.append(100 * sum(scores[s][r.randrange(60)] for s in drawn for _ in range(60)) / 180)
+        items = [r.randrange(60) for _ in range(60)]  # one draw of the test items, shared by the drawn seeds
+        means.append(100 * sum(scores[s][i] for s in drawn for i in items) / 180)
     means.sort()
     assert ci.lo == pytest.approx(means[int(0.025 * 20000)], abs=1.0)
     assert ci.hi == pytest.approx(means[int(0.975 * 20000)], abs=1.0)
@@ -61,10 +71,14 @@ def test_two_level_against_an_independent_loop():
 
 def test_seeded_paired_gain():
     a = [[0.0] * 40] * 3
-    b = [[1.0 if i < 4 else 0.0 for i in range(40)]] * 3  # +10 points in every seed on the same items
-    d = seeded_paired(a, b, resamples=2000)
+    b = [[1.0 if i < 4 else 0.0 for i in range(40)]] * 3  # +10 points in every seed, on the same 4 items
+    d = seeded_paired(a, b, resamples=4000)
     assert d.value == 10.0 and d.seed_sd == 0.0 and d.per_seed == (10.0, 10.0, 10.0)
-    assert d.lo > 0 and d.significant and d.p_value < 0.01
+    # The seeds agree, so the items alone decide: as one seed's paired bootstrap (4 wins of 40 items: exact
+    # sign-test p = 0.125; the bootstrap's p is smaller but not the p < 0.001 of three independent test sets).
+    one = paired_bootstrap(a[0], b[0], resamples=4000)
+    assert d.lo == pytest.approx(one.lo, abs=1.0) and d.hi == pytest.approx(one.hi, abs=1.0)
+    assert d.p_value == pytest.approx(one.p_value, abs=0.02)
     with pytest.raises(ValueError, match="same seeds and items"):
         seeded_paired(a, [[0.0] * 40] * 2)
 
