@@ -154,6 +154,7 @@ def results_table(evaluations: list[dict[str, Any]], quality: list[dict[str, Any
             d = compare(per_item[(task, language, "zero_shot")], per_item[(task, language, "base")], resamples,
                         seed, where=f"{task} en: zero-shot vs base")
             row["learned"], row["learned_lo"], row["learned_hi"], row["learned_p"] = d.value, d.lo, d.hi, d.p_value
+            row.update(_seed_fields("learned", d))
     for (row, name), adjusted in zip(family, holm([row[f"{name}_p"] for row, name in family]), strict=True):
         row[f"{name}_p_holm"], row[f"{name}_significant"] = adjusted, adjusted < ALPHA
     for q in quality:
