@@ -112,12 +112,8 @@ class SeededInterval(Interval):
 
 
 @dataclass(frozen=True)
-class SeededDifference(SeededInterval):
-    p_value: float
-
-    @property
-    def significant(self) -> bool:
-        return not (self.lo <= 0.0 <= self.hi)
+class SeededDifference(SeededInterval, Difference):
+    """A gain over seeds and items: a Difference (p-value, significance) with the seeds' spread."""
 
 
 def _two_level_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
@@ -169,5 +165,5 @@ def seeded_paired(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], re
     lo, hi = _bounds(means, confidence)
     extreme = int(np.sum(np.abs(means - mean) >= abs(mean) - 1e-12))
     p = min(1.0, (extreme + 1) / (resamples + 1))
-    return SeededDifference(round(mean, 4), round(lo, 4), round(hi, 4), diff.shape[1], diff.shape[0],
-                            round(sd, 4), per_seed, round(p, 6))
+    return SeededDifference(value=round(mean, 4), lo=round(lo, 4), hi=round(hi, 4), n=diff.shape[1],
+                            p_value=round(p, 6), seeds=diff.shape[0], seed_sd=round(sd, 4), per_seed=per_seed)
