@@ -152,7 +152,8 @@ def _outputs(folder: Path) -> dict[str, pd.DataFrame]:
         out[f"eval/{path.parent.name}"] = _table(path, ["id"])
     out["translation-quality"] = _table(task / "quality" / "de" / "translations.parquet", ["id"])
     results = pd.read_parquet(folder / "results.parquet")
-    results = results.drop(columns=[c for c in results.columns if c.endswith("_predictions")])  # file paths
+    paths = [c for c in results.columns if c.endswith(("_predictions", "_predictions_by_seed"))]  # file paths
+    results = results.drop(columns=paths)
     out["results"] = results.sort_values(list(results.columns[:3])).reset_index(drop=True)
     return out
 
