@@ -109,7 +109,7 @@ def test_deployments_are_registered(stack, silent_runs):
     assert zombies.enabled and zombies.actions[0].type == "change-flow-run-state"
     # The watch also starts at Running: a run whose worker dies before its first heartbeat is not missed.
     assert zombies.trigger.after == {"prefect.flow-run.heartbeat", "prefect.flow-run.Running"}
-    assert zombies.trigger.within.total_seconds() == ZOMBIE_WINDOW_S  # the test stack's shorter window
+    assert zombies.trigger.within.total_seconds() == ZOMBIE_WINDOW_S  # the window deployed
     with _client() as client:  # every flow run of a deployment sends heartbeats, whoever started its worker
         envs = {d.name: (d.job_variables or {}).get("env", {}) for d in client.read_deployments()}
     assert all(env.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY") == "30" for env in envs.values()), envs
