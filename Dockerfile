@@ -16,8 +16,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends curl && rm -rf 
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY stt stt
-COPY tasks tasks
-COPY flows flows
+COPY stt_app stt_app
 RUN if [ -n "$TORCH_INDEX" ]; then pip install torch --index-url "$TORCH_INDEX"; fi \
     && pip install -e .
 COPY configs configs

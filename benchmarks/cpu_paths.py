@@ -123,10 +123,10 @@ def training(args: argparse.Namespace) -> dict:
     """Seconds per optimizer step at the demo's shapes (rank 8, batch 4, max_length 192, GSM8K pairs)."""
     import pyarrow as pa
 
+    from stt.files import write_parquet_atomic
     from stt.finetune import finetune
     from stt.loaders import load_gsm8k
-    from stt.shards import write_parquet_atomic
-    from stt.stages import mark_done
+    from stt.markers import mark_done
     from stt.templates import math_pair
     from stt.trainsets import SET_SCHEMA
 

@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export STT_VLLM_PYTHON=${STT_VLLM_PYTHON:-$PWD/.venv-vllm/bin/python}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 .venv-vllm/bin/python -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
-.venv/bin/python -m stt.cli run --config configs/gpu-check.yaml --no-prefect
+.venv/bin/python -m stt_app.cli run --config configs/gpu-check.yaml --no-prefect
 cat runs/gpu-check/report.md
 .venv/bin/python benchmarks/vllm_throughput.py --model gemma3-270m --prompts 2048 --language de \
   --lora runs/gpu-check/gsm8k/adapters/self-translate-train-de "$@"

@@ -30,7 +30,7 @@ $py benchmarks/translate_throughput.py --model "$work/gemma3-270m-random" --exam
   --language de --skip-naive 2>&1 | grep -v "Loading weights" | tee "$out/translate_throughput.txt"
 t1=$(date +%s)
 # 2. the whole method without Prefect: translate, build, LoRA on CUDA, evaluation (math generation, NLI scoring).
-$py -m stt.cli run --config configs/gpu-transformers.yaml --no-prefect --run-dir "$work/run" \
+$py -m stt_app.cli run --config configs/gpu-transformers.yaml --no-prefect --run-dir "$work/run" \
   --set engine.model="$work/gemma3-270m-random" "$@" 2>&1 | grep -v "Loading weights" | tee "$out/run.log"
 t2=$(date +%s)
 $py benchmarks/gpu_summary.py "$work/run" | tee "$out/jobs.md"

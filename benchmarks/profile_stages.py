@@ -80,7 +80,7 @@ def training_step_ops(rows: int = 4) -> list[dict]:
     from torch.profiler import ProfilerActivity, profile
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stt.finetune import PadCollator, answer_only_loss, hf_folder, tokenize_pairs
+    from stt.finetune import answer_only_loss, hf_folder, pad_collator, tokenize_pairs
     from stt.loaders import load_gsm8k
     from stt.models import resolve_model
     from stt.templates import math_pair
@@ -92,7 +92,7 @@ def training_step_ops(rows: int = 4) -> list[dict]:
                                       target_modules=list(TrainConfig().target_modules)))
     examples = load_gsm8k(TranslateConfig().resolved_data_dir() / "gsm8k" / "train.jsonl")[:rows]
     features, _, _ = tokenize_pairs(tok, [vars(math_pair(e)) for e in examples], 192)
-    batch = PadCollator(tok.pad_token_id)(features)
+    batch = pad_collator(tok)(features)
     model.train()
 
     def step() -> None:

@@ -11,6 +11,7 @@ bash scripts/system-deps.sh
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 .venv/bin/ruff check .
+.venv/bin/lint-imports --no-cache  # the import contracts in pyproject.toml
 # Two processes; a file's tests stay in one (its module fixtures are built once) and every service-stack test
 # shares one process and one stack (groups and the longest-first order set in tests/conftest.py, kept by
 # --no-loadscope-reorder). Per-test time limits: tests/conftest.py. Seconds per file are printed at the end.

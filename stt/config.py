@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -315,7 +316,7 @@ class ScaleOutConfig(BaseModel):
     """Where a run's model jobs (translate shards, quality, adapters, evaluations) execute.
 
     in-process: in the flow run (or process) that runs the stage; one machine, the default.
-    deployments: as flow runs of `deployment` (flows/fanout.py), `group_size` jobs each, spread by Prefect
+    deployments: as flow runs of `deployment` (stt_app/flows/fanout.py), `group_size` jobs each, spread by Prefect
     over the workers of that deployment's work pool (one worker per GPU); a run that crashes or fails is
     submitted again, up to `max_attempts` times per group. Changes where jobs run, never what they write:
     no stage key holds it."""
@@ -390,6 +391,25 @@ class RunConfig(BaseModel):
         )
 
 
+def with_overrides(data: dict[str, Any], overrides: dict[str, object]) -> dict[str, Any]:
+    """`data` (a config as plain data) with dotted overrides set, e.g. {"eval.limit": 8, "engine.model": "x"}.
+    None means "not given" and is skipped. The one way settings from the command line reach a config: its
+    `--set key=value` and its named options alike."""
+    out = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = out
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {dotted}: '{key}' is a value, not a group of settings")
+            node = child
+        node[leaf] = value
+    return out
+
+
 def load_run_config(path: Path, **overrides: object) -> RunConfig:
     """A YAML (or JSON) preset, with dotted overrides such as {"eval.limit": 8}."""
     import yaml
@@ -400,12 +420,4 @@ def load_run_config(path: Path, **overrides: object) -> RunConfig:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return RunConfig.model_validate(data)
+    return RunConfig.model_validate(with_overrides(data, overrides))

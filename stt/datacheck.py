@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from stt.models import file_sha256
+from stt.files import file_sha256
 
 # A table row naming a file and, further on, its 64-hex-digit sha256.
 _ROW = re.compile(r"^\|\s*([\w.\-]+\.\w+)\s*\|.*?\b([0-9a-f]{64})\b", re.MULTILINE)

@@ -15,12 +15,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from stt import faults, shards, stages
+from stt import faults, files, markers
 from stt.calibration import calibrated_choices, macro_f1
 from stt.config import EngineConfig, EvalConfig
 from stt.engines import Request, engine_signature, get_engine
 from stt.engines.tokenizer import SPLIT_VERSION
 from stt.errors import ConfigError, DataError
+from stt.files import file_sha256
 from stt.metrics import (
     CHAR_LEVEL,
     PRIMARY_CHOICES,
@@ -31,7 +32,7 @@ from stt.metrics import (
     squad_exact_match,
     squad_f1,
 )
-from stt.models import file_sha256, resolve_model
+from stt.models import resolve_model
 from stt.stats import RESAMPLES, SEED, bootstrap_ci
 from stt.templates import NLI_LABELS, TEMPLATE_VERSION, math_prompt, nli_prompt, qa_prompt
 from stt.testsets import TEST_SETS, test_items
@@ -69,7 +70,7 @@ def evaluate_key(task: str, language: str, engine_config: EngineConfig, config: 
     """What the predictions depend on: weights, adapter, engine, test items, template, stops, settings."""
     items = items if items is not None else test_items(task, data_dir, language, config)
     return _key(task, language, resolve_model(engine_config.model).weights_sha256,
-                adapter_fingerprint(engine_config.adapter), stages.stage_key(items=items), config,
+                adapter_fingerprint(engine_config.adapter), markers.stage_key(items=items), config,
                 engine_signature(engine_config))
 
 
@@ -80,7 +81,7 @@ def _key(task: str, language: str, weights: str, adapter_sha: str | None, data_s
                                                        "quality_limit",
                                                        "translate_test", "bootstrap_resamples", "bootstrap_seed",
                                                        "primary_metric"})
-    return stages.stage_key(stage="evaluate", task=task, language=language, weights=weights, adapter=adapter_sha,
+    return markers.stage_key(stage="evaluate", task=task, language=language, weights=weights, adapter=adapter_sha,
                             data=data_sha, template=TEMPLATE_VERSION, config=settings, engine=engine,
                             stops={"math": MATH_STOPS, "qa": QA_STOPS}, scoring=SCORING_VERSION)
 
@@ -201,14 +202,14 @@ def evaluate(task: str, language: str, engine_config: EngineConfig, config: Eval
     output_language = output_language or language
     model = resolve_model(engine_config.model)
     adapter_sha = adapter_fingerprint(engine_config.adapter)
-    data_sha = stages.stage_key(items=items)
+    data_sha = markers.stage_key(items=items)
     signature = engine_signature(engine_config)
     key = _key(task, language, model.weights_sha256, adapter_sha, data_sha, config, signature)
     out_folder = Path(out_folder)
-    done = stages.read_done(out_folder, key)
+    done = markers.read_done(out_folder, key)
     if done:
         return {**done, "folder": str(out_folder), "reused": True}
-    stages.clear(out_folder, ["predictions.parquet"])
+    markers.clear(out_folder, ["predictions.parquet"])
     engine = get_engine(engine_config.model_copy(update={"batch_size": config.batch_size}))
     t0 = time.perf_counter()
     with faults.unit(f"eval:{label}-{language}"):
@@ -221,7 +222,7 @@ def evaluate(task: str, language: str, engine_config: EngineConfig, config: Eval
                "output_language": output_language, "model": label, **r}
         row["score"] = score_row(task, language, row)
         full.append(row)
-    shards.write_parquet_atomic(pa.Table.from_pylist(full, schema=PRED_SCHEMA), out_folder / "predictions.parquet",
+    files.write_parquet_atomic(pa.Table.from_pylist(full, schema=PRED_SCHEMA), out_folder / "predictions.parquet",
                                 {"stt.key": key})
     metric = primary_metric(task, config)
     scores = score_predictions(task, language, full, config.bootstrap_resamples, config.bootstrap_seed, metric)
@@ -230,7 +231,7 @@ def evaluate(task: str, language: str, engine_config: EngineConfig, config: Eval
                   "tokens_per_s": round(tokens / seconds, 2) if seconds and tokens else None}
     log.info("%s %s %s: %s (%d items, %.1fs)", label, task, language,
              {k: round(v, 2) if isinstance(v, float) else v for k, v in scores.items()}, len(full), seconds)
-    info = stages.mark_done(out_folder, key, ["predictions.parquet"], stage="evaluate", task=task,
+    info = markers.mark_done(out_folder, key, ["predictions.parquet"], stage="evaluate", task=task,
                             language=language, model=label, metric=metric, scores=scores,
                             throughput=throughput, model_id=model.model_id, weights_sha256=model.weights_sha256,
                             adapter=str(engine_config.adapter) if engine_config.adapter else None,

@@ -21,11 +21,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stt import faults, stages
+from stt import faults, markers
 from stt.config import TrainConfig
 from stt.errors import DataError
+from stt.files import write_text_atomic
 from stt.models import ResolvedModel, hf_folder, resolve_model
-from stt.shards import write_text_atomic
 from stt.templates import TEMPLATE_VERSION
 
 log = logging.getLogger(__name__)
@@ -68,25 +68,13 @@ def tokenize_pairs(tokenizer: Any, rows: list[dict[str, Any]], max_length: int
     return features, set_aside, shortened
 
 
-class PadCollator:
-    """Right-pads a batch; padding is masked out of attention and loss."""
+def pad_collator(tokenizer: Any) -> Any:
+    """Pads a batch on the right (positions count from each row's first token, as in generation); padding is
+    masked out of attention and out of the loss (label -100). Sets the tokenizer's padding side."""
+    from transformers import DataCollatorForSeq2Seq
 
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, Any]:
-        import torch
-
-        width = max(len(b["input_ids"]) for b in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, b in enumerate(batch):
-            n = len(b["input_ids"])
-            ids[i, :n] = torch.tensor(b["input_ids"])
-            labels[i, :n] = torch.tensor(b["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    tokenizer.padding_side = "right"
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
 
 
 def answer_only_loss(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
@@ -180,15 +168,15 @@ def planned_steps(examples: int, config: TrainConfig) -> int:
 
 
 def train_key(model: ResolvedModel, set_key: str, config: TrainConfig) -> str:
-    return stages.stage_key(stage="finetune", version=TRAIN_VERSION, weights=model.weights_sha256, set=set_key,
+    return markers.stage_key(stage="finetune", version=TRAIN_VERSION, weights=model.weights_sha256, set=set_key,
                             template=TEMPLATE_VERSION, config=config.model_dump(mode="json", exclude={"seeds"}))
 
 
 def _set_info(set_folder: Path) -> dict[str, Any]:
-    marker = Path(set_folder) / stages.MARKER
+    marker = Path(set_folder) / markers.MARKER
     info = json.loads(marker.read_text()) if marker.exists() else {}
     if not info.get("key"):
-        raise DataError(f"{set_folder}: not a finished training set (no {stages.MARKER}); build it first")
+        raise DataError(f"{set_folder}: not a finished training set (no {markers.MARKER}); build it first")
     return info
 
 
@@ -204,7 +192,7 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     set_info = _set_info(set_folder)
     model = resolve_model(model_name)
     key = train_key(model, set_info["key"], config)
-    done = stages.read_done(out_folder, key)
+    done = markers.read_done(out_folder, key)
     if done:  # before importing torch, peft and the Trainer: a cached rerun should cost nothing
         return {**done, "folder": str(out_folder), "reused": True}
     import torch
@@ -216,7 +204,7 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     # Checkpoints live under the key: a resume only ever continues a run of the same key, and a new key
     # starts clean (stale adapter files and other keys' checkpoints are removed).
     checkpoint_dir = out_folder / "checkpoints" / key[:16]
-    removed = stages.clear(out_folder, OUTPUTS, keep=checkpoint_dir.name)
+    removed = markers.clear(out_folder, OUTPUTS, keep=checkpoint_dir.name)
     if removed:
         log.info("%s: removed stale outputs of another key: %s", out_folder, ", ".join(removed))
     out_folder.mkdir(parents=True, exist_ok=True)
@@ -286,7 +274,7 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
 
     trainer_class = killable_trainer(answer_only_trainer(Trainer) if config.answer_only_logits else Trainer, name)
     trainer = trainer_class(model=peft_model, args=args, train_dataset=features,
-                      data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[Record()])
+                      data_collator=pad_collator(tokenizer), callbacks=[Record()])
     checkpoints = complete_checkpoints(checkpoint_dir)
     resume = str(checkpoints[-1]) if checkpoints else None
     if resume:
@@ -331,7 +319,7 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     write_text_atomic(out_folder / "train_config.json", config.model_dump_json(indent=2))
     files = [*ADAPTER_FILES, "loss.csv", "metrics.json", "train_config.json"]
     files += ["set_aside.parquet"] if set_aside else []
-    info = stages.mark_done(out_folder, key, files,
+    info = markers.mark_done(out_folder, key, files,
                             stage="finetune", model_id=model.model_id, weights_sha256=model.weights_sha256,
                             set_folder=str(set_folder), set_key=set_info["key"], set=set_info.get("set"),
                             template_version=TEMPLATE_VERSION, config=config.model_dump(mode="json"),

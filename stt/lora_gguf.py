@@ -17,7 +17,8 @@ from importlib import metadata
 from pathlib import Path
 
 from stt.errors import ConfigError
-from stt.models import ResolvedModel, cache_dir, file_sha256, hf_folder
+from stt.files import file_sha256
+from stt.models import ResolvedModel, cache_dir, hf_folder
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ a Hugging Face folder happens once per weights hash and is cached on disk.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stt.errors import ConfigError
+from stt.files import exclusive, file_sha256, write_text_atomic
 
 
 def cache_dir() -> Path:
@@ -112,22 +112,8 @@ def file_sha256_cached(path: Path) -> str:
             if {k: saved[k] for k in stamp} == stamp:
                 return saved["sha256"]
     digest = file_sha256(path)
-    _write_text_atomic(sidecar, json.dumps({**stamp, "sha256": digest}))
+    write_text_atomic(sidecar, json.dumps({**stamp, "sha256": digest}))
     return digest
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def hf_folder(model: ResolvedModel) -> Path:
@@ -138,8 +124,7 @@ def hf_folder(model: ResolvedModel) -> Path:
     if (target / "stt_model.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two processes must not convert into the same folder
+    with exclusive(target.parent / f".{target.name}.lock"):  # two processes must not convert into one folder
         if not (target / "stt_model.json").exists():
             convert_gguf(model.path, target, source=model.model_id, weights_sha256=model.weights_sha256)
     return target

@@ -20,12 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stt import stages
+from stt import markers
 from stt.config import EngineConfig, RunConfig, SetKind, TrainConfig
 from stt.errors import DataError
 from stt.evaluate import evaluate
-from stt.report import write_report
-from stt.runlock import run_lock
 from stt.trainsets import has_human, set_name, training_source
 from stt.translate_test import translate_test
 
@@ -141,7 +139,7 @@ def plan_task(config: RunConfig, task: str) -> TaskPlan:
                *(plan.adapter_dir(a.name) for a in plan.adapters), *(plan.eval_dir(e) for e in plan.evals),
                *(plan.quality_dir(lang) for lang in config.languages)]
     for folder in folders:
-        stages.inside(config.root, folder)
+        markers.inside(config.root, folder)
     return plan
 
 
@@ -151,7 +149,7 @@ def adapter_train_config(config: RunConfig, plan: TaskPlan, job: AdapterJob) -> 
     train = config.train.model_copy(update={"seed": job.seed, "seeds": ()})
     if not job.steps_like:
         return train
-    marker = plan.adapter_dir(job.steps_like) / stages.MARKER
+    marker = plan.adapter_dir(job.steps_like) / markers.MARKER
     if not marker.is_file():
         raise DataError(f"{job.name} trains for as many steps as {job.steps_like}: train that adapter first")
     steps = json.loads(marker.read_text())["metrics"]["steps"]
@@ -219,9 +217,9 @@ def collect(config: RunConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any
 
 
 def _finished(folder: Path, what: str, stage: str) -> dict[str, Any]:
-    marker = folder / stages.MARKER
+    marker = folder / markers.MARKER
     if not marker.is_file():
-        raise DataError(f"{what} missing: {folder} has no {stages.MARKER} (run the {stage} flow first)")
+        raise DataError(f"{what} missing: {folder} has no {markers.MARKER} (run the {stage} flow first)")
     return {**json.loads(marker.read_text()), "folder": str(folder)}
 
 
@@ -232,17 +230,3 @@ def run_job_evaluation(config: RunConfig, plan: TaskPlan, job: EvalJob, data_dir
                               config.eval, config.generation, config.prompt, data_dir, plan.eval_dir(job))
     return evaluate(plan.task, job.language, eval_engine(config, plan, job), config.eval, data_dir,
                     plan.eval_dir(job), job.model)
-
-
-def run_pipeline(config: RunConfig) -> dict[str, Any]:
-    """The whole method in one process, without Prefect (the flows run the same jobs as tasks)."""
-    with run_lock(config.root):  # one run per run folder at a time
-        return _run_pipeline(config)
-
-
-def _run_pipeline(config: RunConfig) -> dict[str, Any]:
-    from stt.jobs import run_plan
-
-    run_plan(config)
-    evaluations, quality = collect(config)  # the same reading of the run folder as the Prefect report flow
-    return write_report(config.root, evaluations, quality, json.loads(config.model_dump_json()), notes(config))

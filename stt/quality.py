@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from stt import faults, shards, stages
+from stt import faults, files, markers
 from stt.config import EngineConfig, GenerationParams, PromptConfig
 from stt.engines import Request, generator_signature, get_engine
 from stt.metrics import translation_scores
@@ -54,7 +54,7 @@ def quality_key(task: str, language: str, engine_config: EngineConfig, generatio
 
 def _key(task: str, language: str, weights: str, builder: PromptBuilder, generation: GenerationParams,
          pairs: list[dict[str, str]], engine: dict[str, Any]) -> str:
-    return stages.stage_key(stage="quality", task=task, language=language, weights=weights, engine=engine,
+    return markers.stage_key(stage="quality", task=task, language=language, weights=weights, engine=engine,
                             prefix=builder.completion_prompt(""), prompt_version=builder.version,
                             generation=generation.model_dump(mode="json"), data=pairs)
 
@@ -69,10 +69,10 @@ def translation_quality(task: str, language: str, engine_config: EngineConfig, g
     model = resolve_model(engine_config.model)
     key = _key(task, language, model.weights_sha256, builder, generation, pairs, generator_signature(engine_config))
     out_folder = Path(out_folder)
-    done = stages.read_done(out_folder, key)
+    done = markers.read_done(out_folder, key)
     if done:
         return {**done, "folder": str(out_folder), "reused": True}
-    stages.clear(out_folder, ["translations.parquet"])
+    markers.clear(out_folder, ["translations.parquet"])
     engine = get_engine(engine_config, generation)
     requests = [Request(builder.completion_prompt(p["source"]),
                         generation.max_new_tokens(engine.count_tokens(p["source"])), generation.stop) for p in pairs]
@@ -87,11 +87,11 @@ def translation_quality(task: str, language: str, engine_config: EngineConfig, g
                      "output": text, "raw": o.text,
                      "chrf": round(sacrebleu.sentence_chrf(text, [p["reference"]]).score, 2),
                      "completion_tokens": o.completion_tokens})
-    shards.write_parquet_atomic(pa.Table.from_pylist(rows, schema=QUALITY_SCHEMA), out_folder / "translations.parquet",
+    files.write_parquet_atomic(pa.Table.from_pylist(rows, schema=QUALITY_SCHEMA), out_folder / "translations.parquet",
                                 {"stt.key": key})
     scores = translation_scores([r["output"] for r in rows], [r["reference"] for r in rows], language)
     log.info("translation quality %s en->%s: %s (%d items)", task, language, scores, len(rows))
-    info = stages.mark_done(out_folder, key, ["translations.parquet"], stage="quality", task=task, language=language,
+    info = markers.mark_done(out_folder, key, ["translations.parquet"], stage="quality", task=task, language=language,
                             scores={**scores, "n": len(rows)}, seconds=round(seconds, 2),
                             model_id=model.model_id, weights_sha256=model.weights_sha256,
                             prompt_version=builder.version, reference_field=REFERENCE_FIELD[task])

@@ -7,7 +7,6 @@ directory. Every number comes from an evaluation manifest, whose predictions fil
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pyarrow as pa
 
 from stt.errors import DataError
 from stt.evaluate import METRICS, item_scores
-from stt.shards import write_parquet_atomic, write_text_atomic
+from stt.files import atomic_path, write_parquet_atomic, write_text_atomic
 from stt.stats import (
     RESAMPLES,
     SEED,
@@ -52,10 +51,20 @@ GAIN_SHOWN = {"gain": "gain (STT - zero-shot)", "gain_vs_equal_steps": "STT - ze
 ALPHA = 0.05  # family-wise error rate of the declared comparisons (Holm)
 
 
-def _item_scores(path: str, task: str, language: str, metric: str) -> pd.Series:
-    """Per-item scores of `metric`, recomputed from the saved rows (labels read from the file's gold)."""
+Scores = dict[tuple[str, str, str, str], pd.Series]  # one report's per-item scores, each file read once
+
+
+def _item_scores(path: str, task: str, language: str, metric: str, read: Scores | None = None) -> pd.Series:
+    """Per-item scores of `metric`, recomputed from the saved rows (labels read from the file's gold).
+    `read`: the scores this report has read already (a cache for one report, never across reports: a file
+    rewritten under a new key keeps its path)."""
+    if read is not None and (path, task, language, metric) in read:
+        return read[(path, task, language, metric)]
     rows = pd.read_parquet(path).to_dict("records")
-    return pd.Series(item_scores(task, language, rows)[metric], index=[r["index"] for r in rows])
+    scores = pd.Series(item_scores(task, language, rows)[metric], index=[r["index"] for r in rows])
+    if read is not None:
+        read[(path, task, language, metric)] = scores
+    return scores
 
 
 def _aligned(series: list[pd.Series], where: str) -> pd.DataFrame:
@@ -101,7 +110,8 @@ def _seed_fields(prefix: str, stat: Interval) -> dict[str, Any]:
 
 
 def results_table(evaluations: list[dict[str, Any]], quality: list[dict[str, Any]], resamples: int = RESAMPLES,
-                  seed: int = SEED, primary: dict[str, str] | None = None) -> pd.DataFrame:
+                  seed: int = SEED, primary: dict[str, str] | None = None, read: Scores | None = None
+                  ) -> pd.DataFrame:
     """Rows: (task, language). Per model column: the primary metric (`primary`: task -> metric, default the
     task's, see stt.metrics.PRIMARY_CHOICES), recomputed from the predictions: over one seed, the mean with a
     bootstrap interval over items; over several training seeds (`seed` of each evaluation), the mean over
@@ -125,7 +135,7 @@ def results_table(evaluations: list[dict[str, Any]], quality: list[dict[str, Any
         seeds = per_item.setdefault((task, language, column), {})
         if e.get("seed") in seeds:
             raise DataError(f"{task} {language}: two evaluations of {e['model']} with training seed {e.get('seed')}")
-        seeds[e.get("seed")] = _item_scores(predictions, task, language, metric)
+        seeds[e.get("seed")] = _item_scores(predictions, task, language, metric, read)
         by_seed_paths = json.loads(row.get(f"{column}_predictions_by_seed", "{}"))
         row[f"{column}_predictions_by_seed"] = json.dumps({**by_seed_paths, str(e.get("seed")): predictions})
         if len(seeds) == 1:  # the first replicate's files and secondary scores stand for the column
@@ -177,7 +187,7 @@ def results_table(evaluations: list[dict[str, Any]], quality: list[dict[str, Any
 
 
 def english_reference(evaluations: list[dict[str, Any]], resamples: int = RESAMPLES, seed: int = SEED,
-                      primary: dict[str, str] | None = None) -> pd.DataFrame:
+                      primary: dict[str, str] | None = None, read: Scores | None = None) -> pd.DataFrame:
     """Every model scored on the English test (the language all adapters saw most): base, zero-shot and
     each target language's adapters, on the primary metric, over seeds where there are several."""
     groups: dict[tuple[str, str, str], dict[int | None, pd.Series]] = {}
@@ -187,7 +197,7 @@ def english_reference(evaluations: list[dict[str, Any]], resamples: int = RESAMP
         task, metric = e["task"], (primary or {}).get(e["task"]) or METRICS[e["task"]]
         model = e["model"] + (f" ({e['trained_for']})" if e.get("trained_for") else "")
         groups.setdefault((task, model, metric), {})[e.get("seed")] = _item_scores(
-            str(Path(e["folder"]) / "predictions.parquet"), task, "en", metric)
+            str(Path(e["folder"]) / "predictions.parquet"), task, "en", metric, read)
     rows = []
     for (task, model, metric), by_seed in groups.items():
         ci = _score(by_seed, resamples, seed, f"{task} en {model}")
@@ -281,26 +291,33 @@ def plot(df: pd.DataFrame, path: Path) -> Path:
         ax.set_ylabel("score (%)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")  # the name may be a temp name without .png
     plt.close(fig)
     return path
 
 
-def steps_check(root: Path) -> list[str]:
+def adapter_manifests(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """task -> adapter name -> its manifest, for every finished adapter under a run folder."""
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for marker in sorted(Path(root).glob("*/adapters/*/_manifest.json")):
+        found.setdefault(marker.parent.parent.parent.name, {})[marker.parent.name] = json.loads(marker.read_text())
+    return found
+
+
+def steps_check(adapters: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     """Are the arms matched? Per task, every adapter with its optimizer steps; matched when all took the same
     number (train.max_steps: one step budget for every arm, whatever its set's size)."""
     lines = []
-    for task_dir in sorted(p for p in Path(root).glob("*/adapters") if p.is_dir()):
+    for task, manifests in adapters.items():
         steps, batch = {}, 0
-        for marker in sorted(task_dir.glob("*/_manifest.json")):
-            m = json.loads(marker.read_text())
+        for name, m in manifests.items():
             if "steps" in m.get("metrics", {}):
-                steps[marker.parent.name] = m["metrics"]["steps"]
+                steps[name] = m["metrics"]["steps"]
                 train = m.get("config", {})
                 batch = train.get("batch_size", 0) * train.get("gradient_accumulation", 1)
         if not steps:
             continue
-        task, listing = task_dir.parent.name, ", ".join(f"{k} {v}" for k, v in steps.items())
+        listing = ", ".join(f"{k} {v}" for k, v in steps.items())
         if len(set(steps.values())) == 1:
             lines.append(f"Matched arms, {task}: every adapter took {next(iter(steps.values()))} optimizer steps of "
                          f"{batch} rows (train.max_steps is the shared step budget; a smaller set is cycled through "
@@ -312,15 +329,15 @@ def steps_check(root: Path) -> list[str]:
     return lines
 
 
-def training_notes(root: Path) -> list[str]:
+def training_notes(adapters: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     """Rows set aside or shortened by train.max_length, per adapter (from the adapters' metrics)."""
     notes = []
-    for marker in sorted(Path(root).glob("*/adapters/*/_manifest.json")):
-        m = json.loads(marker.read_text()).get("metrics", {})
+    for task, name, manifest in ((t, n, m) for t, by_name in adapters.items() for n, m in by_name.items()):
+        m = manifest.get("metrics", {})
         aside, short = m.get("set_aside") or {}, m.get("prompts_shortened") or 0
         if aside or short:
             what = ", ".join(f"{v} {k}" for k, v in aside.items()) or "none"
-            notes.append(f"Adapter `{marker.parent.parent.parent.name}/{marker.parent.name}`: {m.get('examples')} of "
+            notes.append(f"Adapter `{task}/{name}`: {m.get('examples')} of "
                          f"{m.get('rows')} rows trained on; set aside (would lose the answer): {what}; prompts "
                          f"shortened to fit max_length: {short}.")
     return notes
@@ -409,12 +426,12 @@ def design_checks(df: pd.DataFrame) -> list[str]:
     return lines
 
 
-def markdown(df: pd.DataFrame, config: dict[str, Any], notes: list[str], root: Path | None = None,
-             evaluations: list[dict[str, Any]] | None = None) -> str:
-    checks = design_checks(df) + (steps_check(root) if root else [])
-    ev = config.get("eval", {})
-    english = english_reference(evaluations or [], ev.get("bootstrap_resamples", RESAMPLES),
-                                ev.get("bootstrap_seed", SEED), ev.get("primary_metric") or {})
+def markdown(df: pd.DataFrame, config: dict[str, Any], notes: list[str], checks: list[str] | None = None,
+             english: pd.DataFrame | None = None) -> str:
+    """The report: `checks` (design_checks, steps_check) first, then the table, the English reference
+    (english_reference) and the notes."""
+    checks = checks if checks is not None else design_checks(df)
+    english = english if english is not None else pd.DataFrame()
     metrics = ", ".join(f"{t}: `{m}`" for t, m in dict(zip(df["task"], df["metric"], strict=True)).items())
     lines = [f"# Self-Translate-Train: {config.get('name', 'run')}", "",
              f"Model `{config['engine']['model']}`, languages {', '.join(config['languages'])}, "
@@ -455,16 +472,18 @@ def write_report(root: Path, evaluations: list[dict[str, Any]], quality: list[di
     root.mkdir(parents=True, exist_ok=True)
     ev = config.get("eval", {})
     resamples, seed = ev.get("bootstrap_resamples", RESAMPLES), ev.get("bootstrap_seed", SEED)
-    df = results_table(evaluations, quality, resamples, seed, ev.get("primary_metric") or {})
-    notes = [*(notes or []), *translation_notes(root), *training_notes(root),
+    primary, read = ev.get("primary_metric") or {}, {}
+    df = results_table(evaluations, quality, resamples, seed, primary, read)
+    english = english_reference(evaluations, resamples, seed, primary, read)
+    adapters = adapter_manifests(root)
+    notes = [*(notes or []), *translation_notes(root), *training_notes(adapters),
              _interval_note(df, resamples, seed),
              *bleu_notes(df)]
     # Atomic writes (temp + rename): a run killed here leaves the previous report or none, never half of one.
     write_parquet_atomic(pa.Table.from_pandas(df, preserve_index=False), root / "results.parquet")
-    tmp_plot = root / f".plot.{os.getpid()}.tmp.png"
-    plot(df, tmp_plot)
-    os.replace(tmp_plot, root / "plot.png")
-    md = markdown(df, config, notes or [], root, evaluations)
+    with atomic_path(root / "plot.png") as tmp_plot:
+        plot(df, tmp_plot)
+    md = markdown(df, config, notes or [], design_checks(df) + steps_check(adapters), english)
     write_text_atomic(root / "report.md", md)
     write_text_atomic(root / "config.json", json.dumps(config, indent=2, default=str))
     return {"results": str(root / "results.parquet"), "report": str(root / "report.md"),

@@ -1,7 +1,7 @@
 """One run per output folder at a time.
 
 Two runs pointed at the same folder would both write its shards. The entry points (`run_pipeline`, the
-end-to-end Prefect flow, the translate stage run on its own) hold an exclusive `flock` on
+end-to-end Prefect flow, the translate stage run on its own) hold an exclusive lock (filelock: `flock`) on
 `<folder>/.stt-lock` for as long as they run; a second run fails at once with a message naming the
 holder, or waits up to `wait_s` seconds for it. The kernel drops the lock when its process dies (even
 by SIGKILL), so a crashed run never leaves a stale lock behind. Prefect workers running the tasks of a
@@ -10,7 +10,6 @@ locked run do not take it again.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import socket
@@ -19,7 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import filelock
+
 from stt.errors import ConfigError
+from stt.files import exclusive
 
 LOCK_FILE = ".stt-lock"
 
@@ -34,26 +36,17 @@ def run_lock(folder: Path, wait_s: float | None = None) -> Iterator[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
-    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the lock's lifetime
-    deadline = time.monotonic() + wait_s
+    lock = exclusive(path, timeout_s=wait_s)
     try:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    handle.seek(0)
-                    holder = handle.read().strip() or "unknown"
-                    raise RunInUse(f"{folder} is in use by another run ({holder}): wait for it to finish or stop "
-                                   f"it (set STT_LOCK_WAIT_S to wait); two runs must not write the same shards") \
-                        from None
-                time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
-        handle.flush()
+        lock.acquire(poll_interval=0.2)
+    except filelock.Timeout:
+        holder = path.read_text(encoding="utf-8").strip() or "unknown"
+        raise RunInUse(f"{folder} is in use by another run ({holder}): wait for it to finish or stop it (set "
+                       "STT_LOCK_WAIT_S to wait); two runs must not write the same shards") from None
+    try:
+        # Who holds it, for the message above; written in the lock file itself (filelock leaves its content).
+        path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                    "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}), encoding="utf-8")
         yield path
     finally:
-        handle.close()  # closing the descriptor releases the lock
+        lock.release()

@@ -14,7 +14,6 @@ pyarrow skips paths starting with '_'):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -26,9 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stt import faults
-from stt.errors import disk_full, is_disk_full
-from stt.models import file_sha256
+from stt.files import exclusive, file_sha256, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -38,34 +35,6 @@ MANIFEST_FORMAT = "stt-shards-v1"
 
 def shard_id(language: str, index: int) -> str:
     return f"{language}-{index:05d}"
-
-
-def write_parquet_atomic(table: pa.Table, path: Path, metadata: dict[str, str] | None = None) -> str:
-    """Write to a temp file in the same folder, fsync, rename; return the file's sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if metadata:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with _no_partial(tmp, path):
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        faults.crash_point(f"write:{path}")
-        os.replace(tmp, path)
-    return file_sha256(path)
-
-
-@contextlib.contextmanager
-def _no_partial(tmp: Path, path: Path) -> Iterator[None]:
-    """Any failure mid-write (a full disk above all) removes the temp file: a reader only ever sees
-    a complete file under the final name, and a full disk is reported naming the folder."""
-    try:
-        yield
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if is_disk_full(exc):
-            raise disk_full(path.parent, path.name) from exc
-        raise
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -79,9 +48,7 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _locked(out_dir: Path) -> Iterator[None]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".manifest.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # shard tasks finish in parallel threads or processes
+    with exclusive(Path(out_dir) / ".manifest.lock"):  # shard tasks finish in parallel threads or processes
         yield
 
 
@@ -103,24 +70,6 @@ def read_manifest(out_dir: Path) -> dict[str, Any]:
         return {"format": MANIFEST_FORMAT, "shards": {}}
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Temp file, fsync, rename (see `_no_partial`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with _no_partial(tmp, path):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        faults.crash_point(f"write:{path}")
-        os.replace(tmp, path)
-
-
 def update_manifest(out_dir: Path, shard: str | None = None, entry: dict[str, Any] | None = None,
                     **top: Any) -> dict[str, Any]:
     """Read-modify-write under a file lock: set one shard's entry and/or top-level keys."""
@@ -133,7 +82,7 @@ def update_manifest(out_dir: Path, shard: str | None = None, entry: dict[str, An
             else:
                 manifest["shards"][shard] = entry
         manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        _write_json_atomic(out_dir / MANIFEST, manifest)
+        write_json_atomic(out_dir / MANIFEST, manifest)
         return manifest
 
 

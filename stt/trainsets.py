@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stt import shards, stages
+from stt import files, markers, shards
 from stt.config import BuildConfig, SetKind, TranslateConfig
 from stt.errors import ConfigError, DataError
 from stt.specs import TaskSpec, get_task
@@ -50,7 +50,7 @@ def translate_fingerprint(translate_dir: Path) -> str:
         raise DataError(f"{translate_dir}: translate stage incomplete, shards missing: {', '.join(missing)}")
     parts = {s: (manifest["shards"][s]["sha256"], manifest["shards"][s]["rejects_sha256"],
                  manifest["shards"][s]["input_sha256"]) for s in sorted(planned)}
-    return stages.stage_key(shards=parts)
+    return markers.stage_key(shards=parts)
 
 
 def english_examples(translate_dir: Path) -> list[dict[str, Any]]:
@@ -176,13 +176,28 @@ def unused_english(task: str, source: Path | None, language: str, translate_dir:
     return pool[:k]
 
 
-def build_key(task: str, kind: SetKind, language: str | None, translate_dir: Path, config: BuildConfig,
-              source: Path | None = None) -> str:
-    human = (stages.stage_key(rows=_human_for_accepted(task, source, language, translate_dir))
-             if kind == "human-translate-train" else None)
+def _side_rows(task: str, kind: SetKind, language: str | None, translate_dir: Path, source: Path | None
+               ) -> list[dict[str, Any]] | None:
+    """The rows a set takes from the training file itself: the human side (human-translate-train) or the
+    unused English items (english-equal-data); None for the other kinds. Read once per build."""
+    if kind == "human-translate-train":
+        return _human_for_accepted(task, source, language, translate_dir)
     if kind == "english-equal-data":
-        human = stages.stage_key(extra_english=unused_english(task, source, language, translate_dir))
-    return stages.stage_key(stage="build", task=task, kind=kind, language=language if kind != "english" else None,
+        return unused_english(task, source, language, translate_dir)
+    return None
+
+
+def build_key(task: str, kind: SetKind, language: str | None, translate_dir: Path, config: BuildConfig,
+              source: Path | None = None, side: list[dict[str, Any]] | None = None) -> str:
+    """`side`: _side_rows() when the caller has them already (else read here)."""
+    if side is None:
+        side = _side_rows(task, kind, language, translate_dir, source)
+    human = None
+    if kind == "human-translate-train":
+        human = markers.stage_key(rows=side)
+    elif kind == "english-equal-data":
+        human = markers.stage_key(extra_english=side)
+    return markers.stage_key(stage="build", task=task, kind=kind, language=language if kind != "english" else None,
                             translate=translate_fingerprint(translate_dir), template=TEMPLATE_VERSION,
                             config=config.model_dump(mode="json"), human=human)
 
@@ -196,15 +211,16 @@ def build_set(task: str, kind: SetKind, language: str | None, translate_dir: Pat
     """
     spec = get_task(task)
     fingerprint = translate_fingerprint(translate_dir)
-    key = build_key(task, kind, language, translate_dir, config, source)
+    side = _side_rows(task, kind, language, translate_dir, source)
+    key = build_key(task, kind, language, translate_dir, config, source, side)
     folder = Path(out_root) / set_name(kind, language)
-    done = stages.read_done(folder, key)
+    done = markers.read_done(folder, key)
     if done:
         return {**done, "folder": str(folder), "reused": True}
-    stages.clear(folder, ["data.parquet"])
+    markers.clear(folder, ["data.parquet"])
     english = english_examples(translate_dir)
     if kind == "human-translate-train":
-        translated = _human_for_accepted(task, source, language, translate_dir)
+        translated = side or []
     elif kind == "self-translate-train-unfiltered":
         if not round_trip_enabled(translate_dir):
             raise ConfigError("the self-translate-train-unfiltered set is the 'without the filter' control of "
@@ -212,19 +228,19 @@ def build_set(task: str, kind: SetKind, language: str | None, translate_dir: Pat
         translated = translated_examples(translate_dir, language, unfiltered=True)
     elif kind == "english-equal-data":
         translated = []
-        english = english + unused_english(task, source, language, translate_dir)
+        english = english + (side or [])
     else:
         translated = translated_examples(translate_dir, language) if kind != "english" else []
     if kind not in ("english", "english-equal-data") and not translated:
         raise DataError(f"{translate_dir}: no accepted translations into '{language}' to build {kind} from "
                         "(see _rejects/ for why)")
     rows = build_rows(spec, kind, language, english, translated, config.seed)
-    shards.write_parquet_atomic(pa.Table.from_pylist(rows, schema=SET_SCHEMA), folder / "data.parquet",
+    files.write_parquet_atomic(pa.Table.from_pylist(rows, schema=SET_SCHEMA), folder / "data.parquet",
                                 {"stt.key": key, "stt.template_version": TEMPLATE_VERSION})
     mixing: dict[str, int] = {}
     for r in rows:
         mixing[r["variant"]] = mixing.get(r["variant"], 0) + 1
-    info = stages.mark_done(folder, key, ["data.parquet"], stage="build", task=task, set=set_name(kind, language),
+    info = markers.mark_done(folder, key, ["data.parquet"], stage="build", task=task, set=set_name(kind, language),
                             kind=kind, language=language, rows=len(rows), mixing=mixing,
                             template_version=TEMPLATE_VERSION, translate_dir=str(translate_dir),
                             translate_fingerprint=fingerprint, config=config.model_dump(mode="json"))

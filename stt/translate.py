@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stt import faults, shards, stages
+from stt import faults, files, markers, shards
 from stt.badrows import BadRows
 from stt.config import TranslateConfig, stable_json
 from stt.engines import Request, generator_signature, get_engine
@@ -122,7 +122,7 @@ def plan_translation(config: TranslateConfig) -> Plan:
     model = resolve_model(config.engine.model)
     out = Path(config.out_dir)
     (out / "_input").mkdir(parents=True, exist_ok=True)
-    shards._write_json_atomic(out / "_config.json", json.loads(config.model_dump_json()))
+    files.write_json_atomic(out / "_config.json", json.loads(config.model_dump_json()))
     fields = list(examples[0])
     jobs: list[ShardJob] = []
     builders = {lang: build_prompt_builder(lang, config.prompt, config.resolved_data_dir())
@@ -133,7 +133,7 @@ def plan_translation(config: TranslateConfig) -> Plan:
         content = hashlib.sha256(stable_json(chunk).encode()).hexdigest()
         if shards.read_metadata(input_path).get("stt.content_sha256") != content:
             schema = _string_schema(fields, ints=("answer_start",))
-            shards.write_parquet_atomic(_table(chunk, schema), input_path, {"stt.content_sha256": content})
+            files.write_parquet_atomic(_table(chunk, schema), input_path, {"stt.content_sha256": content})
         for lang in config.languages:
             key = generation_key(config, builders[lang], model.weights_sha256, content, lang)
             back = back_key(config, key, lang) if config.round_trip.enabled else None
@@ -175,7 +175,7 @@ def generation_key(config: TranslateConfig, builder: PromptBuilder, weights_sha2
 def back_key(config: TranslateConfig, generation: str, language: str) -> str:
     """The back-translations depend on the forward generations and the reverse (-> English) prompt."""
     builder = build_prompt_builder(language, config.prompt, config.resolved_data_dir(), to_english=True)
-    return stages.stage_key(stage="round-trip", forward=generation, prompt_version=builder.version,
+    return markers.stage_key(stage="round-trip", forward=generation, prompt_version=builder.version,
                             prompt_prefix=builder.completion_prompt(""), cleaning=VALIDATION_VERSION)
 
 
@@ -264,7 +264,7 @@ def _generate_back(job: ShardJob, config: TranslateConfig, progress: Any = None)
     rows = [{"translation": t, "back": clean_completion(c.text, "English", config.generation.stop, target_name),
              "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason}
             for t, c in zip(unique, completions, strict=True)]
-    shards.write_parquet_atomic(_table(rows, BACK_SCHEMA), Path(job.back_path),
+    files.write_parquet_atomic(_table(rows, BACK_SCHEMA), Path(job.back_path),
                                 {"stt.back_key": job.back_key, "stt.seconds": f"{seconds:.3f}",
                                  "stt.prompt_version": builder.version})
     return {"segments": len(rows), "completion_tokens": sum(r["completion_tokens"] for r in rows),
@@ -307,7 +307,7 @@ def _generate_forward(job: ShardJob, config: TranslateConfig, progress: Any = No
         "stt.weights_sha256": engine.weights_sha256, "stt.prompt_version": builder.version,
         "stt.generation": config.generation.model_dump_json(), "stt.seconds": f"{seconds:.3f}",
     }
-    shards.write_parquet_atomic(_table(rows, RAW_SCHEMA), Path(job.raw_path), meta)
+    files.write_parquet_atomic(_table(rows, RAW_SCHEMA), Path(job.raw_path), meta)
     generated = sum(c.completion_tokens for c in completions.values())
     return {"raw_path": job.raw_path, "segments": len(requests), "completion_tokens": generated,
             "seconds": round(seconds, 3)}
@@ -440,7 +440,7 @@ def _write_or_remove(table: pa.Table, out: Path, name: str, meta: dict[str, str]
     if table.num_rows == 0:
         path.unlink(missing_ok=True)
         return None, None
-    return name, shards.write_parquet_atomic(table, path, meta)
+    return name, files.write_parquet_atomic(table, path, meta)
 
 
 def summarize(out_dir: Path) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stt import segments, shards, stages
+from stt import files, markers, segments, shards
 from stt.config import EngineConfig, EvalConfig, GenerationParams, PromptConfig
 from stt.engines import Request, engine_signature, get_engine
 from stt.errors import ConfigError
@@ -44,7 +44,7 @@ def supported(task: str) -> bool:
 def inputs_key(task: str, language: str, items: list[dict[str, Any]], engine_config: EngineConfig,
                generation: GenerationParams, prompt: PromptConfig, data_dir: Path) -> str:
     builder = build_prompt_builder(language, prompt, data_dir, to_english=True)
-    return stages.stage_key(stage="translate-test-inputs", task=task, language=language,
+    return markers.stage_key(stage="translate-test-inputs", task=task, language=language,
                             weights=resolve_model(engine_config.model).weights_sha256,
                             engine=engine_signature(engine_config), prefix=builder.completion_prompt(""),
                             prompt_version=builder.version, generation=generation.model_dump(mode="json"),
@@ -55,7 +55,7 @@ def translate_test_key(task: str, language: str, translator: EngineConfig, answe
                        config: EvalConfig, generation: GenerationParams, prompt: PromptConfig, data_dir: Path) -> str:
     """Everything a translate-test result depends on, known before running (the Prefect cache key)."""
     items = test_items(task, data_dir, language, config)
-    return stages.stage_key(stage="translate-test", inputs=inputs_key(task, language, items, translator, generation,
+    return markers.stage_key(stage="translate-test", inputs=inputs_key(task, language, items, translator, generation,
                                                                       prompt, data_dir),
                             answer=evaluate_key(task, language, answerer, config, data_dir, items=items))
 
@@ -84,7 +84,7 @@ def translate_inputs(task: str, language: str, items: list[dict[str, Any]], engi
                  "output": clean_completion(o.text, "English", generation.stop, builder.source_name),
                  "finish_reason": o.finish_reason}
                 for (i, field, k, text), o in zip(plan, outs, strict=True)]
-        shards.write_parquet_atomic(pa.Table.from_pylist(rows), path, {"stt.key": key})
+        files.write_parquet_atomic(pa.Table.from_pylist(rows), path, {"stt.key": key})
     translated = [dict(it) for it in items]
     for field, mode in FIELDS[task].items():
         parts: dict[int, list[str]] = {}

@@ -99,9 +99,9 @@ def train_tiny_adapter(folder: Path, learning_rate: float) -> Path:
     import pyarrow as pa
 
     from stt.config import TrainConfig
+    from stt.files import write_parquet_atomic
     from stt.finetune import finetune
-    from stt.shards import write_parquet_atomic
-    from stt.stages import mark_done
+    from stt.markers import mark_done
     from stt.trainsets import SET_SCHEMA
 
     rows = [{"id": f"x:{i}", "source_id": f"x:{i}", "language": "en", "variant": "english",

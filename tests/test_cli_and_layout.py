@@ -1,12 +1,14 @@
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from .conftest import ROOT
 
-STT = [sys.executable, "-m", "stt.cli"]
+STT = [sys.executable, "-m", "stt_app.cli"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -33,15 +35,30 @@ def test_bad_arguments_give_one_line_and_exit_2(args, message):
 def test_help_explains_every_option():
     out = _run("translate", "--help").stdout
     for option in ("--task", "--languages", "--limit", "--model", "--out", "--input", "--data-dir", "--shard-size",
-                   "--batch-size", "--shots", "--prompt-style", "--max-new-tokens-cap", "--no-prefect"):
+                   "--batch-size", "--shots", "--prompt-style", "--max-new-tokens-cap", "--set", "--no-prefect"):
         assert option in out
 
 
-def test_library_imports_neither_prefect_nor_vllm():
-    code = ("import sys, stt.translate, stt.engines.transformers_engine, stt.specs, stt.cli; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'vllm')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert out.stdout.strip() == "[]"
+def _lint_imports(root) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--config", str(root / "pyproject.toml"),
+                           "--no-cache"], capture_output=True, text=True, cwd=root, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+
+
+def test_import_contracts_hold_and_catch_an_import_inside_a_function(tmp_path):
+    """The contracts in pyproject.toml (the library imports neither Prefect, vLLM nor stt_app; the app's
+    layers; no cycles in stt) hold, and they see an import written inside a function."""
+    kept = _lint_imports(ROOT)
+    assert kept.returncode == 0, kept.stdout[-2000:]
+    assert "3 kept, 0 broken" in kept.stdout
+    for name in ("stt", "stt_app"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    with open(tmp_path / "stt" / "report.py", "a") as f:
+        f.write("\n\ndef _late():\n    from prefect import flow\n\n    return flow\n")
+    broken = _lint_imports(tmp_path)
+    assert broken.returncode != 0
+    assert "stt.report -> prefect" in broken.stdout and "2 kept, 1 broken" in broken.stdout
 
 
 @pytest.mark.parametrize("args,message", [
@@ -69,3 +86,25 @@ def test_presets_load_and_validate():
     paper = load_run_config(ROOT / "configs" / "paper.yaml", **{"eval.limit": 5})
     assert paper.tasks == ("gsm8k", "squad", "mnli") and paper.eval.limit == 5
     assert set(paper.languages) == {"de", "ru", "th", "zh"}
+
+
+def test_dotted_overrides_set_nested_settings_and_skip_what_was_not_given():
+    from stt.config import with_overrides
+
+    data = {"engine": {"model": "a", "batch_size": 8}, "limit": 3}
+    out = with_overrides(data, {"engine.batch_size": 2, "prompt.num_shots": 4, "limit": None, "name": "x"})
+    assert out == {"engine": {"model": "a", "batch_size": 2}, "prompt": {"num_shots": 4}, "limit": 3, "name": "x"}
+    assert data == {"engine": {"model": "a", "batch_size": 8}, "limit": 3}  # the input is left as it was
+
+
+@pytest.mark.parametrize("args,message", [
+    (["translate", "--set", "engine.batch_size=0"], "error: invalid engine.batch_size"),
+    (["translate", "--limit", "3", "--set", "limit.x=1"], "error: --set limit.x: 'limit' is a value"),
+    (["translate", "--set", "no_such_setting=1"], "error: invalid no_such_setting"),
+    (["evaluate", "--set", "train.rank=4"], "error: --set train: evaluate takes engine.* and eval.* settings"),
+    (["evaluate", "--set", "eval.xnli_split=train"], "error: invalid xnli_split"),
+])
+def test_set_reaches_the_same_settings_as_the_named_options(args, message):
+    result = _run(*args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(message), result.stderr

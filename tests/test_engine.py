@@ -60,3 +60,12 @@ def test_max_new_tokens_derived_from_source_length():
     g = GenerationParams(max_new_tokens_ratio=2.0, max_new_tokens_extra=16, max_new_tokens_cap=100)
     assert g.max_new_tokens(10) == 36
     assert g.max_new_tokens(200) == 100
+
+
+def test_first_stop_cuts_at_the_earliest_stop_string():
+    from stt.engines.base import first_stop
+
+    assert first_stop("Hallo Welt\nEnglish: x", ("English:", "\n")) == 10
+    assert first_stop("no stop here", ("\n",)) == -1
+    assert first_stop("an empty stop stops nothing", ("",)) == -1
+    assert first_stop("", ("\n",)) == -1

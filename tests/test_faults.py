@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from flows.translate import ShardsFailed, translate
 from stt import faults
 from stt.config import EngineConfig, EvalConfig, GenerationParams, TimeoutConfig, TranslateConfig, resolve_data_dir
 from stt.engines import get_engine
 from stt.translate import run_translate
+from stt_app.flows.translate import ShardsFailed, translate
 
 pytestmark = pytest.mark.model
 DATA = resolve_data_dir()
@@ -90,8 +90,8 @@ def test_evaluation_survives_a_transient_fault_and_a_permanent_one_keeps_the_fin
     and the languages already evaluated are kept (not scored again on the rerun)."""
     import pandas as pd
 
-    from flows.evaluate import evaluate_model
     from stt.evaluate import evaluate
+    from stt_app.flows.evaluate import evaluate_model
 
     config, engine = EvalConfig(limit=6, batch_size=6), EngineConfig(kind="transformers", batch_size=6)
     limits = TimeoutConfig(retries=1, retry_delays_s=(0.5,))

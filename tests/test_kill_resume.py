@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from stt.models import file_sha256
+from stt.files import file_sha256
 from stt.shards import read_metadata
 
 from .services.stack import ROOT, VENV_BIN

@@ -30,7 +30,7 @@ def test_the_zombie_automation_waits_three_heartbeats():
 def test_workers_poll_and_lease_at_the_defaults():
     text = (ROOT / "scripts" / "worker.sh").read_text() + (ROOT / "docker-compose.yml").read_text()
     assert "PREFECT_WORKER_QUERY_SECONDS" not in text  # Prefect's default: every 10 s
-    from tasks.model_slot import SLOT_LEASE_SECONDS
+    from stt_app.tasks.model_slot import SLOT_LEASE_SECONDS
 
     assert SLOT_LEASE_SECONDS == 60
 

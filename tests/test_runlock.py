@@ -10,7 +10,7 @@ import time
 import pytest
 
 from stt.config import RunConfig, TranslateConfig
-from stt.pipeline import run_pipeline
+from stt.jobs import run_pipeline
 from stt.runlock import LOCK_FILE, RunInUse, run_lock
 from stt.translate import run_translate
 

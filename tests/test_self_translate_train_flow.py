@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from flows.self_translate_train import self_translate_train
 from stt.config import BuildConfig, ControlsConfig, EngineConfig, EvalConfig, GenerationParams, RunConfig, TrainConfig
+from stt_app.flows.self_translate_train import self_translate_train
 
 from .conftest import DATA
 

@@ -1,14 +1,15 @@
+import hashlib
+
 import pyarrow as pa
 
-from stt import shards
-from stt.models import file_sha256
+from stt import files, shards
 
 
 def test_atomic_write_checksum_and_corruption_detection(tmp_path):
     table = pa.table({"id": ["a", "b"], "x": [1, 2]})
     path = tmp_path / "de-00000.parquet"
-    sha = shards.write_parquet_atomic(table, path, {"stt.k": "v"})
-    assert sha == file_sha256(path)
+    sha = files.write_parquet_atomic(table, path, {"stt.k": "v"})
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
     assert shards.read_metadata(path)["stt.k"] == "v"
     assert shards.file_ok(path, sha)
     assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind

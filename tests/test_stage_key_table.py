@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import BaseModel
 
-from stt import stages
+from stt import markers
 from stt.config import RunConfig
 from stt.jobs import STAGES, Job, key, stage_jobs
 
@@ -236,12 +236,12 @@ def stage_keys(config: RunConfig) -> dict[str, str]:
             elif stage == "build":
                 folder = config.root / job.task / "sets" / job.name
                 folder.mkdir(parents=True, exist_ok=True)
-                stages.mark_done(folder, job_key, [], rows=4 + (len(job.name) % 3))
+                markers.mark_done(folder, job_key, [], rows=4 + (len(job.name) % 3))
             elif stage == "finetune":
                 folder = config.root / job.task / "adapters" / job.name
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / "adapter_model.safetensors").write_text(job_key)  # its checksum follows the key
-                stages.mark_done(folder, job_key, ["adapter_model.safetensors"], metrics={"steps": 3})
+                markers.mark_done(folder, job_key, ["adapter_model.safetensors"], metrics={"steps": 3})
     return keys
 
 
@@ -336,7 +336,7 @@ def test_a_changed_upstream_output_reaches_every_later_key(base_keys, made, tmp_
     adapter's new weights are a new evaluation key, with nothing else changed."""
     config = _config(tmp_path / "run", made, {})
     assert stage_keys(config) == base_keys
-    set_marker = config.root / "mnli" / "sets" / "english" / stages.MARKER
+    set_marker = config.root / "mnli" / "sets" / "english" / markers.MARKER
     info = json.loads(set_marker.read_text())
     set_marker.write_text(json.dumps({**info, "key": "another set"}))
     job = Job(stage="finetune", task="mnli", name="english")

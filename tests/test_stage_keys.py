@@ -17,8 +17,8 @@ import pytest
 from stt.config import EngineConfig, EvalConfig, load_run_config
 from stt.engines import engine_signature
 from stt.evaluate import evaluate_key
-from stt.models import file_sha256
-from stt.pipeline import run_pipeline
+from stt.files import file_sha256
+from stt.jobs import run_pipeline
 
 from .conftest import DATA
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from stt.finetune import PadCollator, tokenize_pairs
+from stt.finetune import pad_collator, tokenize_pairs
 from stt.loaders import load_gsm8k
 from stt.specs import get_task
 from stt.templates import math_pair, to_pair
@@ -89,9 +89,16 @@ def test_loss_only_on_answer_tokens_and_truncation_keeps_the_answer():
     # A target longer than max_length cannot be trained on at all.
     long_target = [{"prompt": "Question: why?\nAnswer:", "target": " because" * 80}]
     assert [a["reason"] for a in tokenize_pairs(tok, long_target, max_length=64)[1]] == ["target_too_long"]
-    batch = PadCollator(tok.pad_token_id)([f, g])
-    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
-    assert int(batch["attention_mask"][1].sum()) == 64
+    batch = pad_collator(tok)([f, g])
+    width = max(len(f["input_ids"]), len(g["input_ids"]))
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape == (2, width)
+    for i, row in enumerate((f, g)):  # each row's own tokens first, then padding out of attention and loss
+        n = len(row["input_ids"])
+        assert batch["input_ids"][i, :n].tolist() == row["input_ids"]
+        assert batch["labels"][i, :n].tolist() == row["labels"]
+        assert batch["input_ids"][i, n:].tolist() == [tok.pad_token_id] * (width - n)
+        assert batch["labels"][i, n:].tolist() == [-100] * (width - n)
+        assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (width - n)
 
 
 def _translate_dir(folder, english, german):

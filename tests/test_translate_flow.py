@@ -7,11 +7,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from flows.translate import translate
 from stt import translate as lib
 from stt.config import EngineConfig, GenerationParams, TranslateConfig
 from stt.engines import loaded_engines
-from stt.models import file_sha256
+from stt.files import file_sha256
+from stt_app.flows.translate import translate
 
 pytestmark = pytest.mark.model
 
@@ -118,7 +118,7 @@ def test_missing_raw_generations_rerun_the_model(first_run, config):
 
 
 def test_a_failing_shard_fails_the_run_but_not_the_others(first_run, config, monkeypatch):
-    from flows.translate import ShardsFailed
+    from stt_app.flows.translate import ShardsFailed
 
     monkeypatch.setattr(lib, "VALIDATION_VERSION", "validate-test-failure")  # make every shard revalidate
     real = lib.validate_shard

@@ -96,7 +96,7 @@ def generator_signature(engine_config: EngineConfig) -> dict[str, Any]:
     translate stage, translation quality). Evaluations key their adapter on their own."""
     out = engine_signature(engine_config)
     if engine_config.adapter is not None:
-        from stt.models import file_sha256
+        from stt.files import file_sha256
 
         weights = Path(engine_config.adapter) / "adapter_model.safetensors"
         out["adapter"] = file_sha256(weights) if weights.is_file() else str(engine_config.adapter)

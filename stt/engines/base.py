@@ -11,6 +11,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
+def first_stop(text: str, stop: Sequence[str]) -> int:
+    """Where the earliest stop string starts in `text` (the completion is cut there), -1 when none occurs.
+    An empty stop string stops nothing."""
+    return min((p for p in (text.find(s) for s in stop if s) if p >= 0), default=-1)
+
+
 @dataclass(frozen=True)
 class Request:
     prompt: str

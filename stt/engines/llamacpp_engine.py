@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stt.config import EngineConfig, GenerationParams
-from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score
+from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score, first_stop
 from stt.engines.tokenizer import LocalTokenizer
 from stt.errors import ConfigError
 from stt.models import ResolvedModel
@@ -258,7 +258,7 @@ class LlamaCppEngine(LocalTokenizer):
                 token = self._pick(self._logits(r.logit_row))
                 r.tokens.append(token)
                 text = self.tokenizer.decode(r.tokens, skip_special_tokens=True)
-                cut = min((p for p in (text.find(s) for s in r.stop if s) if p >= 0), default=-1)
+                cut = first_stop(text, r.stop)
                 if token in eos or cut >= 0 or len(r.tokens) >= r.max_new:
                     stopped = token in eos or cut >= 0
                     if cut >= 0:

@@ -12,7 +12,6 @@ import asyncio
 import itertools
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Sequence
@@ -20,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import tenacity
 
 from stt.config import EngineConfig, GenerationParams
-from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score
+from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score, first_stop
 from stt.engines.tokenizer import LocalTokenizer
 from stt.errors import ConfigError
 from stt.models import ResolvedModel
@@ -40,6 +40,14 @@ def _headers() -> dict[str, str]:
 
 class EndpointError(RuntimeError):
     """An endpoint kept failing after every retry."""
+
+
+class _Retryable(Exception):  # noqa: N818 - a reason to try again, not an error the user sees
+    """A try that may succeed on the next: overload (429), a server error, a timeout, a lost connection."""
+
+    def __init__(self, url: str, why: str):
+        super().__init__(why)
+        self.url, self.why = url, why
 
 
 def base_urls(config: EngineConfig) -> list[str]:
@@ -77,7 +85,7 @@ class OpenAIEngine(LocalTokenizer):
         for r, data in zip(requests, results, strict=True):
             choice = data["choices"][0]
             text = choice.get("text") or ""
-            cut = min((p for p in (text.find(s) for s in r.stop) if p >= 0), default=-1)
+            cut = first_stop(text, r.stop)
             if cut >= 0:  # servers that honour `stop` never return it; the rest are cut here
                 text = text[:cut]
             usage = data.get("usage") or {}
@@ -125,7 +133,7 @@ class OpenAIEngine(LocalTokenizer):
         """The name the server knows the adapter by: folder name + weights hash (unique across runs)."""
         if not self.adapter:
             return None
-        from stt.models import file_sha256
+        from stt.files import file_sha256
 
         digest = file_sha256(Path(self.adapter) / "adapter_model.safetensors")[:10]
         return f"{Path(self.adapter).name}-{digest}"
@@ -176,27 +184,41 @@ class OpenAIEngine(LocalTokenizer):
             return await asyncio.gather(*(one(b) for b in bodies))
 
     async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
-        delay = 0.5
-        for attempt in range(self.config.max_retries + 1):
-            with self._lock:
-                url = self.urls[next(self._rr)]
-            try:
-                r = await client.post(f"{url}/completions", json=body)
-                if r.status_code not in RETRY_STATUS:
-                    if r.status_code >= 400:
-                        raise EndpointError(redact(f"{url}/completions answered {r.status_code}: {r.text[:300]}"))
-                    return r.json()
-                why = f"HTTP {r.status_code}"
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                why = f"{type(exc).__name__}: {exc}"
-            if attempt == self.config.max_retries:
-                raise EndpointError(f"{url}/completions failed {attempt + 1} times, last: {why}")
-            self.retries += 1
-            log.warning("%s/completions: %s; retry %d/%d in %.1fs", url, redact(why), attempt + 1,
-                        self.config.max_retries, delay)
-            await asyncio.sleep(delay * (1 + random.random() / 4))
-            delay = min(delay * 2, 30)
+        """One request, retried on overload, server errors, timeouts and lost connections (exponential waits
+        from 0.5 s with jitter, at most 30 s; config.max_retries), each try at the next server."""
+        tries = self.config.max_retries + 1
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(tries),
+            wait=tenacity.wait_exponential(multiplier=0.5, max=30) + tenacity.wait_random(0, 0.25),
+            retry=tenacity.retry_if_exception_type(_Retryable), before_sleep=self._before_retry)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._post_once(client, body)
+        except tenacity.RetryError as exc:
+            last = exc.last_attempt.exception()
+            raise EndpointError(f"{last.url}/completions failed {tries} times, last: {last.why}") from None
         raise AssertionError("unreachable")
+
+    async def _post_once(self, client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            url = self.urls[next(self._rr)]
+        try:
+            r = await client.post(f"{url}/completions", json=body)
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            raise _Retryable(url, f"{type(exc).__name__}: {exc}") from exc
+        if r.status_code in RETRY_STATUS:
+            raise _Retryable(url, f"HTTP {r.status_code}")
+        if r.status_code >= 400:
+            raise EndpointError(redact(f"{url}/completions answered {r.status_code}: {r.text[:300]}"))
+        return r.json()
+
+    def _before_retry(self, state: tenacity.RetryCallState) -> None:
+        self.retries += 1
+        failed = state.outcome.exception() if state.outcome else None
+        log.warning("%s/completions: %s; retry %d/%d in %.1fs", getattr(failed, "url", "?"),
+                    redact(getattr(failed, "why", str(failed))), state.attempt_number, self.config.max_retries,
+                    state.upcoming_sleep)
 
     def _count(self, n: int, prompt_tokens: int, completion_tokens: int, t0: float) -> None:
         self.stats.calls += 1

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from stt.config import EngineConfig, GenerationParams
-from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score
+from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score, first_stop
 from stt.engines.tokenizer import TokenizerMethods
 from stt.models import ResolvedModel, hf_folder
 
@@ -265,7 +265,7 @@ class TransformersEngine(TokenizerMethods):
             end = next((k + 1 for k, t in enumerate(toks) if t in eos), len(toks))
             toks = toks[:end]
             text = self.tokenizer.decode(toks, skip_special_tokens=True)
-            cut = min((p for p in (text.find(s) for s in req.stop) if p >= 0), default=-1)
+            cut = first_stop(text, req.stop)
             stopped = cut >= 0 or (bool(toks) and toks[-1] in eos)
             if cut >= 0:
                 text = text[:cut]

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stt.config import EngineConfig, GenerationParams
-from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score
+from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score, first_stop
 from stt.engines.tokenizer import LocalTokenizer
 from stt.errors import ConfigError
 from stt.models import ResolvedModel, hf_folder
@@ -75,7 +75,7 @@ class VLLMBatchEngine(LocalTokenizer):
         completions = []
         for r, o in zip(requests, out, strict=True):
             text = o["text"]
-            cut = min((p for p in (text.find(s) for s in r.stop) if p >= 0), default=-1)
+            cut = first_stop(text, r.stop)
             completions.append(Completion(text[:cut] if cut >= 0 else text, o["prompt_tokens"],
                                           o["completion_tokens"], o["finish_reason"]))
         self._count(completions, t0)

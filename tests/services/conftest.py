@@ -121,7 +121,7 @@ def silent_runs(stack):
     from prefect.client.orchestration import get_client
     from prefect.states import Running
 
-    from flows.run_jobs import run_jobs
+    from stt_app.flows.run_jobs import run_jobs
 
     with get_client(sync_client=True) as client:
         ours = client.create_flow_run(run_jobs, name="lost-before-heartbeat", tags=["stt"])

@@ -102,7 +102,7 @@ def workers(stack):
 
 
 def test_a_translation_spreads_over_three_workers_and_equals_one_process(stack, workers, reference, tmp_path):
-    from stt.client import run
+    from stt_app.client import run
 
     config = _config("fan-three", tmp_path / "fan")
     t0 = time.time()
@@ -123,7 +123,7 @@ def test_a_translation_spreads_over_three_workers_and_equals_one_process(stack, 
 
 
 def test_a_worker_killed_mid_shard_is_replaced_and_nothing_is_lost_or_doubled(stack, workers, reference, tmp_path):
-    from stt.client import submit, wait
+    from stt_app.client import submit, wait
 
     config = _config("fan-kill", tmp_path / "kill")
     t0 = time.time()

@@ -1,6 +1,6 @@
 """Operate it for real: PostgreSQL + `prefect server start` + `prefect deploy --all` + process workers.
 
-The end-to-end demo deployment is triggered from Python through `stt.client` while the server and then the
+The end-to-end demo deployment is triggered from Python through `stt_app.client` while the server and then the
 database are restarted under it; the chained stage deployments run one after another through their event
 triggers on the same run folder with one evaluation setting changed (only evaluation reruns); a worker is
 killed while its run holds the model slot, and the rerun reuses every finished stage; a schedule produces a
@@ -120,7 +120,7 @@ def first_run(stack, tmp_path_factory):
     """The demo deployment on the tiny config, from Python, with the Prefect server SIGKILLed and started
     again during translation and PostgreSQL restarted during training: the run must still complete. Later
     tests change one setting of this run's config and rerun it on the same folder."""
-    from stt.client import submit, wait
+    from stt_app.client import submit, wait
 
     run_dir = tmp_path_factory.mktemp("e2e") / "run"
     config = RunConfig.model_validate({**TINY, "name": "svc-e2e", "run_dir": str(run_dir)})
@@ -157,7 +157,7 @@ def test_end_to_end_deployment_survives_server_and_database_restarts(stack, firs
 
 
 def test_chained_deployments_run_in_order_and_rerun_only_evaluation(stack, first_run):
-    from stt.client import submit, wait
+    from stt_app.client import submit, wait
 
     base = first_run["config"]
     run_dir = base.root
@@ -207,8 +207,8 @@ def test_a_worker_killed_mid_run_frees_its_slot_and_the_rerun_reuses_finished_wo
     submitted again completes, reusing the translation and the sets made before the kill."""
     from prefect.client.orchestration import get_client
 
-    from stt.client import run, submit
-    from tasks.model_slot import SLOT_LEASE_SECONDS, model_slot_name
+    from stt_app.client import run, submit
+    from stt_app.tasks.model_slot import SLOT_LEASE_SECONDS, model_slot_name
 
     def held() -> int:
         with get_client(sync_client=True) as client:

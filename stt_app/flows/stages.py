@@ -12,7 +12,7 @@ the end-to-end flow (as subflows) they announce nothing, so a full run never sta
 
 Every stage runs the jobs of one plan (`stt.jobs`), the same jobs `stt run --no-prefect` runs: as tasks of
 the stage's flow run (default), or spread over the gpu pool's workers (`scale_out.mode: deployments`,
-see flows/fanout.py).
+see stt_app/flows/fanout.py).
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 from prefect.events import emit_event
 
-from flows import fanout
-from flows.run_jobs import run_here
 from stt import jobs, pipeline
 from stt.config import RunConfig
 from stt.runlock import run_lock
 from stt.translate import summarize
-from tasks import pipeline as t
+from stt_app.flows import fanout
+from stt_app.flows.run_jobs import run_here
+from stt_app.tasks import pipeline as t
 
 
 def _announce(event: str, config: RunConfig, **payload: Any) -> None:

@@ -1,12 +1,12 @@
 """Trigger the deployed flows from another program: `submit` (start, return at once) or `run` (start, wait).
 
-    from stt.client import run
+    from stt_app.client import run
     handle = run("self-translate-train/demo", config="configs/demo.yaml", overrides={"eval.limit": 5})
     print(handle.flow_run_id, handle.state, handle.outputs["report"])
 
 This module talks to a Prefect server (PREFECT_API_URL), so unlike the rest of `stt` it uses
 Prefect; it imports it only when called. Calling the flows as Python functions keeps working too
-(`flows.self_translate_train.self_translate_train(config)`), with no server or worker involved.
+(`stt_app.flows.self_translate_train.self_translate_train(config)`), with no server or worker involved.
 """
 
 from __future__ import annotations

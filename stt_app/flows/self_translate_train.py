@@ -1,4 +1,4 @@
-"""The end-to-end flow: the stage flows of `flows.stages` one after another, then the report."""
+"""The end-to-end flow: the stage flows of `stt_app.flows.stages` one after another, then the report."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.stages import build_sets, evaluate_stage, finetune, report, translate_stage
 from stt.config import RunConfig
 from stt.runlock import run_lock
+from stt_app.flows.stages import build_sets, evaluate_stage, finetune, report, translate_stage
 
 
 @flow(name="self-translate-train", log_prints=True, persist_result=True, result_serializer="json")

@@ -1,5 +1,5 @@
 """Prefect tasks outside the run's plan: one ad-hoc evaluation (the `evaluate` flow) and the report.
-The plan's jobs run through `tasks.jobs.run_job`.
+The plan's jobs run through `stt_app.tasks.jobs.run_job`.
 
 An evaluation is cached on the content key its library function computes (weights, adapter, data,
 settings); when its folder is gone or damaged the cache is refreshed and it is redone.
@@ -12,13 +12,13 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from stt import stages
+from stt import markers
 from stt.config import EngineConfig, EvalConfig
 from stt.engines import release_engines
 from stt.evaluate import evaluate as evaluate_lib
 from stt.evaluate import evaluate_key
 from stt.report import write_report
-from tasks.model_slot import model_slot
+from stt_app.tasks.model_slot import model_slot
 
 
 def _summary(info: dict[str, Any]) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def _summary(info: dict[str, Any]) -> dict[str, Any]:
 
 def cached_on(key: str, folder: Path) -> dict[str, Any]:
     """Task options: cache on the stage key; refresh when the folder no longer holds that result."""
-    return {"cache_key_fn": lambda *_: key, "refresh_cache": stages.read_done(folder, key) is None}
+    return {"cache_key_fn": lambda *_: key, "refresh_cache": markers.read_done(folder, key) is None}
 
 
 @task(name="evaluate", task_run_name="evaluate {label} {task_name} {language}", retries=1, retry_delay_seconds=30,

@@ -10,7 +10,7 @@ from prefect.context import TaskRunContext
 
 from stt import translate as lib
 from stt.config import TranslateConfig
-from tasks.model_slot import ensure_model_slot, model_slot, model_slot_name
+from stt_app.tasks.model_slot import ensure_model_slot, model_slot, model_slot_name
 
 __all__ = ["ensure_model_slot", "generate_shard", "model_slot_name", "validate_shard"]
 

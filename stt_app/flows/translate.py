@@ -14,7 +14,7 @@ from stt.config import TranslateConfig
 from stt.jobs import JobsFailed
 from stt.runlock import run_lock
 from stt.timeouts import generation_s, task_options
-from tasks.translate import ensure_model_slot, generate_shard, validate_shard
+from stt_app.tasks.translate import ensure_model_slot, generate_shard, validate_shard
 
 
 class ShardsFailed(JobsFailed):

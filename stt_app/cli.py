@@ -52,41 +52,52 @@ def _reported(failed: str | None = None) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+SET_HELP = "Any setting of the config, dotted: --set engine.threads=2 (repeatable; YAML values)."
+
+
 @app.command("translate")
 def translate_cmd(
-    task: Annotated[str, typer.Option(help="Task: gsm8k (math), squad (QA), mnli (NLI; needs --input).")] = "gsm8k",
-    languages: Annotated[str, typer.Option(help="Comma-separated target languages, e.g. de,th.")] = "de,th",
+    task: Annotated[str | None, typer.Option(help="Task: gsm8k (math), squad (QA), mnli (NLI; needs --input). "
+                                                  "[default: gsm8k]")] = None,
+    languages: Annotated[str | None, typer.Option(help="Comma-separated target languages [default: de,th].")]
+    = None,
     limit: Annotated[int | None, typer.Option(help="Translate only the first N training examples.")] = None,
-    model: Annotated[str, typer.Option(help="Short name (gemma3-270m, smollm2-135m), .gguf file or HF folder.")]
-    = "gemma3-270m",
-    out: Annotated[Path, typer.Option(help="Output directory; rerunning into it resumes.")] = Path("runs/translate"),
+    model: Annotated[str | None, typer.Option(help="Short name (gemma3-270m, smollm2-135m), .gguf file or HF "
+                                                   "folder [default: gemma3-270m].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory; rerunning into it resumes "
+                                                  "[default: runs/translate].")] = None,
     input_path: Annotated[Path | None, typer.Option("--input", help="Training file in the task's release "
                                                    "format (default: the task's file in the data dir).")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (default: $STT_DATA_DIR or "
                                                  "../shared/data).")] = None,
-    shard_size: Annotated[int, typer.Option(help="Examples per shard (unit of resume and of a task run).")] = 16,
-    batch_size: Annotated[int, typer.Option(help="Prompts per generate call (halved on out-of-memory).")] = 8,
-    shots: Annotated[int, typer.Option(help="Few-shot demonstration pairs in the prompt.")] = 8,
-    prompt_style: Annotated[str, typer.Option(help="completion (base models) or chat (model's chat template).")]
-    = "completion",
-    max_new_tokens_cap: Annotated[int, typer.Option(help="Upper bound on generated tokens per segment.")] = 256,
+    shard_size: Annotated[int | None, typer.Option(help="Examples per shard (unit of resume and of a task run) "
+                                                        "[default: 16].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Prompts per generate call (halved on out-of-memory) "
+                                                        "[default: 8].")] = None,
+    shots: Annotated[int | None, typer.Option(help="Few-shot demonstration pairs in the prompt [default: 8].")]
+    = None,
+    prompt_style: Annotated[str | None, typer.Option(help="completion (base models) or chat (model's chat "
+                                                          "template) [default: completion].")] = None,
+    max_new_tokens_cap: Annotated[int | None, typer.Option(help="Upper bound on generated tokens per segment "
+                                                                "[default: 256].")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006 - typer needs a literal
     prefect: Annotated[bool, typer.Option(help="Run as a Prefect flow (--no-prefect: plain Python loop).")] = True,
 ) -> None:
     """Translate English training data into the target languages; writes Parquet shards to --out."""
-    from stt.config import EngineConfig, GenerationParams, PromptConfig, TranslateConfig
+    from stt.config import TranslateConfig, with_overrides
     from stt.translate import check_config, run_translate, summarize
 
     with _reported():
-        config = TranslateConfig(
-            task=task, languages=languages, limit=limit, input_path=input_path, data_dir=data_dir, out_dir=out,
-            shard_size=shard_size, engine=EngineConfig(model=model, batch_size=batch_size),
-            generation=GenerationParams(max_new_tokens_cap=max_new_tokens_cap),
-            prompt=PromptConfig(style=prompt_style, num_shots=shots),
-        )
+        # The named options are shortcuts for settings of TranslateConfig, whose defaults they show.
+        named = {"task": task, "languages": languages, "limit": limit, "engine.model": model, "out_dir": out,
+                 "input_path": input_path, "data_dir": data_dir, "shard_size": shard_size,
+                 "engine.batch_size": batch_size, "prompt.num_shots": shots, "prompt.style": prompt_style,
+                 "generation.max_new_tokens_cap": max_new_tokens_cap}
+        config = TranslateConfig.model_validate(with_overrides({}, {**named, **_overrides(set_)}))
         check_config(config)
     with _reported("translate"):
         if prefect:
-            from flows.translate import translate
+            from stt_app.flows.translate import translate
 
             out_dir = Path(translate(config)["out_dir"])
         else:
@@ -121,7 +132,8 @@ def _print_table(table: list[dict]) -> None:
 @app.command("run")
 def run_cmd(
     config: Annotated[Path, typer.Option("--config", help="Preset YAML: configs/demo.yaml, configs/paper.yaml.")],
-    set_: Annotated[list[str], typer.Option("--set", help="Override a setting: --set eval.limit=8 (repeatable).")]
+    set_: Annotated[list[str], typer.Option("--set", help="Override a setting of the preset: --set eval.limit=8 "
+                                                          "(repeatable; YAML values).")]
     = [],  # noqa: B006 - typer needs a literal default
     run_dir: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<name>).")] = None,
     prefect: Annotated[bool, typer.Option(help="Run as the Prefect flow (--no-prefect: plain Python).")] = True,
@@ -131,19 +143,16 @@ def run_cmd(
     from stt.translate import check_config
 
     with _reported():
-        overrides = _overrides(set_)
-        if run_dir:
-            overrides["run_dir"] = str(run_dir)
-        cfg = load_run_config(config, **overrides)
+        cfg = load_run_config(config, **{**_overrides(set_), "run_dir": run_dir})
         for task in cfg.tasks:
             check_config(cfg.translate_config(task))
     with _reported("run"):
         if prefect:
-            from flows.self_translate_train import self_translate_train
+            from stt_app.flows.self_translate_train import self_translate_train
 
             out = self_translate_train(cfg)
         else:
-            from stt.pipeline import run_pipeline
+            from stt.jobs import run_pipeline
 
             result = run_pipeline(cfg)
             out = {**result, "table": result["table"].to_dict(orient="records"), "run_dir": str(cfg.root)}
@@ -162,17 +171,21 @@ def evaluate_cmd(
     label: Annotated[str | None, typer.Option(help="Name of the model in the outputs (default: base/adapter).")]
     = None,
     limit: Annotated[int | None, typer.Option(help="First N test items per language.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Prompts per generate call.")] = 8,
-    max_new_tokens: Annotated[int, typer.Option(help="Token limit of a math answer.")] = 256,
-    xnli_split: Annotated[str, typer.Option(help="XNLI split: test or dev.")] = "test",
+    batch_size: Annotated[int | None, typer.Option(help="Prompts per generate call [default: 8].")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Token limit of a math answer [default: 256].")]
+    = None,
+    xnli_split: Annotated[str | None, typer.Option(help="XNLI split: test or dev [default: test].")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (default: $STT_DATA_DIR or ../shared/data).")]
     = None,
     out: Annotated[Path, typer.Option(help="Output directory: <out>/<label>-<language>/predictions.parquet.")]
     = Path("runs/evaluate"),
+    set_: Annotated[list[str], typer.Option("--set", help="Any setting of the engine or the evaluation, dotted: "
+                                                          "--set engine.threads=2, --set eval.sample_seed=0.")]
+    = [],  # noqa: B006 - typer needs a literal default
     prefect: Annotated[bool, typer.Option(help="Run as the Prefect flow (--no-prefect: plain Python).")] = True,
 ) -> None:
     """Evaluate a model (optionally with a LoRA adapter) on a task's test set; saves predictions and scores."""
-    from stt.config import EngineConfig, EvalConfig, resolve_data_dir
+    from stt.config import EngineConfig, EvalConfig, resolve_data_dir, with_overrides
     from stt.evaluate import adapter_fingerprint
     from stt.models import resolve_model
     from stt.prompts import language_name
@@ -185,16 +198,23 @@ def evaluate_cmd(
         for lang in langs:
             if lang != "en":
                 language_name(lang)
-        resolve_model(model)
-        adapter_fingerprint(adapter)
-        engine = EngineConfig(model=model, adapter=adapter, batch_size=batch_size, reuse_prefix_cache=False)
-        cfg = EvalConfig(limit=limit, batch_size=batch_size, max_new_tokens_math=max_new_tokens,
-                         xnli_split=xnli_split)
+        # The named options are shortcuts for engine.* and eval.* settings, as --set would give them.
+        named = {"engine.model": model, "engine.adapter": adapter, "engine.batch_size": batch_size,
+                 "eval.batch_size": batch_size, "eval.limit": limit, "eval.max_new_tokens_math": max_new_tokens,
+                 "eval.xnli_split": xnli_split}
+        settings = with_overrides({"engine": {"reuse_prefix_cache": False}, "eval": {}},
+                                  {**named, **_overrides(set_)})
+        unknown = set(settings) - {"engine", "eval"}
+        if unknown:
+            _fail(f"--set {sorted(unknown)[0]}: evaluate takes engine.* and eval.* settings")
+        engine, cfg = EngineConfig.model_validate(settings["engine"]), EvalConfig.model_validate(settings["eval"])
+        resolve_model(engine.model)
+        adapter_fingerprint(engine.adapter)
         data = resolve_data_dir(data_dir)
     name = label or ("base" if adapter is None else adapter.name)
     with _reported("evaluate"):
         if prefect:
-            from flows.evaluate import evaluate_model
+            from stt_app.flows.evaluate import evaluate_model
 
             results = evaluate_model(task, langs, engine, cfg, str(data), str(out), name)
         else:

@@ -11,18 +11,18 @@ from prefect import get_run_logger, task
 
 from stt import jobs
 from stt.config import RunConfig
-from stt.stages import stage_key
+from stt.markers import stage_key
 from stt.timeouts import task_options
-from tasks.model_slot import model_slot
+from stt_app.tasks.model_slot import model_slot
 
 
 @task(name="stage-job", task_run_name="{job.stage} {job.task} {job.name}", persist_result=True,
       result_serializer="json")
 def run_job(config: RunConfig, job: jobs.Job) -> dict[str, Any]:
     t0 = time.perf_counter()
-    with model_slot() if job.uses_model else nullcontext():  # one model-holding job per machine at a time
+    with model_slot() if jobs.uses_model(job) else nullcontext():  # one model-holding job per machine at a time
         info = jobs.summary(jobs.run(config, job))
-    get_run_logger().info("%s done in %.1fs: %s", job.id, time.perf_counter() - t0, _brief(job, info))
+    get_run_logger().info("%s done in %.1fs: %s", job.id, time.perf_counter() - t0, jobs.brief(job, info))
     return info
 
 
@@ -35,14 +35,3 @@ def job_options(config: RunConfig, job: jobs.Job) -> dict[str, Any]:
                             "refresh_cache": not jobs.is_done(config, job)}
     limit = jobs.timeout_s(config, job)
     return opts | (task_options(limit, config.timeouts) if limit else {"retries": 1, "retry_delay_seconds": 5})
-
-
-def _brief(job: jobs.Job, info: dict[str, Any]) -> str:
-    if job.stage == "translate":
-        return f"{info.get('rows')} rows accepted, {info.get('rejects')} set aside {info.get('reject_reasons') or ''}"
-    if job.stage == "finetune":
-        m = info.get("metrics", {})
-        return f"{m.get('steps')} steps, train loss {m.get('train_loss')}"
-    if job.stage in ("quality", "evaluate"):
-        return str(info.get("scores"))
-    return f"{info.get('rows')} rows -> {info.get('folder')}"

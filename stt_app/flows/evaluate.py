@@ -10,7 +10,7 @@ from prefect.artifacts import create_table_artifact
 
 from stt import timeouts as limits
 from stt.config import EngineConfig, EvalConfig, TimeoutConfig
-from tasks.pipeline import evaluate, evaluate_options
+from stt_app.tasks.pipeline import evaluate, evaluate_options
 
 
 @flow(name="evaluate", log_prints=True, persist_result=True, result_serializer="json")

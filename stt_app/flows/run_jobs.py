@@ -1,5 +1,5 @@
 """Run a list of the plan's jobs as tasks of one flow run: how every stage flow runs its jobs in-process,
-and the `run-jobs` deployment that a fanned-out stage (flows/fanout.py) sends groups of jobs to."""
+and the `run-jobs` deployment that a fanned-out stage (stt_app/flows/fanout.py) sends groups of jobs to."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 
 from stt import jobs
 from stt.config import RunConfig
-from tasks.jobs import job_options, run_job
+from stt_app.tasks.jobs import job_options, run_job
 
 
 def run_here(config: RunConfig, planned: list[jobs.Job]) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from stt.config import stable_json
 from stt.errors import ConfigError
-from stt.models import file_sha256
+from stt.files import file_sha256, write_text_atomic
 
 MARKER = "_manifest.json"
 
@@ -48,8 +48,6 @@ def mark_done(folder: Path, key: str, files: list[str], **info: Any) -> dict[str
     folder = Path(folder)
     record = {"key": key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "files": {name: file_sha256(folder / name) for name in files}, **info}
-    from stt.shards import write_text_atomic
-
     write_text_atomic(folder / MARKER, json.dumps(record, indent=2, ensure_ascii=False, default=str))
     return record
 
