@@ -32,8 +32,7 @@ from stt.config import (  # noqa: E402
     TranslateConfig,
 )
 from stt.engines import Request, get_engine, release_engines  # noqa: E402
-from stt.evaluate import _rows_nli  # noqa: E402
-from stt.testsets import load_test_set  # noqa: E402
+from stt.specs import get_task, load_test_set  # noqa: E402
 from stt.translate import run_translate  # noqa: E402
 
 
@@ -108,7 +107,8 @@ def scoring(args: argparse.Namespace) -> dict:
     for name, cfg in (("transformers", EngineConfig(model=args.model, batch_size=8, reuse_prefix_cache=False)),
                       ("llama-cpp", EngineConfig(kind="llama-cpp", model=args.model, batch_size=8))):
         engine = get_engine(cfg)
-        rows, secs = _timed(lambda engine=engine: _rows_nli(engine, items, EvalConfig(), args.language))
+        spec = get_task("mnli")
+        rows, secs = _timed(lambda engine=engine, spec=spec: spec.eval_rows(engine, items, EvalConfig(), args.language))
         acc = 100 * sum(r["prediction"] == r["gold"] for r in rows) / len(rows)
         out[name] = {"items": len(items), "seconds": round(secs, 1), "items_per_s": round(len(items) / secs, 2),
                      "accuracy": round(acc, 1)}

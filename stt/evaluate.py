@@ -7,7 +7,6 @@ computed from the saved predictions by `score_predictions`, so anyone can recomp
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -16,42 +15,34 @@ from typing import Any
 import pyarrow as pa
 
 from stt import faults, files, markers
-from stt.calibration import calibrated_choices, macro_f1
 from stt.config import EngineConfig, EvalConfig
-from stt.engines import Request, engine_signature, get_engine
+from stt.engines import engine_signature, get_engine
 from stt.engines.tokenizer import SPLIT_VERSION
 from stt.errors import ConfigError, DataError
 from stt.files import file_sha256
-from stt.metrics import (
-    CHAR_LEVEL,
-    PRIMARY_CHOICES,
-    best_over_golds,
-    char_f1,
-    extract_final_number,
-    math_correct,
-    squad_exact_match,
-    squad_f1,
-)
 from stt.models import resolve_model
+from stt.specs import get_task, test_items
+from stt.specs.math import MATH_STOPS
+from stt.specs.qa import QA_STOPS
 from stt.stats import RESAMPLES, SEED, bootstrap_ci
-from stt.templates import NLI_LABELS, TEMPLATE_VERSION, math_prompt, nli_prompt, qa_prompt
-from stt.testsets import TEST_SETS, test_items
 
 log = logging.getLogger(__name__)
 
-METRICS = {task: choices[0] for task, choices in PRIMARY_CHOICES.items()}
+def default_metric(task: str) -> str:
+    """The task's primary metric when the config names none (the first of its spec's primary_choices)."""
+    return get_task(task).primary_choices[0]
 
 
 def primary_metric(task: str, config: EvalConfig | None = None) -> str:
     """The metric a task's gains, intervals and significance use: the config's choice, else the default."""
-    chosen = (config.primary_metric.get(task) if config else None) or METRICS[task]
-    if chosen not in PRIMARY_CHOICES[task]:
+    choices = get_task(task).primary_choices
+    chosen = (config.primary_metric.get(task) if config else None) or choices[0]
+    if chosen not in choices:
         raise ConfigError(f"eval.primary_metric: '{chosen}' is not a per-item metric of {task} "
-                          f"(choose from {', '.join(PRIMARY_CHOICES[task])})")
+                          f"(choose from {', '.join(choices)})")
     return chosen
-# Base models run on past the answer into a new "Question:"; fine-tuned ones stop at EOS.
-MATH_STOPS = ("\nQuestion:", "\n\n")
-QA_STOPS = ("\n",)
+
+
 # Changes to how predictions are made or read that are not in a config: part of the evaluation key.
 SCORING_VERSION = f"eval-v2/{SPLIT_VERSION}"
 
@@ -81,87 +72,26 @@ def _key(task: str, language: str, weights: str, adapter_sha: str | None, data_s
                                                        "quality_limit",
                                                        "translate_test", "bootstrap_resamples", "bootstrap_seed",
                                                        "primary_metric"})
-    return markers.stage_key(stage="evaluate", task=task, language=language, weights=weights, adapter=adapter_sha,
-                            data=data_sha, template=TEMPLATE_VERSION, config=settings, engine=engine,
+    spec = get_task(task)
+    return markers.stage_key(stage="evaluate", task=spec.key_id, language=language, weights=weights,
+                             adapter=adapter_sha, data=data_sha, template=spec.template_version, config=settings,
+                             engine=engine,
                             stops={"math": MATH_STOPS, "qa": QA_STOPS}, scoring=SCORING_VERSION)
 
 
-def _rows_math(engine: Any, items: list[dict], config: EvalConfig, language: str) -> list[dict[str, Any]]:
-    prompts = [math_prompt(it["question"]) for it in items]
-    outs = engine.generate([Request(p, config.max_new_tokens_math, MATH_STOPS) for p in prompts])
-    return [{"prompt": p, "output": o.text, "prediction": extract_final_number(o.text, language) or "",
-             "gold": it["answer"], "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens}
-            for it, p, o in zip(items, prompts, outs, strict=True)]
-
-
-def _rows_qa(engine: Any, items: list[dict], config: EvalConfig, language: str) -> list[dict[str, Any]]:
-    prompts = [qa_prompt(it["context"], it["question"]) for it in items]
-    outs = engine.generate([Request(p, config.max_new_tokens_qa, QA_STOPS) for p in prompts])
-    return [{"prompt": p, "output": o.text, "prediction": o.text.strip(), "gold": json.dumps(it["answers"],
-             ensure_ascii=False), "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens}
-            for it, p, o in zip(items, prompts, outs, strict=True)]
-
-
-def _rows_nli(engine: Any, items: list[dict], config: EvalConfig, language: str) -> list[dict[str, Any]]:
-    prompts = [nli_prompt(it["premise"], it["hypothesis"]) for it in items]
-    pairs = [(p, f" {label}") for p in prompts for label in NLI_LABELS]
-    scores = engine.loglikelihood(pairs)
-    rows = []
-    for k, (it, p) in enumerate(zip(items, prompts, strict=True)):
-        lp = {label: s.logprob for label, s in zip(NLI_LABELS, scores[3 * k : 3 * k + 3], strict=True)}
-        rows.append({"prompt": p, "output": json.dumps(lp), "prediction": nli_choice(lp, normalized=False),
-                     "gold": it["label"], "prompt_tokens": 0, "completion_tokens": 0})
-    return rows
-
-
-def nli_choice(logprobs: dict[str, float], normalized: bool) -> str:
-    """lm-evaluation-harness: `acc` takes the label with the highest summed log-likelihood (primary here);
-    `acc_norm` divides each by the continuation's length in bytes (" entailment" is 11 bytes)."""
-    def value(label: str) -> float:
-        return logprobs[label] / len(f" {label}".encode()) if normalized else logprobs[label]
-
-    return max(NLI_LABELS, key=value)
-
-
 def score_row(task: str, language: str, row: dict[str, Any]) -> float:
-    """Per-item primary score from a saved prediction row (math/NLI: 0/1; QA: official SQuAD F1)."""
-    if task == "gsm8k":
-        return float(math_correct(row["output"], row["gold"], row.get("output_language") or language))
-    if task == "squad":
-        return best_over_golds(squad_f1, row["prediction"], json.loads(row["gold"]))
-    return float(row["prediction"] == row["gold"])
+    """Per-item score of a saved prediction row (the `score` column)."""
+    return get_task(task).score_row(language, row)
 
 
 def item_scores(task: str, language: str, rows: list[dict[str, Any]]) -> dict[str, list[float]]:
     """Every metric of the task, per item (0/1 or F1), recomputed from the saved rows."""
-    if task == "squad":
-        golds = [json.loads(r["gold"]) for r in rows]
-        out = {"f1": [best_over_golds(squad_f1, r["prediction"], g) for r, g in zip(rows, golds, strict=True)],
-               "exact_match": [best_over_golds(squad_exact_match, r["prediction"], g)
-                               for r, g in zip(rows, golds, strict=True)]}
-        if language in CHAR_LEVEL:
-            out["char_f1"] = [best_over_golds(char_f1, r["prediction"], g) for r, g in zip(rows, golds, strict=True)]
-        return out
-    if task == "mnli":
-        logprobs = [json.loads(r["output"]) for r in rows]
-        calibrated = calibrated_choices([[lp[label] for label in NLI_LABELS] for lp in logprobs])
-        return {"accuracy": [float(r["prediction"] == r["gold"]) for r in rows],
-                "accuracy_norm": [float(nli_choice(lp, normalized=True) == r["gold"])
-                                  for lp, r in zip(logprobs, rows, strict=True)],
-                "accuracy_calibrated": [float(NLI_LABELS[c] == r["gold"]) for c, r in zip(calibrated, rows,
-                                                                                          strict=True)]}
-    return {"accuracy": [score_row(task, language, r) for r in rows],
-            "answered": [float(bool(r["prediction"])) for r in rows]}  # a number was found at all
+    return get_task(task).item_scores(language, rows)
 
 
 def corpus_scores(task: str, rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Metrics that are not means of per-item scores (no interval here): NLI macro-F1, raw and calibrated."""
-    if task != "mnli":
-        return {}
-    golds = [r["gold"] for r in rows]
-    calibrated = calibrated_choices([[json.loads(r["output"])[label] for label in NLI_LABELS] for r in rows])
-    return {"macro_f1": 100 * macro_f1([r["prediction"] for r in rows], golds, NLI_LABELS),
-            "macro_f1_calibrated": 100 * macro_f1([NLI_LABELS[c] for c in calibrated], golds, NLI_LABELS)}
+    """Metrics that are not means of per-item scores (no interval here), e.g. macro-F1."""
+    return get_task(task).corpus_scores(rows)
 
 
 def score_predictions(task: str, language: str, rows: list[dict[str, Any]], resamples: int = RESAMPLES,
@@ -173,7 +103,7 @@ def score_predictions(task: str, language: str, rows: list[dict[str, Any]], resa
     per_item = item_scores(task, language, rows)
     out: dict[str, Any] = {name: 100 * sum(v) / len(v) for name, v in per_item.items()}
     out.update(corpus_scores(task, rows))
-    ci = bootstrap_ci(per_item[metric or METRICS[task]], resamples=resamples, seed=seed)
+    ci = bootstrap_ci(per_item[metric or default_metric(task)], resamples=resamples, seed=seed)
     out.update(n=len(rows), ci_lo=ci.lo, ci_hi=ci.hi, ci_level=0.95, bootstrap_resamples=resamples,
                bootstrap_seed=seed)
     return out
@@ -195,8 +125,7 @@ def evaluate(task: str, language: str, engine_config: EngineConfig, config: Eval
     `items` replaces the test items (translate-test passes the model's English translations of them);
     `output_language` is the language the model answers in, when it is not `language`.
     """
-    if task not in TEST_SETS:
-        raise ConfigError(f"no test set for task '{task}': choose from {', '.join(TEST_SETS)}")
+    spec = get_task(task)
     if items is None:
         items = test_items(task, data_dir, language, config)
     output_language = output_language or language
@@ -213,8 +142,7 @@ def evaluate(task: str, language: str, engine_config: EngineConfig, config: Eval
     engine = get_engine(engine_config.model_copy(update={"batch_size": config.batch_size}))
     t0 = time.perf_counter()
     with faults.unit(f"eval:{label}-{language}"):
-        rows = {"gsm8k": _rows_math, "squad": _rows_qa, "mnli": _rows_nli}[task](engine, items, config,
-                                                                                  output_language)
+        rows = spec.eval_rows(engine, items, config, output_language)
     seconds = time.perf_counter() - t0
     full = []
     for it, r in zip(items, rows, strict=True):
@@ -235,7 +163,7 @@ def evaluate(task: str, language: str, engine_config: EngineConfig, config: Eval
                             language=language, model=label, metric=metric, scores=scores,
                             throughput=throughput, model_id=model.model_id, weights_sha256=model.weights_sha256,
                             adapter=str(engine_config.adapter) if engine_config.adapter else None,
-                            adapter_sha256=adapter_sha, data_sha256=data_sha, test_set=TEST_SETS[task],
-                            engine=signature, template_version=TEMPLATE_VERSION, scoring_version=SCORING_VERSION,
+                            adapter_sha256=adapter_sha, data_sha256=data_sha, test_set=spec.test_set,
+                            engine=signature, template_version=spec.template_version, scoring_version=SCORING_VERSION,
                             config=config.model_dump(mode="json"), **(extra or {}))
     return {**info, "folder": str(out_folder), "reused": False}

@@ -17,13 +17,6 @@ from stt.numbers import final_answer, parse_number
 CHAR_LEVEL = {"zh", "th", "ja"}
 
 
-# Per-item metrics a task's primary metric may be (EvalConfig.primary_metric), the default first. NLI:
-# calibrated accuracy (stt.calibration: label bias removed without test labels) is primary because raw
-# accuracy moves with the model's prior over label words as much as with what it learned.
-PRIMARY_CHOICES = {"gsm8k": ("accuracy",), "squad": ("f1", "exact_match"),
-                   "mnli": ("accuracy_calibrated", "accuracy", "accuracy_norm")}
-
-
 def extract_final_number(text: str, language: str = "en") -> str | None:
     """The model's final answer, read with the language's number format (see stt.numbers)."""
     return final_answer(text, language)

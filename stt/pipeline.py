@@ -22,9 +22,11 @@ from typing import Any
 
 from stt import markers
 from stt.config import EngineConfig, RunConfig, SetKind, TrainConfig
-from stt.errors import DataError
+from stt.errors import ConfigError, DataError
 from stt.evaluate import evaluate
+from stt.specs import get_task
 from stt.trainsets import has_human, set_name, training_source
+from stt.translate import check_config
 from stt.translate_test import translate_test
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,18 @@ class TaskPlan:
     @property
     def translate_dir(self) -> Path:
         return self.root / "translate"
+
+
+def check_run(config: RunConfig) -> None:
+    """Fail fast, before any work, on an unknown or badly declared task or a primary metric the task does not
+    have (the settings themselves are checked by pydantic; tasks may be declared in files)."""
+    for task in config.tasks:
+        check_config(config.translate_config(task))
+    for task, metric in config.eval.primary_metric.items():
+        choices = get_task(task).primary_choices
+        if metric not in choices:
+            raise ConfigError(f"eval.primary_metric: '{metric}' is not a per-item metric of {task} "
+                              f"(choose from {', '.join(choices)})")
 
 
 def plan_task(config: RunConfig, task: str) -> TaskPlan:
@@ -211,8 +225,9 @@ def collect(config: RunConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any
         for job in plan.evals:
             evaluations.append({**_finished(plan.eval_dir(job), "evaluation", "evaluate-stage"), "seed": job.seed,
                                 "trained_for": job.trained_for})
-        for lang in config.languages:
-            quality.append(_finished(plan.quality_dir(lang), "translation quality", "evaluate-stage"))
+        if get_task(task).reference_field:  # a task without human translations has no quality stage
+            for lang in config.languages:
+                quality.append(_finished(plan.quality_dir(lang), "translation quality", "evaluate-stage"))
     return evaluations, quality
 
 

@@ -18,16 +18,15 @@ import pyarrow as pa
 from stt import faults, files, markers
 from stt.config import EngineConfig, GenerationParams, PromptConfig
 from stt.engines import Request, generator_signature, get_engine
+from stt.errors import ConfigError
 from stt.metrics import translation_scores
 from stt.models import resolve_model
 from stt.prompts import PromptBuilder, build_prompt_builder
-from stt.testsets import load_test_set
+from stt.specs import get_task
+from stt.testsets import subset
 from stt.validate import clean_completion
 
 log = logging.getLogger(__name__)
-
-# The field of each test set that is a whole, single-line human translation of the English item.
-REFERENCE_FIELD = {"gsm8k": "question", "squad": "question", "mnli": "hypothesis"}
 
 QUALITY_SCHEMA = pa.schema([
     ("id", pa.string()), ("language", pa.string()), ("source", pa.string()), ("reference", pa.string()),
@@ -36,10 +35,15 @@ QUALITY_SCHEMA = pa.schema([
 
 
 def reference_pairs(task: str, data_dir: Path, language: str, limit: int | None) -> list[dict[str, str]]:
-    """(id, English source, human reference) for the first `limit` parallel test items."""
-    field = REFERENCE_FIELD[task]
-    english = load_test_set(task, data_dir, "en", limit, "dev" if task == "mnli" else "test")
-    target = load_test_set(task, data_dir, language, limit, "dev" if task == "mnli" else "test")
+    """(id, English source, human reference) for the first `limit` parallel items with human translations
+    (TaskSpec.reference_items: the test set, XNLI's dev set, a declared task's `human` file)."""
+    spec = get_task(task)
+    field = spec.reference_field
+    if not field:
+        raise ConfigError(f"{task}: no human translations to score translation quality against (a declared "
+                          "task needs a `human:` file)")
+    english = subset(spec.reference_items(data_dir, "en"), limit)
+    target = subset(spec.reference_items(data_dir, language), limit)
     by_index = {t["index"]: t for t in target}
     return [{"id": by_index[e["index"]]["id"], "source": e[field], "reference": by_index[e["index"]][field]}
             for e in english if e["index"] in by_index]
@@ -54,8 +58,8 @@ def quality_key(task: str, language: str, engine_config: EngineConfig, generatio
 
 def _key(task: str, language: str, weights: str, builder: PromptBuilder, generation: GenerationParams,
          pairs: list[dict[str, str]], engine: dict[str, Any]) -> str:
-    return markers.stage_key(stage="quality", task=task, language=language, weights=weights, engine=engine,
-                            prefix=builder.completion_prompt(""), prompt_version=builder.version,
+    return markers.stage_key(stage="quality", task=get_task(task).key_id, language=language, weights=weights,
+                             engine=engine, prefix=builder.completion_prompt(""), prompt_version=builder.version,
                             generation=generation.model_dump(mode="json"), data=pairs)
 
 
@@ -94,5 +98,5 @@ def translation_quality(task: str, language: str, engine_config: EngineConfig, g
     info = markers.mark_done(out_folder, key, ["translations.parquet"], stage="quality", task=task, language=language,
                             scores={**scores, "n": len(rows)}, seconds=round(seconds, 2),
                             model_id=model.model_id, weights_sha256=model.weights_sha256,
-                            prompt_version=builder.version, reference_field=REFERENCE_FIELD[task])
+                            prompt_version=builder.version, reference_field=get_task(task).reference_field)
     return {**info, "folder": str(out_folder), "reused": False}

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 
 from stt.errors import DataError
-from stt.evaluate import METRICS, item_scores
+from stt.evaluate import default_metric, item_scores
 from stt.files import atomic_path, write_parquet_atomic, write_text_atomic
 from stt.stats import (
     RESAMPLES,
@@ -113,7 +113,7 @@ def results_table(evaluations: list[dict[str, Any]], quality: list[dict[str, Any
                   seed: int = SEED, primary: dict[str, str] | None = None, read: Scores | None = None
                   ) -> pd.DataFrame:
     """Rows: (task, language). Per model column: the primary metric (`primary`: task -> metric, default the
-    task's, see stt.metrics.PRIMARY_CHOICES), recomputed from the predictions: over one seed, the mean with a
+    task's, see TaskSpec.primary_choices), recomputed from the predictions: over one seed, the mean with a
     bootstrap interval over items; over several training seeds (`seed` of each evaluation), the mean over
     seeds with a two-level interval (seeds, then items), the seeds' standard deviation and each seed's score.
     Per comparison: the paired gain (items and seeds), its interval, raw and Holm-adjusted p-value (over
@@ -125,7 +125,7 @@ def results_table(evaluations: list[dict[str, Any]], quality: list[dict[str, Any
         if e.get("trained_for"):
             continue  # an adapter of another language on the English test: english_reference()
         task, language = e["task"], e["language"]
-        metric = (primary or {}).get(task) or METRICS[task]
+        metric = (primary or {}).get(task) or default_metric(task)
         row = rows.setdefault((task, language), {"task": task, "language": language, "metric": metric,
                                                  "n": e["scores"]["n"]})
         column = by_label.get(e["model"])
@@ -194,7 +194,7 @@ def english_reference(evaluations: list[dict[str, Any]], resamples: int = RESAMP
     for e in evaluations:
         if e["language"] != "en":
             continue
-        task, metric = e["task"], (primary or {}).get(e["task"]) or METRICS[e["task"]]
+        task, metric = e["task"], (primary or {}).get(e["task"]) or default_metric(e["task"])
         model = e["model"] + (f" ({e['trained_for']})" if e.get("trained_for") else "")
         groups.setdefault((task, model, metric), {})[e.get("seed")] = _item_scores(
             str(Path(e["folder"]) / "predictions.parquet"), task, "en", metric, read)

@@ -1,4 +1,4 @@
-"""Evaluation sets in the target languages: MGSM, XQuAD (held-out articles), XNLI.
+"""Evaluation sets in the target languages: MGSM, XQuAD (held-out articles), XNLI (read by the tasks' specs).
 
 Each test example has a stable id `<dataset>:<language>:<index>`; row i of every language is the
 same item (the sets are parallel), so `index` also joins a language to its English original.
@@ -14,10 +14,6 @@ from stt.loaders import XQUAD_EVAL_ARTICLES, load_squad
 from stt.templates import NLI_LABELS
 
 Example = dict[str, Any]
-
-# Which test set scores which training task.
-TEST_SETS = {"gsm8k": "mgsm", "squad": "xquad", "mnli": "xnli"}
-
 
 def _read_tsv(path: Path, columns: int) -> list[list[str]]:
     if not path.is_file():
@@ -70,20 +66,6 @@ def load_xnli(data_dir: Path, language: str, split: str = "test") -> list[Exampl
     return out
 
 
-def load_test_set(task: str, data_dir: Path, language: str, limit: int | None = None,
-                  xnli_split: str = "test") -> list[Example]:
-    """The first `limit` items of the task's test set in one language (same items in every language)."""
-    if task not in TEST_SETS:
-        raise ConfigError(f"no test set for task '{task}': choose from {', '.join(TEST_SETS)}")
-    if task == "gsm8k":
-        rows = load_mgsm(data_dir, language)
-    elif task == "squad":
-        rows = load_xquad_eval(data_dir, language)
-    else:
-        rows = load_xnli(data_dir, language, xnli_split)
-    return subset(rows, limit)
-
-
 def subset(rows: list[Example], limit: int | None, seed: int | None = None) -> list[Example]:
     """`limit` items: the first ones, or with `seed` a seeded random draw kept in file order.
 
@@ -99,9 +81,3 @@ def subset(rows: list[Example], limit: int | None, seed: int | None = None) -> l
 
     keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=limit, replace=False))
     return [rows[i] for i in keep]
-
-
-def test_items(task: str, data_dir: Path, language: str, config: Any) -> list[Example]:
-    """The items an evaluation scores, from its EvalConfig (limit, sample_seed, xnli_split)."""
-    rows = load_test_set(task, data_dir, language, None, config.xnli_split)
-    return subset(rows, config.limit, config.sample_seed)

@@ -7,6 +7,7 @@ Prefect retries, instead of a run that waits forever.
 from __future__ import annotations
 
 from stt.config import EvalConfig, GenerationParams, TimeoutConfig
+from stt.specs import get_task
 
 SEGMENTS_PER_EXAMPLE = 12  # generous: a GSM8K rationale has a few lines, an NLI pair two or three sentences
 
@@ -25,7 +26,7 @@ def evaluation_s(items: int, max_new_tokens: int, config: TimeoutConfig) -> floa
 def evaluation_timeout_s(task: str, config: EvalConfig, limits: TimeoutConfig, extra_tokens: int = 0) -> float:
     """One evaluation's timeout, from its size (items x tokens it may generate)."""
     items = config.limit or 5010  # the largest test set (XNLI) when all items are scored
-    tokens = {"gsm8k": config.max_new_tokens_math, "squad": config.max_new_tokens_qa}.get(task, 0)
+    tokens = get_task(task).answer_tokens(config)
     return evaluation_s(items, tokens + extra_tokens, limits)
 
 

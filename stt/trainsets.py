@@ -31,7 +31,6 @@ from stt import files, markers, shards
 from stt.config import BuildConfig, SetKind, TranslateConfig
 from stt.errors import ConfigError, DataError
 from stt.specs import TaskSpec, get_task
-from stt.templates import TEMPLATE_VERSION, to_pair
 
 SET_SCHEMA = pa.schema([
     ("id", pa.string()), ("source_id", pa.string()), ("language", pa.string()), ("variant", pa.string()),
@@ -92,30 +91,18 @@ def training_source(config: TranslateConfig) -> Path | None:
 
 
 def has_human(task: str, source: Path | None) -> bool:
-    """Whether the training file's items have human translations (XNLI dev, XQuAD)."""
-    name = Path(source).name if source else ""
-    return (task, name) in {("mnli", "xtreme_dev-en.tsv"), ("squad", "xquad.en.json")}
+    """Whether the training file's items have human translations (XNLI dev, XQuAD, a declared `human:` file)."""
+    return get_task(task).has_human(source)
 
 
 def human_examples(task: str, source: Path, language: str) -> list[dict[str, Any]]:
-    """Human translations of the training file's items into `language`, with the training ids.
-
-    Exist for the declared stand-ins whose release is parallel: XNLI dev (`xtreme_dev-en.tsv` ->
-    `xtreme_dev-<lang>.tsv`, row i = row i) and XQuAD (`xquad.en.json` -> `xquad.<lang>.json`, same
-    question ids).
-    """
-    spec = get_task(task)
-    source = Path(source)
-    if task == "mnli" and source.name == "xtreme_dev-en.tsv":
-        rows = spec.load(source.with_name(f"xtreme_dev-{language}.tsv"))
-        return [{**r, "language": language} for r in rows]
-    if task == "squad" and source.name == "xquad.en.json":
-        english = {r["source_id"]: r["id"] for r in spec.load(source)}
-        human = spec.load(source.with_name(f"xquad.{language}.json"))
-        return [{**r, "id": english[r["source_id"]], "language": language} for r in human if r["source_id"] in english]
-    raise DataError(f"human-translate-train needs human translations of the training items: they exist for NLI "
-                    f"trained on XNLI dev (inputs: {{mnli: xnli/xtreme_dev-en.tsv}}) and QA on XQuAD, not for "
-                    f"{task} from {source.name}")
+    """Human translations of the training file's items into `language`, with the training ids."""
+    rows = get_task(task).human_examples(Path(source), language)
+    if rows is None:
+        raise DataError(f"human-translate-train needs human translations of the training items: they exist for "
+                        f"NLI trained on XNLI dev (inputs: {{mnli: xnli/xtreme_dev-en.tsv}}), QA on XQuAD and "
+                        f"declared tasks with a `human:` file, not for {task} from {Path(source).name}")
+    return rows
 
 
 def set_name(kind: SetKind, language: str | None) -> str:
@@ -124,7 +111,7 @@ def set_name(kind: SetKind, language: str | None) -> str:
 
 def _row(spec: TaskSpec, ex: dict[str, Any], language: str, variant: str) -> dict[str, Any]:
     fields = {k: ex[k] for k in (*spec.kept, *spec.translated, "answer_start") if k in ex}
-    pair = to_pair(spec.family, fields)
+    pair = spec.pair(fields)
     return {"id": ex["id"], "source_id": ex["id"], "language": language, "variant": variant,
             "prompt": pair.prompt, "target": pair.target, "fields": json.dumps(fields, ensure_ascii=False)}
 
@@ -197,8 +184,10 @@ def build_key(task: str, kind: SetKind, language: str | None, translate_dir: Pat
         human = markers.stage_key(rows=side)
     elif kind == "english-equal-data":
         human = markers.stage_key(extra_english=side)
-    return markers.stage_key(stage="build", task=task, kind=kind, language=language if kind != "english" else None,
-                            translate=translate_fingerprint(translate_dir), template=TEMPLATE_VERSION,
+    spec = get_task(task)
+    return markers.stage_key(stage="build", task=spec.key_id, kind=kind,
+                             language=language if kind != "english" else None,
+                             translate=translate_fingerprint(translate_dir), template=spec.template_version,
                             config=config.model_dump(mode="json"), human=human)
 
 
@@ -236,12 +225,12 @@ def build_set(task: str, kind: SetKind, language: str | None, translate_dir: Pat
                         "(see _rejects/ for why)")
     rows = build_rows(spec, kind, language, english, translated, config.seed)
     files.write_parquet_atomic(pa.Table.from_pylist(rows, schema=SET_SCHEMA), folder / "data.parquet",
-                                {"stt.key": key, "stt.template_version": TEMPLATE_VERSION})
+                                {"stt.key": key, "stt.template_version": spec.template_version})
     mixing: dict[str, int] = {}
     for r in rows:
         mixing[r["variant"]] = mixing.get(r["variant"], 0) + 1
     info = markers.mark_done(folder, key, ["data.parquet"], stage="build", task=task, set=set_name(kind, language),
                             kind=kind, language=language, rows=len(rows), mixing=mixing,
-                            template_version=TEMPLATE_VERSION, translate_dir=str(translate_dir),
+                            template_version=spec.template_version, translate_dir=str(translate_dir),
                             translate_fingerprint=fingerprint, config=config.model_dump(mode="json"))
     return {**info, "folder": str(folder), "reused": False}

@@ -160,7 +160,7 @@ def generation_key(config: TranslateConfig, builder: PromptBuilder, weights_sha2
                    input_sha256: str, language: str) -> str:
     """Everything that changes the raw generations, and nothing else (not the validation rules)."""
     parts = {
-        "task": config.task,
+        "task": get_task(config.task).key_id,  # a declared task's definition too
         "language": language,
         "input": input_sha256,
         "weights": weights_sha256,

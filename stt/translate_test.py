@@ -23,28 +23,28 @@ from stt.errors import ConfigError
 from stt.evaluate import evaluate, evaluate_key
 from stt.models import resolve_model
 from stt.prompts import build_prompt_builder
-from stt.testsets import test_items
+from stt.specs import get_task, test_items
 from stt.validate import clean_completion
 
 log = logging.getLogger(__name__)
 
-# The input fields of each test set that are translated, and how they are split into segments.
-FIELDS: dict[str, dict[str, segments.SplitMode]] = {
-    "gsm8k": {"question": "whole"},
-    "mnli": {"premise": "sentences", "hypothesis": "sentences"},
-}
 INPUTS_FILE = "inputs_en.parquet"
+
+
+def fields(task: str) -> dict[str, segments.SplitMode]:
+    """The input fields of the task's test items that are translated (TaskSpec.translate_test_fields)."""
+    return get_task(task).translate_test_fields or {}
 
 
 def supported(task: str) -> bool:
     # Extractive QA would answer with an English span, not one of the target-language context.
-    return task in FIELDS
+    return bool(fields(task))
 
 
 def inputs_key(task: str, language: str, items: list[dict[str, Any]], engine_config: EngineConfig,
                generation: GenerationParams, prompt: PromptConfig, data_dir: Path) -> str:
     builder = build_prompt_builder(language, prompt, data_dir, to_english=True)
-    return markers.stage_key(stage="translate-test-inputs", task=task, language=language,
+    return markers.stage_key(stage="translate-test-inputs", task=get_task(task).key_id, language=language,
                             weights=resolve_model(engine_config.model).weights_sha256,
                             engine=engine_signature(engine_config), prefix=builder.completion_prompt(""),
                             prompt_version=builder.version, generation=generation.model_dump(mode="json"),
@@ -65,8 +65,8 @@ def translate_inputs(task: str, language: str, items: list[dict[str, Any]], engi
                      ) -> tuple[list[dict[str, Any]], str]:
     """The items with their input fields translated into English (reused from disk when the key matches)."""
     if not supported(task):
-        raise ConfigError(f"translate-test is defined for {', '.join(FIELDS)}, not '{task}' (extractive QA would "
-                          "answer with an English span)")
+        raise ConfigError(f"translate-test is defined for gsm8k and mnli, not '{task}' (extractive QA would answer "
+                          "with an English span; a declared task has none)")
     builder = build_prompt_builder(language, prompt, data_dir, to_english=True)
     key = inputs_key(task, language, items, engine_config, generation, prompt, data_dir)
     path = Path(out_folder) / INPUTS_FILE
@@ -74,7 +74,7 @@ def translate_inputs(task: str, language: str, items: list[dict[str, Any]], engi
         rows = pq.read_table(path).to_pylist()
     else:
         engine = get_engine(engine_config, generation)
-        plan = [(i, field, k, text) for i, it in enumerate(items) for field, mode in FIELDS[task].items()
+        plan = [(i, field, k, text) for i, it in enumerate(items) for field, mode in fields(task).items()
                 for k, text in enumerate(segments.split(it[field], mode))]
         requests = [Request(builder.completion_prompt(text),
                             generation.max_new_tokens(engine.count_tokens(text)), generation.stop)
@@ -86,7 +86,7 @@ def translate_inputs(task: str, language: str, items: list[dict[str, Any]], engi
                 for (i, field, k, text), o in zip(plan, outs, strict=True)]
         files.write_parquet_atomic(pa.Table.from_pylist(rows), path, {"stt.key": key})
     translated = [dict(it) for it in items]
-    for field, mode in FIELDS[task].items():
+    for field, mode in fields(task).items():
         parts: dict[int, list[str]] = {}
         for r in sorted((r for r in rows if r["field"] == field), key=lambda r: (r["item"], r["segment"])):
             parts.setdefault(r["item"], []).append(r["output"])
@@ -102,7 +102,7 @@ def translate_test(task: str, language: str, translator: EngineConfig, answerer:
     items = test_items(task, data_dir, language, config)
     run_key = translate_test_key(task, language, translator, answerer, config, generation, prompt, data_dir)
     translated, key = translate_inputs(task, language, items, translator, generation, prompt, data_dir, out_folder)
-    empty = sum(not it[f] for it in translated for f in FIELDS[task])
+    empty = sum(not it[f] for it in translated for f in fields(task))
     if empty:
         log.warning("translate-test %s %s: %d empty translated fields (answered as they are)", task, language, empty)
     return evaluate(task, language, answerer, config, data_dir, out_folder, "translate-test", items=translated,

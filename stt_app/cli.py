@@ -57,8 +57,8 @@ SET_HELP = "Any setting of the config, dotted: --set engine.threads=2 (repeatabl
 
 @app.command("translate")
 def translate_cmd(
-    task: Annotated[str | None, typer.Option(help="Task: gsm8k (math), squad (QA), mnli (NLI; needs --input). "
-                                                  "[default: gsm8k]")] = None,
+    task: Annotated[str | None, typer.Option(help="Task: gsm8k (math), squad (QA), mnli (NLI; needs --input), "
+                                                  "or one declared in configs/tasks/ [default: gsm8k].")] = None,
     languages: Annotated[str | None, typer.Option(help="Comma-separated target languages [default: de,th].")]
     = None,
     limit: Annotated[int | None, typer.Option(help="Translate only the first N training examples.")] = None,
@@ -140,12 +140,11 @@ def run_cmd(
 ) -> None:
     """Run the whole method: translate, build sets, fine-tune, evaluate, report (zero-shot vs Self-Translate-Train)."""
     from stt.config import load_run_config
-    from stt.translate import check_config
+    from stt.pipeline import check_run
 
     with _reported():
         cfg = load_run_config(config, **{**_overrides(set_), "run_dir": run_dir})
-        for task in cfg.tasks:
-            check_config(cfg.translate_config(task))
+        check_run(cfg)
     with _reported("run"):
         if prefect:
             from stt_app.flows.self_translate_train import self_translate_train
@@ -163,7 +162,8 @@ def run_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    task: Annotated[str, typer.Option(help="gsm8k (MGSM), squad (XQuAD held-out half), mnli (XNLI).")] = "gsm8k",
+    task: Annotated[str, typer.Option(help="gsm8k (MGSM), squad (XQuAD held-out half), mnli (XNLI), or a "
+                                           "declared task.")] = "gsm8k",
     languages: Annotated[str, typer.Option(help="Comma-separated test languages, e.g. en,de,th.")] = "en,de,th",
     model: Annotated[str, typer.Option(help="Short name, .gguf file or HF folder.")] = "gemma3-270m",
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter folder to apply (from stt run / finetune).")]
@@ -189,11 +189,10 @@ def evaluate_cmd(
     from stt.evaluate import adapter_fingerprint
     from stt.models import resolve_model
     from stt.prompts import language_name
-    from stt.testsets import TEST_SETS
+    from stt.specs import get_task
 
     with _reported():
-        if task not in TEST_SETS:
-            _fail(f"unknown task '{task}': choose from {', '.join(TEST_SETS)}")
+        get_task(task)
         langs = [x.strip() for x in languages.split(",") if x.strip()]
         for lang in langs:
             if lang != "en":

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from stt.evaluate import nli_choice, score_predictions
+from stt.evaluate import score_predictions
 from stt.metrics import (
     char_f1,
     extract_final_number,
@@ -14,6 +14,8 @@ from stt.metrics import (
     squad_f1,
     translation_scores,
 )
+from stt.specs.labels import choice
+from stt.templates import NLI_LABELS
 
 
 @pytest.mark.parametrize("text,language,number", [
@@ -85,8 +87,8 @@ def test_squad_official_normalisation_and_scores():
 def test_nli_acc_and_acc_norm_by_hand():
     # Summed log-likelihood picks "neutral" (-3.0); per byte " contradiction" wins (-3.5/14 = -0.25 > -3/8).
     lp = {"entailment": -4.0, "neutral": -3.0, "contradiction": -3.5}
-    assert nli_choice(lp, normalized=False) == "neutral"
-    assert nli_choice(lp, normalized=True) == "contradiction"
+    assert choice(lp, NLI_LABELS, normalized=False) == "neutral"
+    assert choice(lp, NLI_LABELS, normalized=True) == "contradiction"
 
 
 def test_scores_recomputed_from_prediction_rows_by_hand():

@@ -6,7 +6,8 @@ import pytest
 
 from stt.errors import ConfigError
 from stt.loaders import XQUAD_EVAL_ARTICLES, XQUAD_TRAIN_ARTICLES, load_squad
-from stt.testsets import load_mgsm, load_test_set, load_xnli, load_xquad_eval
+from stt.specs import load_test_set
+from stt.testsets import load_mgsm, load_xnli, load_xquad_eval
 
 from .conftest import DATA
 
@@ -43,13 +44,13 @@ def test_xnli_test_labels_attach_and_are_balanced():
 
 
 def test_unknown_test_set_is_a_clear_error():
-    with pytest.raises(ConfigError, match="no test set for task 'nope'"):
+    with pytest.raises(ConfigError, match="unknown task 'nope': choose from gsm8k, squad, mnli"):
         load_test_set("nope", DATA, "de")
 
 
 def test_seeded_sample_is_the_same_items_in_every_language_and_not_a_prefix():
     from stt.config import EvalConfig
-    from stt.testsets import test_items
+    from stt.specs import test_items
 
     config = EvalConfig(limit=300, sample_seed=0)
     de, th = test_items("mnli", DATA, "de", config), test_items("mnli", DATA, "th", config)

@@ -1,15 +1,22 @@
-"""What a task family translates, keeps, and how a translated example is put back together."""
+"""What a task is: what it translates and keeps, how an example becomes a prompt and an answer, where its test
+items come from, how a model's answers are made and scored, and where human translations exist.
+
+Every stage asks the task's spec (stt.specs.get_task) rather than switching on task names: a new task is one
+spec — a small module registered in stt/specs/__init__.py, or a YAML file under configs/tasks/ (specs/declared.py).
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 from stt import segments
 from stt.badrows import BadRows
 from stt.loaders import Example
 from stt.segments import SplitMode
+from stt.templates import TEMPLATE_VERSION, Pair
 
 
 @dataclass(frozen=True)
@@ -23,20 +30,32 @@ class Segment:
 @dataclass(frozen=True)
 class TaskSpec(ABC):
     name: str  # registry key, e.g. "gsm8k"
-    family: str  # "math" | "qa" | "nli"
+    family: str  # "math" | "qa" | "nli" | "label" (a declared classification task)
     translated: dict[str, SplitMode]  # field -> how it is split into segments
     kept: tuple[str, ...]  # copied unchanged (labels, numeric answers, ids)
     # Code-switched training pairs swap these groups between English and the target language
     # (fields that must agree, such as a QA context and its answer span, stay in one group).
     switch_groups: tuple[tuple[str, ...], ...] = ()
 
+    # --- identity --------------------------------------------------------------------------------------
+    @property
+    def key_id(self) -> str:
+        """The task in every stage key: its name, and for a declared task the hash of its definition (a
+        changed definition redoes what it changes)."""
+        return self.name
+
+    @property
+    def template_version(self) -> str:
+        return TEMPLATE_VERSION
+
+    # --- training data ---------------------------------------------------------------------------------
     @abstractmethod
     def default_source(self, data_dir: Path) -> Path:
         """The training file used when the user names none."""
 
     @abstractmethod
     def load(self, path: Path, bad: BadRows | None = None) -> list[Example]:
-        """Examples of a file in this family's release format; unusable rows go to `bad` (default: stop)."""
+        """Examples of a file in this task's format; unusable rows go to `bad` (default: stop)."""
 
     def segments(self, example: Example) -> list[Segment]:
         out = []
@@ -55,3 +74,56 @@ class TaskSpec(ABC):
     def check(self, example: Example, translated: Example, language: str) -> list[str]:
         """Task-specific reasons to reject a reassembled example (may also add fields to it)."""
         return []
+
+    def has_human(self, source: Path | None) -> bool:
+        """Whether the training file's items have human translations (without reading them)."""
+        return False
+
+    def human_examples(self, source: Path, language: str) -> list[Example] | None:
+        """Human translations of the training file's items into `language`, with the training ids (the human
+        translate-train control); None where the file has none."""
+        return None
+
+    # --- prompts -------------------------------------------------------------------------------------
+    @abstractmethod
+    def pair(self, example: Example) -> Pair:
+        """(prompt, target) of a training example; evaluation uses the same prompt."""
+
+    # --- evaluation ----------------------------------------------------------------------------------
+    test_set: ClassVar[str] = ""  # the test set's name, recorded with every evaluation
+    # The per-item metrics a primary metric may be (EvalConfig.primary_metric), the default first.
+    primary_choices: ClassVar[tuple[str, ...]] = ("accuracy",)
+
+    @abstractmethod
+    def test_items(self, data_dir: Path, language: str, split: str = "test") -> list[Example]:
+        """Every test item in one language (`index`: the same item in every language)."""
+
+    @abstractmethod
+    def eval_rows(self, engine: Any, items: list[Example], config: Any, language: str) -> list[dict[str, Any]]:
+        """The model's answer to each item: prompt, output, prediction, gold, token counts."""
+
+    @abstractmethod
+    def item_scores(self, language: str, rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+        """Every per-item metric, recomputed from saved prediction rows."""
+
+    def score_row(self, language: str, row: dict[str, Any]) -> float:
+        """The `score` column of a prediction row (the default metric where one row decides it)."""
+        return self.item_scores(language, [row])[self.primary_choices[0]][0]
+
+    def corpus_scores(self, rows: list[dict[str, Any]]) -> dict[str, float]:
+        """Metrics that are not means of per-item scores."""
+        return {}
+
+    def answer_tokens(self, config: Any) -> int:
+        """Tokens an answer may take (generation tasks); 0 when answers are scored, not generated."""
+        return 0
+
+    # --- translation quality and translate-test -------------------------------------------------------
+    # A field of reference_items() that is a single-line human translation of the English item.
+    reference_field: ClassVar[str] = ""
+    quality_split: ClassVar[str] = "test"
+    translate_test_fields: ClassVar[dict[str, SplitMode] | None] = None  # None: no translate-test for this task
+
+    def reference_items(self, data_dir: Path, language: str) -> list[Example]:
+        """Parallel items whose `reference_field` is human-translated (translation quality)."""
+        return self.test_items(data_dir, language, self.quality_split)

@@ -1,18 +1,29 @@
-"""Natural language inference (MultiNLI): translate premise and hypothesis, keep the label."""
+"""Natural language inference (MultiNLI; XNLI): translate premise and hypothesis, keep the label."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 from stt.badrows import BadRows
 from stt.errors import ConfigError
 from stt.loaders import Example, load_mnli, load_xnli_dev
+from stt.segments import SplitMode
+from stt.specs import labels
 from stt.specs.base import TaskSpec
+from stt.templates import NLI_LABELS, Pair, nli_pair, nli_prompt
+from stt.testsets import load_xnli
 
 
 @dataclass(frozen=True)
 class NLISpec(TaskSpec):
+    test_set = "xnli"
+    primary_choices = labels.LABEL_METRICS
+    reference_field = "hypothesis"
+    quality_split = "dev"  # XNLI dev is parallel and human-translated (test items stay unseen)
+    translate_test_fields: ClassVar[dict[str, SplitMode] | None] = {"premise": "sentences", "hypothesis": "sentences"}
+
     def default_source(self, data_dir: Path) -> Path:
         raise ConfigError(
             "MultiNLI train is not available offline: pass its jsonl with --input "
@@ -25,6 +36,34 @@ class NLISpec(TaskSpec):
             return load_xnli_dev(path, bad=bad)
         return load_mnli(path, bad=bad)
 
+    def has_human(self, source: Path | None) -> bool:
+        return source is not None and Path(source).name == "xtreme_dev-en.tsv"
+
+    def human_examples(self, source: Path, language: str) -> list[Example] | None:
+        # XNLI dev is parallel: xtreme_dev-<lang>.tsv row i translates xtreme_dev-en.tsv row i.
+        if not self.has_human(source):
+            return None
+        return [{**r, "language": language} for r in self.load(Path(source).with_name(f"xtreme_dev-{language}.tsv"))]
+
+    def pair(self, example: Example) -> Pair:
+        return nli_pair(example)
+
+    def test_items(self, data_dir: Path, language: str, split: str = "test") -> list[Example]:
+        return load_xnli(data_dir, language, split)
+
+    def eval_rows(self, engine: Any, items: list[Example], config: Any, language: str) -> list[dict[str, Any]]:
+        prompts = [nli_prompt(it["premise"], it["hypothesis"]) for it in items]
+        return labels.score_rows(engine, items, prompts, NLI_LABELS)
+
+    def item_scores(self, language: str, rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+        return labels.item_scores(rows, NLI_LABELS)
+
+    def score_row(self, language: str, row: dict[str, Any]) -> float:
+        return float(row["prediction"] == row["gold"])  # raw accuracy: calibration needs every row
+
+    def corpus_scores(self, rows: list[dict[str, Any]]) -> dict[str, float]:
+        return labels.corpus_scores(rows, NLI_LABELS)
+
 
 MNLI = NLISpec("mnli", "nli", {"premise": "sentences", "hypothesis": "sentences"}, ("id", "source_id", "label"),
-             (("premise",), ("hypothesis",)))
+               (("premise",), ("hypothesis",)))

@@ -1,18 +1,30 @@
-"""Extractive QA (SQuAD format): translate context, question and answer; the answer must stay a span."""
+"""Extractive QA (SQuAD format; XQuAD): translate context, question and answer; the answer must stay a span."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from stt.badrows import BadRows
+from stt.engines.base import Request
 from stt.loaders import XQUAD_TRAIN_ARTICLES, Example, load_squad
+from stt.metrics import CHAR_LEVEL, best_over_golds, char_f1, squad_exact_match, squad_f1
 from stt.spans import find_span
 from stt.specs.base import TaskSpec
+from stt.templates import Pair, qa_pair, qa_prompt
+from stt.testsets import load_xquad_eval
+
+QA_STOPS = ("\n",)
 
 
 @dataclass(frozen=True)
 class QASpec(TaskSpec):
+    test_set = "xquad"
+    primary_choices = ("f1", "exact_match")
+    reference_field = "question"
+
     def default_source(self, data_dir: Path) -> Path:
         # SQuAD train is not available offline: English XQuAD, training half of the articles.
         return data_dir / "xquad" / "xquad.en.json"
@@ -32,6 +44,42 @@ class QASpec(TaskSpec):
         translated["answer_text"] = translated["context"][start:end]
         translated["answer_start"] = start
         return []
+
+    def has_human(self, source: Path | None) -> bool:
+        return source is not None and Path(source).name == "xquad.en.json"
+
+    def human_examples(self, source: Path, language: str) -> list[Example] | None:
+        # XQuAD is parallel: xquad.<lang>.json has the same question ids as xquad.en.json.
+        if not self.has_human(source):
+            return None
+        english = {r["source_id"]: r["id"] for r in self.load(Path(source))}
+        human = self.load(Path(source).with_name(f"xquad.{language}.json"))
+        return [{**r, "id": english[r["source_id"]], "language": language} for r in human if r["source_id"] in english]
+
+    def pair(self, example: Example) -> Pair:
+        return qa_pair(example)
+
+    def test_items(self, data_dir: Path, language: str, split: str = "test") -> list[Example]:
+        return load_xquad_eval(data_dir, language)
+
+    def eval_rows(self, engine: Any, items: list[Example], config: Any, language: str) -> list[dict[str, Any]]:
+        prompts = [qa_prompt(it["context"], it["question"]) for it in items]
+        outs = engine.generate([Request(p, config.max_new_tokens_qa, QA_STOPS) for p in prompts])
+        return [{"prompt": p, "output": o.text, "prediction": o.text.strip(),
+                 "gold": json.dumps(it["answers"], ensure_ascii=False), "prompt_tokens": o.prompt_tokens,
+                 "completion_tokens": o.completion_tokens} for it, p, o in zip(items, prompts, outs, strict=True)]
+
+    def item_scores(self, language: str, rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+        golds = [json.loads(r["gold"]) for r in rows]
+        out = {"f1": [best_over_golds(squad_f1, r["prediction"], g) for r, g in zip(rows, golds, strict=True)],
+               "exact_match": [best_over_golds(squad_exact_match, r["prediction"], g)
+                               for r, g in zip(rows, golds, strict=True)]}
+        if language in CHAR_LEVEL:
+            out["char_f1"] = [best_over_golds(char_f1, r["prediction"], g) for r, g in zip(rows, golds, strict=True)]
+        return out
+
+    def answer_tokens(self, config: Any) -> int:
+        return config.max_new_tokens_qa
 
 
 SQUAD = QASpec(

@@ -7,6 +7,7 @@ from typing import Any
 
 from stt import pipeline, timeouts
 from stt.config import EngineConfig, RunConfig
+from stt.specs import get_task
 from stt.stages.base import Job, StageDef
 
 
@@ -14,6 +15,8 @@ class Quality(StageDef):
     name = "quality"
 
     def jobs(self, config: RunConfig, task: str, plan: pipeline.TaskPlan) -> list[Job]:
+        if not get_task(task).reference_field:  # no human translations to score against
+            return []
         return [Job(stage=self.name, task=task, name=lang) for lang in config.languages]
 
     def folder(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> Path:
