@@ -64,6 +64,11 @@ def stage_jobs(config: RunConfig, stage: Stage) -> list[Job]:
     return [job for task in config.tasks for job in _stage(stage).jobs(config, task, pipeline.plan_task(config, task))]
 
 
+def stages_of_flow(flow: str) -> tuple[Stage, ...]:
+    """The stages a Prefect stage flow runs, in plan order (StageDef.flow)."""
+    return tuple(name for name, stage in REGISTRY.items() if stage.flow == flow)
+
+
 def waves(jobs: list[Job]) -> list[list[Job]]:
     return [[j for j in jobs if j.wave == w] for w in sorted({j.wave for j in jobs})]
 

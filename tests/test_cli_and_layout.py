@@ -108,3 +108,14 @@ def test_set_reaches_the_same_settings_as_the_named_options(args, message):
     result = _run(*args)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(message), result.stderr
+
+
+def test_every_stage_runs_in_one_prefect_stage_flow():
+    """A stage module names the stage flow that runs it; none is left out of the Prefect runs (the plain runner
+    runs every stage of the registry)."""
+    from stt import jobs
+
+    flows = ("translate-stage", "build-sets", "finetune", "evaluate-stage")  # stt_app/flows/stages.py
+    covered = [s for f in flows for s in jobs.stages_of_flow(f)]
+    assert sorted(covered) == sorted(jobs.STAGES) == ["build", "evaluate", "finetune", "quality", "translate"]
+    assert covered == ["translate", "quality", "build", "finetune", "evaluate"]  # the flows run them in plan order

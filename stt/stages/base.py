@@ -35,6 +35,9 @@ class StageDef:
 
     name: str = ""
     uses_model: bool = True  # its jobs load a model (one at a time per worker: the model slot)
+    # The Prefect stage flow (and chained deployment) that runs its jobs: translate-stage, build-sets, finetune
+    # or evaluate-stage (stt_app/flows/stages.py); a new stage joins one by naming it here.
+    flow: str = ""
 
     def jobs(self, config: RunConfig, task: str, plan: pipeline.TaskPlan) -> list[Job]:
         raise NotImplementedError

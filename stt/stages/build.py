@@ -12,6 +12,7 @@ from stt.stages.base import Job, StageDef, find
 
 class Build(StageDef):
     name = "build"
+    flow = "build-sets"
     uses_model = False
 
     def jobs(self, config: RunConfig, task: str, plan: pipeline.TaskPlan) -> list[Job]:

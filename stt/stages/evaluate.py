@@ -14,6 +14,7 @@ from stt.stages.base import Job, StageDef, find
 
 class Evaluate(StageDef):
     name = "evaluate"
+    flow = "evaluate-stage"
 
     def jobs(self, config: RunConfig, task: str, plan: pipeline.TaskPlan) -> list[Job]:
         return [Job(stage=self.name, task=task, name=e.name) for e in plan.evals]

@@ -13,6 +13,7 @@ from stt.stages.base import Job, StageDef, find
 
 class Finetune(StageDef):
     name = "finetune"
+    flow = "finetune"
 
     def jobs(self, config: RunConfig, task: str, plan: pipeline.TaskPlan) -> list[Job]:
         # An adapter trained for as many steps as another one waits for it (wave 1).

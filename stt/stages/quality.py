@@ -13,6 +13,7 @@ from stt.stages.base import Job, StageDef
 
 class Quality(StageDef):
     name = "quality"
+    flow = "translate-stage"
 
     def jobs(self, config: RunConfig, task: str, plan: pipeline.TaskPlan) -> list[Job]:
         if not get_task(task).reference_field:  # no human translations to score against

@@ -22,6 +22,7 @@ def _shard(job: Job) -> Any:
 
 class Translate(StageDef):
     name = "translate"
+    flow = "translate-stage"
 
     def jobs(self, config: RunConfig, task: str, plan: pipeline.TaskPlan) -> list[Job]:
         # Planning writes the input shards and the manifest (idempotent): workers get shards that exist.

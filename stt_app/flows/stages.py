@@ -69,7 +69,7 @@ def translate_stage(config: RunConfig = RunConfig(), announce: bool = True) -> d
     with ExitStack() as locks:
         for folder in dirs.values():  # a second run on the same folders fails (or waits) instead of racing
             locks.enter_context(run_lock(folder))
-        run_stages(config, ("translate", "quality"))
+        run_stages(config, jobs.stages_of_flow("translate-stage"))
     for task, folder in dirs.items():
         create_table_artifact(key="translate-summary", table=summarize(folder),
                               description=f"Self-translation of {task} -> {folder}")
@@ -82,7 +82,7 @@ def translate_stage(config: RunConfig = RunConfig(), announce: bool = True) -> d
 @flow(name="build-sets", log_prints=True, persist_result=True, result_serializer="json")
 def build_sets(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
     """Build the english / self-translate-train / code-switch training sets from the translations."""
-    built = run_stages(config, ("build",))["build"]
+    built = [b for done in run_stages(config, jobs.stages_of_flow("build-sets")).values() for b in done]
     _announce("stt.sets.built", config, sets=[b["folder"] for b in built])
     return {"sets": built}
 
@@ -90,7 +90,7 @@ def build_sets(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
 @flow(name="finetune", log_prints=True, persist_result=True, result_serializer="json")
 def finetune(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
     """Train one LoRA adapter per training set (the sets must be built)."""
-    adapters = run_stages(config, ("finetune",))["finetune"]
+    adapters = [a for done in run_stages(config, jobs.stages_of_flow("finetune")).values() for a in done]
     _announce("stt.finetune.completed", config, adapters=[a["folder"] for a in adapters])
     return {"adapters": adapters}
 
@@ -98,7 +98,8 @@ def finetune(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
 @flow(name="evaluate-stage", log_prints=True, persist_result=True, result_serializer="json")
 def evaluate_stage(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
     """Every model of the plan on every test language."""
-    evaluations = run_stages(config, ("evaluate",))["evaluate"]
+    evaluations = [e for done in run_stages(config, jobs.stages_of_flow("evaluate-stage")).values()
+                   for e in done]
     _announce("stt.evaluate.completed", config, evaluations=[e["folder"] for e in evaluations])
     return {"evaluations": evaluations}
 
