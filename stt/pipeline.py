@@ -187,18 +187,14 @@ def translator_engine(config: RunConfig) -> EngineConfig:
 
 def notes(config: RunConfig) -> list[str]:
     out = []
-    if "squad" in config.tasks and "squad" not in config.inputs:
-        out.append("QA trains on the English XQuAD paragraphs of articles 0-23 (SQuAD train is not available "
-                   "offline) and is evaluated on articles 24-47 only.")
     for task in config.tasks:
         source = training_source(config.translate_config(task))
-        if task == "mnli" and source and source.name.startswith("xtreme_dev-"):
-            out.append("NLI trains on the English XNLI dev set (2,490 items, disjoint from XNLI test), the declared "
-                       "stand-in for MultiNLI (not available offline).")
+        out += get_task(task).notes(source)
         if config.controls.human_translate_train and not has_human(task, source):
             out.append(f"No human translate-train for {task}: its training items have no human translations.")
-        if config.controls.translate_test and task == "squad":
-            out.append("No translate-test for QA: the answer would be an English span, not one of the context.")
+        if config.controls.translate_test and not get_task(task).translate_test_fields:
+            out.append(f"No translate-test for {task}: its answers are not made from an English input alone (QA "
+                       "would answer with an English span, not one of the context).")
     if config.controls.equal_steps and config.train.max_steps:
         out.append(f"Step budget: every adapter trains for train.max_steps = {config.train.max_steps} optimizer "
                    "steps, so the equal-steps control (zero-shot trained as long as Self-Translate-Train) is the "

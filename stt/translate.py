@@ -324,11 +324,10 @@ def existing_generation(job: ShardJob) -> dict[str, Any]:
 def _output_schema(spec: TaskSpec) -> pa.Schema:
     fields = ["id", "task", "language", "shard"]
     fields += [k for k in spec.kept if k != "id"] + list(spec.translated)
-    if spec.family == "qa":
-        fields.append("answer_start")
+    fields += list(spec.added_int_fields)
     fields += [f"src_{k}" for k in spec.translated]
     fields += ["model_id", "weights_sha256", "prompt_version", "validation_version", "generation_key", "generation"]
-    return pa.schema([(f, pa.int64() if f == "answer_start" else pa.string()) for f in fields] + [
+    return pa.schema([(f, pa.int64() if f in spec.added_int_fields else pa.string()) for f in fields] + [
         ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("segments", pa.int64()),
         ("round_trip_chrf", pa.float64()),  # null without round-trip filtering
     ])

@@ -79,6 +79,13 @@ class TaskSpec(ABC):
         """Whether the training file's items have human translations (without reading them)."""
         return False
 
+    # Integer fields that check() adds to a translated row (QA: answer_start), beside the kept and translated ones.
+    added_int_fields: ClassVar[tuple[str, ...]] = ()
+
+    def notes(self, source: Path | None) -> list[str]:
+        """What a report should say about where this task's data came from (e.g. a declared stand-in)."""
+        return []
+
     def human_examples(self, source: Path, language: str) -> list[Example] | None:
         """Human translations of the training file's items into `language`, with the training ids (the human
         translate-train control); None where the file has none."""

@@ -36,6 +36,12 @@ class NLISpec(TaskSpec):
             return load_xnli_dev(path, bad=bad)
         return load_mnli(path, bad=bad)
 
+    def notes(self, source: Path | None) -> list[str]:
+        if source is None or not Path(source).name.startswith("xtreme_dev-"):
+            return []
+        return ["NLI trains on the English XNLI dev set (2,490 items, disjoint from XNLI test), the declared "
+                "stand-in for MultiNLI (not available offline)."]
+
     def has_human(self, source: Path | None) -> bool:
         return source is not None and Path(source).name == "xtreme_dev-en.tsv"
 

@@ -45,6 +45,14 @@ class QASpec(TaskSpec):
         translated["answer_start"] = start
         return []
 
+    added_int_fields = ("answer_start",)
+
+    def notes(self, source: Path | None) -> list[str]:
+        if source is None or Path(source).name != "xquad.en.json":
+            return []
+        return ["QA trains on the English XQuAD paragraphs of articles 0-23 (SQuAD train is not available offline) "
+                "and is evaluated on articles 24-47 only."]
+
     def has_human(self, source: Path | None) -> bool:
         return source is not None and Path(source).name == "xquad.en.json"
 
