@@ -67,11 +67,12 @@ def _stt(*args, tasks_dir, cwd=ROOT, timeout=900):
 @pytest.mark.model
 def test_a_users_own_dataset_runs_end_to_end_from_the_command_line(tmp_path):
     folder = _task_folder(tmp_path)
-    run = {"name": "claims-run", "tasks": ["claims"], "languages": ["de"], "limit": 8, "shard_size": 8,
+    # As small as the whole method gets: 4 examples translated, one step per adapter, 8 test items.
+    run = {"name": "claims-run", "tasks": ["claims"], "languages": ["de"], "limit": 4, "shard_size": 4,
            "engine": {"kind": "llama-cpp", "model": "gemma3-270m", "batch_size": 8},
-           "generation": {"max_new_tokens_cap": 96},
-           "train": {"rank": 4, "alpha": 8, "batch_size": 4, "max_steps": 2, "save_steps": 2},
-           "eval": {"limit": 12, "include_english": False, "batch_size": 12},
+           "generation": {"max_new_tokens_cap": 64},
+           "train": {"rank": 4, "alpha": 8, "batch_size": 4, "max_steps": 1, "save_steps": 1, "max_length": 192},
+           "eval": {"limit": 8, "include_english": False, "batch_size": 8},
            "controls": {"equal_steps": False}}
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(run))
@@ -79,15 +80,15 @@ def test_a_users_own_dataset_runs_end_to_end_from_the_command_line(tmp_path):
     done = _stt("run", "--config", str(config), "--run-dir", str(out), "--no-prefect", tasks_dir=folder)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    # The report's table: the task's row in German, both columns scored on the 12 items of the test file.
+    # The report's table: the task's row in German, both columns scored on the first 8 items of the test file.
     results = pd.read_parquet(out / "results.parquet")
     [row] = results.to_dict("records")
-    assert (row["task"], row["language"], row["n"], row["metric"]) == ("claims", "de", 12, "accuracy_calibrated")
+    assert (row["task"], row["language"], row["n"], row["metric"]) == ("claims", "de", 8, "accuracy_calibrated")
     assert row["zero_shot"] == row["zero_shot"] and row["stt"] == row["stt"]  # not NaN
     assert "claims" in (out / "report.md").read_text()
 
     # Gold labels are the test file's, mapped by the declared words, in the file's order.
-    expected = [WORDS[r[2]] for r in _xnli_test("de", 12)]
+    expected = [WORDS[r[2]] for r in _xnli_test("de", 8)]
     predictions = pd.read_parquet(row["stt_predictions"])
     assert predictions["gold"].tolist() == expected
     assert predictions["prompt"].iloc[0].startswith("Passage: " + _xnli_test("de", 1)[0][0])
@@ -95,12 +96,12 @@ def test_a_users_own_dataset_runs_end_to_end_from_the_command_line(tmp_path):
     assert all(set(s) == {"yes", "no"} for s in scores)  # both label words scored for every item
 
     # Translated training rows keep the user's labels (mapped), joined to the English rows by id.
-    english = {f"claims:train:{i}": WORDS[r[2]] for i, r in enumerate(_xnli_dev_en(8))}
+    english = {f"claims:train:{i}": WORDS[r[2]] for i, r in enumerate(_xnli_dev_en(4))}
     translated = pd.read_parquet(out / "claims" / "translate", columns=["id", "label", "passage", "claim"])
     assert len(translated) > 0
     assert all(english[i] == label for i, label in zip(translated["id"], translated["label"], strict=True))
     training = pd.read_parquet(out / "claims" / "sets" / "self-translate-train-de" / "data.parquet")
-    assert Counter(training["variant"]) == {"english": 8, "translated": len(translated)}
+    assert Counter(training["variant"]) == {"english": 4, "translated": len(translated)}
     assert all(t.startswith(" yes") or t.startswith(" no") for t in training["target"])
 
 
