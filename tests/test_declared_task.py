@@ -111,7 +111,8 @@ def test_a_users_own_dataset_runs_end_to_end_from_the_command_line(tmp_path):
      "train.columns: unknown field 'topic'"),
     ({"labels": {"holds": "yes"}}, "labels: at least two"),
     ({"prompt": "Passage: {passage}\nDoes it hold:"}, "prompt: no {claim} placeholder for field 'claim'"),
-    ({"answer": "span"}, "answer: Input should be 'label'"),
+    ({"answer": "essay"}, "answer: Input should be 'label', 'span' or 'number'"),
+    ({"answer": "span"}, "labels: only for answer: label (this task's answer is a span)"),
     ({"train": {"path": "no_such_file.csv"}}, "input file not found: "),
     ({"train": {"path": "claims_train.csv", "columns": {"passage": "text", "claim": "claim_text",
                                                         "label": "verdict"}}},
@@ -169,3 +170,111 @@ def test_pawsx_plans_like_a_built_in_task(tmp_path):
     assert {j.name for j in stage_jobs(config, "evaluate")} == {"base-de", "zero-shot-de", "zero-shot-equal-steps-de",
                                                                  "self-translate-train-de",
                                                                  "human-translate-train-de"}
+
+
+def _xquad(language: str, articles: range, n: int) -> list[tuple[str, str, str]]:
+    data = json.loads((DATA / "xquad" / f"xquad.{language}.json").read_text(encoding="utf-8"))["data"]
+    out = [(p["context"], qa["question"], qa["answers"][0]["text"])
+           for a in data[articles.start:articles.stop] for p in a["paragraphs"] for qa in p["qas"]]
+    return out[:n]
+
+
+def _span_task(tmp_path):
+    """Extractive QA under the user's names: JSONL training rows (English XQuAD, articles 0-23), a CSV test file
+    (German XQuAD, articles 24-47)."""
+    folder = tmp_path / "spantasks"
+    folder.mkdir()
+    with open(folder / "faq_train.jsonl", "w", encoding="utf-8") as f:
+        for c, q, a in _xquad("en", range(0, 24), 6):
+            f.write(json.dumps({"passage": c, "ask": q, "reply": a}, ensure_ascii=False) + "\n")
+    with open(folder / "faq_test_de.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["passage", "ask", "reply"])
+        w.writerows(_xquad("de", range(24, 48), 4))
+    (folder / "faq.yaml").write_text(yaml.safe_dump({
+        "name": "faq", "answer": "span", "fields": {"passage": "sentences", "question": "whole"},
+        "context": "passage", "label": "answer", "prompt": "Context: {passage}\nQuestion: {question}\nAnswer:",
+        "train": {"path": "faq_train.jsonl", "columns": {"question": "ask", "answer": "reply"}},
+        "test": {"path": "faq_test_{language}.csv", "columns": {"question": "ask", "answer": "reply"}}}))
+    return folder
+
+
+def _number_task(tmp_path):
+    """Math word problems under the user's names: a CSV of GSM8K rows (problem, worked solution, result) and
+    MGSM's German TSV as it ships (no header: question, answer)."""
+    folder = tmp_path / "numtasks"
+    folder.mkdir()
+    with open(folder / "sums_train.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["problem", "worked", "result"])
+        for line in (DATA / "gsm8k" / "train.jsonl").open(encoding="utf-8").readlines()[:5]:
+            row = json.loads(line)
+            body, _, final = row["answer"].rpartition("####")
+            w.writerow([row["question"], body.strip(), final.strip()])
+    (folder / "sums.yaml").write_text(yaml.safe_dump({
+        "name": "sums", "answer": "number", "fields": {"problem": "whole"}, "label": "result",
+        "rationale": "worked", "prompt": "Question: {problem}\nAnswer:",
+        "train": {"path": "sums_train.csv"},
+        "test": {"path": str(DATA / "mgsm" / "mgsm_{language}.tsv"), "header": False,
+                 "columns": ["problem", "result"]}}))
+    return folder
+
+
+def test_a_declared_span_task_keeps_answers_inside_their_context(tmp_path, monkeypatch):
+    from stt.specs import get_task
+
+    monkeypatch.setenv("STT_TASK_DIRS", str(_span_task(tmp_path)))
+    spec = get_task("faq")
+    train = spec.load(spec.default_source(DATA))
+    english = _xquad("en", range(0, 24), 6)
+    assert [(r["passage"], r["question"], r["answer"]) for r in train] == english
+    assert spec.primary_choices[0] == "f1" and spec.translated == {"passage": "sentences", "question": "whole",
+                                                                   "answer": "whole"}
+    assert spec.pair(train[0]).target == " " + english[0][2]
+    # The human German of the same XQuAD question passes the span check; an answer the context lacks does not.
+    german = json.loads((DATA / "xquad" / "xquad.de.json").read_text(encoding="utf-8"))["data"][0]["paragraphs"][0]
+    de = {"passage": german["context"], "question": german["qas"][0]["question"],
+          "answer": german["qas"][0]["answers"][0]["text"]}
+    assert spec.check(train[0], dict(de), "de") == []
+    assert spec.check(train[0], {**de, "answer": "Zanzibar"}, "de") == ["answer_not_in_context"]
+    test = spec.test_items(DATA, "de")
+    assert [(r["passage"], r["answer"]) for r in test] == [(c, a) for c, _, a in _xquad("de", range(24, 48), 4)]
+    # SQuAD F1 by hand: prediction "Denver Broncos" against gold "Broncos": 2*(1/2*1)/(1/2+1) = 66.7.
+    rows = [{"prediction": "Denver Broncos", "gold": json.dumps(["Broncos"]), "output": "Denver Broncos"},
+            {"prediction": "Broncos", "gold": json.dumps(["the Broncos"]), "output": "Broncos"}]
+    scores = spec.item_scores("de", rows)
+    assert [round(x, 4) for x in scores["f1"]] == [0.6667, 1.0] and scores["exact_match"] == [0.0, 1.0]
+
+
+def test_a_declared_number_task_reads_numbers_and_keeps_them_through_translation(tmp_path, monkeypatch):
+    from stt.specs import get_task
+
+    monkeypatch.setenv("STT_TASK_DIRS", str(_number_task(tmp_path)))
+    spec = get_task("sums")
+    train = spec.load(spec.default_source(DATA))
+    assert train[0]["result"] == "72" and train[0]["problem"].startswith("Natalia sold clips to 48")
+    pair = spec.pair(train[0])
+    assert pair.prompt.startswith("Question: Natalia") and pair.target.endswith("\nThe answer is 72.")
+    assert pair.target.startswith(" Natalia sold 48/2 = <<48/2=24>>24 clips in May.")
+    assert spec.translated == {"problem": "whole", "worked": "lines"} and "result" in spec.kept
+    lost = {**train[0], "problem": train[0]["problem"].replace("48", "84")}
+    assert spec.check(train[0], lost, "de") == ["lost_numbers:problem"]
+    test = spec.test_items(DATA, "de")
+    assert len(test) == 250 and (test[0]["result"], test[1]["result"]) == ("18", "3")  # MGSM de, rows 1-2
+    rows = [{"output": "Sie verdient 9 * 2 = 18 Dollar. The answer is 18.", "prediction": "18", "gold": "18"},
+            {"output": "The answer is 1.800,5.", "prediction": "1800.5", "gold": "1800"}]
+    assert spec.item_scores("de", rows)["accuracy"] == [1.0, 0.0]
+
+
+@pytest.mark.model
+def test_declared_span_and_number_tasks_evaluate_from_the_command_line(tmp_path):
+    for folder, task, metric in ((_span_task(tmp_path), "faq", "f1"), (_number_task(tmp_path), "sums", "accuracy")):
+        out = tmp_path / f"eval-{task}"
+        done = _stt("evaluate", "--task", task, "--languages", "de", "--limit", "2", "--max-new-tokens", "24",
+                    "--set", "eval.max_new_tokens_qa=16", "--out", str(out), "--no-prefect", tasks_dir=folder,
+                    timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        predictions = pd.read_parquet(out / "base-de" / "predictions.parquet")
+        assert len(predictions) == 2 and (predictions["completion_tokens"] > 0).all()
+        manifest = json.loads((out / "base-de" / "_manifest.json").read_text())
+        assert manifest["metric"] == metric and manifest["test_set"].startswith(task)

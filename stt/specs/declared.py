@@ -1,4 +1,7 @@
-"""A task declared in a YAML file: the user's own classification dataset, no code.
+"""A task declared in a YAML file: the user's own dataset, no code. The answer is one of three kinds:
+`label` (one of a fixed set, scored by each label word's log-likelihood), `span` (a short answer found in a
+context field, generated and scored by SQuAD F1 / exact match) or `number` (a final number, generated and read
+as MGSM reads it).
 
     # configs/tasks/pawsx.yaml
     name: pawsx
@@ -9,6 +12,12 @@
     train: {path: pawsx/xtreme_dev-en.tsv, header: false, columns: [sentence1, sentence2, label]}
     test: {path: "pawsx/hf_test-{language}.tsv"}
     human: {path: "pawsx/xtreme_dev-{language}.tsv", header: false, columns: [sentence1, sentence2, label]}
+
+For `span`: `context: <field>` names the field the answer (`label:`, default `answer`) is a span of; the answer
+is translated too and must still be found in the translated context. For `number`: the answer field holds the
+number (kept, not translated); every number of the translated fields must survive translation; `rationale:`
+optionally names a worked-solution field, trained on before "The answer is N.". `fields` is a list (each split
+into sentences) or a mapping {field: whole | lines | sentences}.
 
 A file is JSONL, CSV, TSV or Parquet (by its suffix, or `format:`). `columns` maps task fields to the file's
 column names ({text: review_body}), or names a header-less file's columns in order. Relative paths are read
@@ -26,15 +35,30 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from stt.badrows import BadRows, read_jsonl, read_lines, strict
+from stt.engines.base import Request
 from stt.errors import ConfigError, DataError
 from stt.loaders import Example
+from stt.metrics import (
+    CHAR_LEVEL,
+    best_over_golds,
+    char_f1,
+    extract_final_number,
+    math_correct,
+    squad_exact_match,
+    squad_f1,
+)
+from stt.numbers import numbers_in, parse_number
+from stt.segments import SplitMode
+from stt.spans import find_span
 from stt.specs import labels as label_scoring
 from stt.specs.base import TaskSpec
+from stt.specs.math import MATH_STOPS
+from stt.specs.qa import QA_STOPS
 from stt.templates import TEMPLATE_VERSION, Pair
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet")
@@ -66,10 +90,12 @@ class TaskFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    answer: Literal["label"]  # math (a final number) and QA (a span) are the built-in gsm8k and squad
-    fields: list[str]
-    label: str = "label"
-    labels: dict[str, str]
+    answer: Literal["label", "span", "number"]
+    fields: dict[str, SplitMode]  # the prompt's fields, translated; a list means each is split into sentences
+    label: str = "label"  # the field holding the answer: the label, the answer span or the final number
+    labels: dict[str, str] = {}  # answer: label -- a label in the files -> the word the model answers
+    context: str | None = None  # answer: span -- the field the answer is a span of
+    rationale: str | None = None  # answer: number -- an optional worked solution (translated, trained on)
     prompt: str
     train: FileSpec
     test: FileSpec
@@ -83,6 +109,11 @@ class TaskFile(BaseModel):
             raise ValueError("letters, digits, - and _ only, starting with a letter")
         return value
 
+    @field_validator("fields", mode="before")
+    @classmethod
+    def _fields_as_mapping(cls, value: Any) -> Any:
+        return {f: "sentences" for f in value} if isinstance(value, list) else value
+
     @field_validator("labels", mode="before")
     @classmethod
     def _labels_as_text(cls, value: Any) -> Any:
@@ -94,12 +125,21 @@ class TaskFile(BaseModel):
         if not self.fields:
             raise ValueError("fields: at least one field to translate")
         if self.label in self.fields:
-            raise ValueError(f"label: '{self.label}' is also in fields (the label is kept, not translated)")
-        if len(self.labels) < 2:
-            raise ValueError("labels: at least two")
-        words = list(self.labels.values())
-        if len(set(words)) != len(words):
-            raise ValueError("labels: two labels map to the same word")
+            raise ValueError(f"label: '{self.label}' is also in fields (the answer is its own field)")
+        if self.answer == "label":
+            if len(self.labels) < 2:
+                raise ValueError("labels: at least two")
+            words = list(self.labels.values())
+            if len(set(words)) != len(words):
+                raise ValueError("labels: two labels map to the same word")
+        elif self.labels:
+            raise ValueError(f"labels: only for answer: label (this task's answer is a {self.answer})")
+        if self.answer == "span" and self.context not in self.fields:
+            raise ValueError(f"context: name the field the answer is a span of (one of {', '.join(self.fields)})")
+        if self.answer != "span" and self.context:
+            raise ValueError("context: only for answer: span")
+        if self.rationale and (self.answer != "number" or self.rationale in self.fields):
+            raise ValueError("rationale: only for answer: number, a field that is not in the prompt's fields")
         for f in self.fields:
             if "{" + f + "}" not in self.prompt:
                 raise ValueError(f"prompt: no {{{f}}} placeholder for field '{f}'")
@@ -111,7 +151,7 @@ class TaskFile(BaseModel):
             if spec is None:
                 continue
             mapped = set(spec.columns) if isinstance(spec.columns, dict) else set(spec.columns)
-            needed = {*self.fields, self.label}
+            needed = {*self.fields, self.label, *([self.rationale] if self.rationale and where != "test" else [])}
             if isinstance(spec.columns, list) and not needed <= mapped:
                 raise ValueError(f"{where}.columns: no column for {sorted(needed - mapped)}")
             if isinstance(spec.columns, dict) and mapped - needed:
@@ -142,31 +182,43 @@ def read_table(path: Path, spec: FileSpec, bad: BadRows) -> list[tuple[int, int,
         import pyarrow.parquet as pq
 
         return [(i + 1, i, row) for i, row in enumerate(pq.read_table(path).to_pylist())]
-    delimiter = "\t" if fmt == "tsv" else ","
-    rows: list[tuple[int, int, dict[str, Any]]] = []
     names: list[str] | None = list(spec.columns) if isinstance(spec.columns, list) else None
-    for lineno, index, line in read_lines(path, bad):
-        cells = next(csv.reader(io.StringIO(line), delimiter=delimiter,
-                                quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL), [])
+    rows: list[tuple[int, int, dict[str, Any]]] = []
+    if fmt == "tsv":  # one record per line, no quoting (the XTREME releases)
+        # Row ids from read_lines' count of lines, so a line set aside (not UTF-8) does not shift the others.
+        records = ((lineno, i - spec.header, line.rstrip("\r\n").split("\t"), line)
+                   for lineno, i, line in read_lines(path, bad))
+    else:  # CSV: a quoted field may hold line breaks, so the csv module reads the whole file
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        reader = csv.reader(io.StringIO(text, newline=""))
+        records = ((reader.line_num, i - spec.header, cells, ",".join(cells))
+                   for i, cells in enumerate(c for c in reader if any(x.strip() for x in c)))
+    for lineno, index, cells, line in records:
         if names is None:  # the header line
             names = [c.strip() for c in cells]
             continue
         if len(cells) != len(names):
             bad.reject(path, lineno, f"expected {len(names)} {fmt} fields, got {len(cells)}", line)
-            continue
-        rows.append((lineno, index - (1 if spec.header else 0), dict(zip(names, cells, strict=True))))
+        else:
+            rows.append((lineno, index, dict(zip(names, cells, strict=True))))  # a bad record keeps its index
     return rows
 
 
 @dataclass(frozen=True)
 class DeclaredTask(TaskSpec):
-    """A classification task from a YAML file (see the module's docstring)."""
+    """A task from a YAML file (see the module's docstring)."""
 
     definition: TaskFile | None = None
     source: Path = Path()  # the YAML file
     fingerprint: str = ""
-    primary_choices: ClassVar[tuple[str, ...]] = label_scoring.LABEL_METRICS
-    words: tuple[str, ...] = field(default=())
+    words: tuple[str, ...] = field(default=())  # answer: label -- the label words, in the file's order
+
+    @property
+    def kind(self) -> str:
+        return self.definition.answer
 
     @property
     def key_id(self) -> str:
@@ -181,8 +233,13 @@ class DeclaredTask(TaskSpec):
         return f"{self.name} ({self.definition.test.path})"
 
     @property
+    def primary_choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        return {"label": label_scoring.LABEL_METRICS, "span": ("f1", "exact_match"),
+                "number": ("accuracy",)}[self.kind]
+
+    @property
     def reference_field(self) -> str:  # type: ignore[override]
-        return self.definition.fields[-1] if self.definition.human else ""
+        return list(self.definition.fields)[-1] if self.definition.human else ""
 
     # --- files -------------------------------------------------------------------------------------------
     def resolve(self, spec: FileSpec, data_dir: Path, language: str = "en") -> Path:
@@ -197,8 +254,8 @@ class DeclaredTask(TaskSpec):
     def read(self, path: Path, spec: FileSpec, split: str, bad: BadRows | None = None) -> list[Example]:
         bad = bad or strict()
         d = self.definition
-        mapping = {f: spec.columns.get(f, f) for f in (*d.fields, d.label)} if isinstance(spec.columns, dict) \
-            else {f: f for f in (*d.fields, d.label)}
+        wanted = [*d.fields, *([d.rationale] if d.rationale and not split.startswith("test") else [])]
+        mapping = {f: (spec.columns.get(f, f) if isinstance(spec.columns, dict) else f) for f in (*wanted, d.label)}
         table = read_table(path, spec, bad)
         if table:
             present = set(table[0][2])
@@ -208,21 +265,39 @@ class DeclaredTask(TaskSpec):
                                       f"(its columns: {', '.join(sorted(map(str, present)))})")
         out = []
         for lineno, index, row in table:
-            value = row.get(mapping[d.label])
-            word = d.labels.get(str(value).strip()) if value is not None else None
-            if word is None:
-                bad.reject(path, lineno, f"label '{str(value)[:40]}' is not one of {', '.join(d.labels)} "
-                                         f"({self.source.name}: labels)", json.dumps(row, default=str)[:300])
-                continue
-            texts = {f: row.get(mapping[f]) for f in d.fields}
+            def reject(reason: str, row: dict[str, Any] = row, lineno: int = lineno) -> None:
+                bad.reject(path, lineno, reason, json.dumps(row, default=str)[:300])
+
+            texts = {f: row.get(mapping[f]) for f in wanted}
             empty = [f for f, t in texts.items() if not isinstance(t, str) or not t.strip()]
             if empty:
-                bad.reject(path, lineno, f"field '{empty[0]}' (column '{mapping[empty[0]]}') is empty or not text",
-                           json.dumps(row, default=str)[:300])
+                reject(f"field '{empty[0]}' (column '{mapping[empty[0]]}') is empty or not text")
+                continue
+            answer = self._answer(row.get(mapping[d.label]), {f: t.strip() for f, t in texts.items()}, reject)
+            if answer is None:
                 continue
             out.append({"id": f"{self.name}:{split}:{index}", "source_id": str(index), "index": index,
-                        **{f: t.strip() for f, t in texts.items()}, "label": word})
+                        **{f: t.strip() for f, t in texts.items()}, d.label: answer})
         return out
+
+    def _answer(self, value: Any, texts: dict[str, str], reject: Any) -> str | None:
+        """The row's answer as the task keeps it, or None (the row set aside, with the reason)."""
+        d, text = self.definition, "" if value is None else str(value).strip()
+        if self.kind == "label":
+            if text not in d.labels:
+                reject(f"label '{text[:40]}' is not one of {', '.join(d.labels)} ({self.source.name}: labels)")
+                return None
+            return d.labels[text]
+        if not text:
+            reject(f"field '{d.label}' (the answer) is empty")
+            return None
+        if self.kind == "span" and find_span(texts[d.context], text) is None:
+            reject(f"answer '{text[:40]}' is not in the field '{d.context}'")
+            return None
+        if self.kind == "number" and parse_number(text, "en") is None:
+            reject(f"answer '{text[:40]}' is not a number")
+            return None
+        return text
 
     # --- TaskSpec --------------------------------------------------------------------------------------
     def default_source(self, data_dir: Path) -> Path:
@@ -231,6 +306,18 @@ class DeclaredTask(TaskSpec):
     def load(self, path: Path, bad: BadRows | None = None) -> list[Example]:
         return [{k: v for k, v in r.items() if k != "index"} for r in self.read(Path(path), self.definition.train,
                                                                                   "train", bad)]
+
+    def check(self, example: Example, translated: Example, language: str) -> list[str]:
+        d = self.definition
+        if self.kind == "span":
+            span = find_span(translated[d.context], translated[d.label])
+            if span is None:
+                return ["answer_not_in_context"]
+            translated[d.label] = translated[d.context][span[0]:span[1]]  # the context's own spelling
+        if self.kind == "number":  # every number must survive translation with its value
+            lost = [f for f in self.translated if numbers_in(example[f], "en") - numbers_in(translated[f], language)]
+            return [f"lost_numbers:{f}" for f in lost]
+        return []
 
     def has_human(self, source: Path | None) -> bool:
         return self.definition.human is not None
@@ -245,11 +332,15 @@ class DeclaredTask(TaskSpec):
         human = self.read(path, self.definition.human, "train")  # row i translates training row i
         return [{**{k: v for k, v in r.items() if k != "index"}, "language": language} for r in human]
 
-    def pair(self, example: Example) -> Pair:
-        return Pair(self.prompt(example), f" {example['label']}")
-
     def prompt(self, example: Example) -> str:
         return self.definition.prompt.format(**{f: example[f] for f in self.definition.fields})
+
+    def pair(self, example: Example) -> Pair:
+        d, answer = self.definition, example[self.definition.label]
+        if self.kind == "number":
+            worked = f" {example[d.rationale].strip()}\n" if d.rationale else " "
+            return Pair(self.prompt(example), f"{worked}The answer is {answer}.")
+        return Pair(self.prompt(example), f" {answer}")
 
     def test_items(self, data_dir: Path, language: str, split: str = "test") -> list[Example]:
         spec = self.definition.test
@@ -265,16 +356,47 @@ class DeclaredTask(TaskSpec):
         return self.read(self.resolve(d.human, data_dir, language), d.human, f"human-{language}")
 
     def eval_rows(self, engine: Any, items: list[Example], config: Any, language: str) -> list[dict[str, Any]]:
-        return label_scoring.score_rows(engine, items, [self.prompt(it) for it in items], self.words)
+        prompts = [self.prompt(it) for it in items]
+        if self.kind == "label":
+            return label_scoring.score_rows(engine, items, prompts, self.words, gold=self.definition.label)
+        stops, limit = (MATH_STOPS, config.max_new_tokens_math) if self.kind == "number" else \
+            (QA_STOPS, config.max_new_tokens_qa)
+        outs = engine.generate([Request(p, limit, stops) for p in prompts])
+        rows = []
+        for it, p, o in zip(items, prompts, outs, strict=True):
+            gold = it[self.definition.label]
+            rows.append({"prompt": p, "output": o.text, "prompt_tokens": o.prompt_tokens,
+                         "completion_tokens": o.completion_tokens,
+                         **({"prediction": extract_final_number(o.text, language) or "", "gold": gold}
+                            if self.kind == "number" else
+                            {"prediction": o.text.strip(), "gold": json.dumps([gold], ensure_ascii=False)})})
+        return rows
 
     def item_scores(self, language: str, rows: list[dict[str, Any]]) -> dict[str, list[float]]:
-        return label_scoring.item_scores(rows, self.words)
+        if self.kind == "label":
+            return label_scoring.item_scores(rows, self.words)
+        if self.kind == "number":
+            return {"accuracy": [float(math_correct(r["output"], r["gold"], r.get("output_language") or language))
+                                 for r in rows],
+                    "answered": [float(bool(r["prediction"])) for r in rows]}
+        golds = [json.loads(r["gold"]) for r in rows]
+        out = {"f1": [best_over_golds(squad_f1, r["prediction"], g) for r, g in zip(rows, golds, strict=True)],
+               "exact_match": [best_over_golds(squad_exact_match, r["prediction"], g)
+                               for r, g in zip(rows, golds, strict=True)]}
+        if language in CHAR_LEVEL:
+            out["char_f1"] = [best_over_golds(char_f1, r["prediction"], g) for r, g in zip(rows, golds, strict=True)]
+        return out
 
     def score_row(self, language: str, row: dict[str, Any]) -> float:
-        return float(row["prediction"] == row["gold"])
+        if self.kind == "label":
+            return float(row["prediction"] == row["gold"])  # raw accuracy: calibration needs every row
+        return super().score_row(language, row)
 
     def corpus_scores(self, rows: list[dict[str, Any]]) -> dict[str, float]:
-        return label_scoring.corpus_scores(rows, self.words)
+        return label_scoring.corpus_scores(rows, self.words) if self.kind == "label" else {}
+
+    def answer_tokens(self, config: Any) -> int:
+        return {"label": 0, "span": config.max_new_tokens_qa, "number": config.max_new_tokens_math}[self.kind]
 
 
 def load_task_file(path: Path) -> DeclaredTask:
@@ -298,15 +420,26 @@ def _load(path: Path, size: int, mtime_ns: int) -> DeclaredTask:  # size, mtime:
         d = TaskFile.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise ConfigError(f"{path}: {where}: {err['msg'].removeprefix('Value error, ')}") from None
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{path}: {where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}") \
+            from None
     if d.name != path.stem:
         raise ConfigError(f"{path}: name: '{d.name}' differs from the file's name '{path.stem}' (the run config "
                           "names a task by its file)")
     fingerprint = hashlib.sha256(json.dumps(d.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
-    return DeclaredTask(d.name, "label", {f: "sentences" for f in d.fields}, ("id", "source_id", "label"),
-                        tuple((f,) for f in d.fields), definition=d, source=path, fingerprint=fingerprint,
-                        words=tuple(d.labels.values()))
+    translated = dict(d.fields)
+    kept: tuple[str, ...] = ("id", "source_id")
+    groups = [(f,) for f in d.fields]
+    if d.answer == "span":  # the answer is translated with its context, and switched with it
+        translated[d.label] = "whole"
+        groups = [(d.context, d.label), *((f,) for f in d.fields if f != d.context)]
+    else:
+        kept = (*kept, d.label)
+    if d.rationale:
+        translated[d.rationale] = "lines"
+        groups.append((d.rationale,))
+    return DeclaredTask(d.name, d.answer, translated, kept, tuple(groups), definition=d, source=path,
+                        fingerprint=fingerprint, words=tuple(d.labels.values()))
 
 
 def task_dirs() -> list[Path]:
