@@ -267,6 +267,7 @@ def test_a_declared_number_task_reads_numbers_and_keeps_them_through_translation
 
 
 @pytest.mark.model
+@pytest.mark.full  # the default tier runs the whole method on a declared label task; this adds the two generators
 def test_declared_span_and_number_tasks_evaluate_from_the_command_line(tmp_path):
     for folder, task, metric in ((_span_task(tmp_path), "faq", "f1"), (_number_task(tmp_path), "sums", "accuracy")):
         out = tmp_path / f"eval-{task}"

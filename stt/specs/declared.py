@@ -43,22 +43,14 @@ from stt.badrows import BadRows, read_jsonl, read_lines, strict
 from stt.engines.base import Request
 from stt.errors import ConfigError, DataError
 from stt.loaders import Example
-from stt.metrics import (
-    CHAR_LEVEL,
-    best_over_golds,
-    char_f1,
-    extract_final_number,
-    math_correct,
-    squad_exact_match,
-    squad_f1,
-)
+from stt.metrics import extract_final_number
 from stt.numbers import numbers_in, parse_number
 from stt.segments import SplitMode
 from stt.spans import find_span
 from stt.specs import labels as label_scoring
 from stt.specs.base import TaskSpec
-from stt.specs.math import MATH_STOPS
-from stt.specs.qa import QA_STOPS
+from stt.specs.math import MATH_STOPS, number_item_scores
+from stt.specs.qa import QA_STOPS, span_item_scores
 from stt.templates import TEMPLATE_VERSION, Pair
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet")
@@ -376,16 +368,8 @@ class DeclaredTask(TaskSpec):
         if self.kind == "label":
             return label_scoring.item_scores(rows, self.words)
         if self.kind == "number":
-            return {"accuracy": [float(math_correct(r["output"], r["gold"], r.get("output_language") or language))
-                                 for r in rows],
-                    "answered": [float(bool(r["prediction"])) for r in rows]}
-        golds = [json.loads(r["gold"]) for r in rows]
-        out = {"f1": [best_over_golds(squad_f1, r["prediction"], g) for r, g in zip(rows, golds, strict=True)],
-               "exact_match": [best_over_golds(squad_exact_match, r["prediction"], g)
-                               for r, g in zip(rows, golds, strict=True)]}
-        if language in CHAR_LEVEL:
-            out["char_f1"] = [best_over_golds(char_f1, r["prediction"], g) for r, g in zip(rows, golds, strict=True)]
-        return out
+            return number_item_scores(language, rows)
+        return span_item_scores(language, rows)
 
     def score_row(self, language: str, row: dict[str, Any]) -> float:
         if self.kind == "label":

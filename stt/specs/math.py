@@ -20,6 +20,14 @@ from stt.testsets import load_mgsm
 MATH_STOPS = ("\nQuestion:", "\n\n")
 
 
+def number_item_scores(language: str, rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Accuracy of the final number per item, read in the language the model answered in (translate-test
+    answers in English), and whether a number was found at all."""
+    return {"accuracy": [float(math_correct(r["output"], r["gold"], r.get("output_language") or language))
+                         for r in rows],
+            "answered": [float(bool(r["prediction"])) for r in rows]}
+
+
 @dataclass(frozen=True)
 class MathSpec(TaskSpec):
     test_set = "mgsm"
@@ -57,10 +65,7 @@ class MathSpec(TaskSpec):
                 for it, p, o in zip(items, prompts, outs, strict=True)]
 
     def item_scores(self, language: str, rows: list[dict[str, Any]]) -> dict[str, list[float]]:
-        # The answer is read in the language the model answered in (translate-test answers in English).
-        return {"accuracy": [float(math_correct(r["output"], r["gold"], r.get("output_language") or language))
-                             for r in rows],
-                "answered": [float(bool(r["prediction"])) for r in rows]}  # a number was found at all
+        return number_item_scores(language, rows)
 
     def answer_tokens(self, config: Any) -> int:
         return config.max_new_tokens_math

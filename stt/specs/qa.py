@@ -19,6 +19,18 @@ from stt.testsets import load_xquad_eval
 QA_STOPS = ("\n",)
 
 
+def span_item_scores(language: str, rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Official SQuAD v1.1 F1 and exact match per item, best over the gold answers (a JSON list in `gold`);
+    character F1 too for languages written without spaces."""
+    golds = [json.loads(r["gold"]) for r in rows]
+    out = {"f1": [best_over_golds(squad_f1, r["prediction"], g) for r, g in zip(rows, golds, strict=True)],
+           "exact_match": [best_over_golds(squad_exact_match, r["prediction"], g)
+                           for r, g in zip(rows, golds, strict=True)]}
+    if language in CHAR_LEVEL:
+        out["char_f1"] = [best_over_golds(char_f1, r["prediction"], g) for r, g in zip(rows, golds, strict=True)]
+    return out
+
+
 @dataclass(frozen=True)
 class QASpec(TaskSpec):
     test_set = "xquad"
@@ -78,13 +90,7 @@ class QASpec(TaskSpec):
                  "completion_tokens": o.completion_tokens} for it, p, o in zip(items, prompts, outs, strict=True)]
 
     def item_scores(self, language: str, rows: list[dict[str, Any]]) -> dict[str, list[float]]:
-        golds = [json.loads(r["gold"]) for r in rows]
-        out = {"f1": [best_over_golds(squad_f1, r["prediction"], g) for r, g in zip(rows, golds, strict=True)],
-               "exact_match": [best_over_golds(squad_exact_match, r["prediction"], g)
-                               for r, g in zip(rows, golds, strict=True)]}
-        if language in CHAR_LEVEL:
-            out["char_f1"] = [best_over_golds(char_f1, r["prediction"], g) for r, g in zip(rows, golds, strict=True)]
-        return out
+        return span_item_scores(language, rows)
 
     def answer_tokens(self, config: Any) -> int:
         return config.max_new_tokens_qa
