@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ class Job(BaseModel):
         return f"{self.task}/{self.stage}/{self.name}"
 
 
-class StageDef:
+class StageDef(ABC):
     """One stage. A subclass says what is particular to it; the defaults are what most stages do: done when
     its folder holds a marker under the job's current key, whose record is the job's result."""
 
@@ -39,19 +40,23 @@ class StageDef:
     # or evaluate-stage (stt_app/flows/stages.py); a new stage joins one by naming it here.
     flow: str = ""
 
+    @abstractmethod
     def jobs(self, config: RunConfig, task: str, plan: pipeline.TaskPlan) -> list[Job]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def folder(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> Path:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def key(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> str:
         """The content key of the job's output (as written in its marker): everything that changes it."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def run(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> dict[str, Any]:
         """Do the job (idempotent: a finished output is read back, not redone)."""
-        raise NotImplementedError
+        ...
 
     def is_done(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> bool:
         try:
