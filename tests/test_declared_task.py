@@ -65,6 +65,7 @@ def _stt(*args, tasks_dir, cwd=ROOT, timeout=900):
 
 
 @pytest.mark.model
+@pytest.mark.full  # 84 s; the default tier keeps the declared task's plan, data, prompts and validation below
 def test_a_users_own_dataset_runs_end_to_end_from_the_command_line(tmp_path):
     folder = _task_folder(tmp_path)
     # As small as the whole method gets: 4 examples translated, one step per adapter, 8 test items.
@@ -267,7 +268,7 @@ def test_a_declared_number_task_reads_numbers_and_keeps_them_through_translation
 
 
 @pytest.mark.model
-@pytest.mark.full  # the default tier runs the whole method on a declared label task; this adds the two generators
+@pytest.mark.full  # with the end-to-end label task above: the two generator answer kinds
 def test_declared_span_and_number_tasks_evaluate_from_the_command_line(tmp_path):
     for folder, task, metric in ((_span_task(tmp_path), "faq", "f1"), (_number_task(tmp_path), "sums", "accuracy")):
         out = tmp_path / f"eval-{task}"
