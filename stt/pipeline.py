@@ -173,9 +173,10 @@ def adapter_train_config(config: RunConfig, plan: TaskPlan, job: AdapterJob) -> 
 def eval_engine(config: RunConfig, plan: TaskPlan, job: EvalJob) -> EngineConfig:
     adapter = plan.adapter_dir(job.adapter) if job.adapter else None
     update: dict[str, Any] = {"adapter": adapter, "reuse_prefix_cache": False}
-    if config.engine.kind == "llama-cpp":
-        # LoRA on llama.cpp did not reproduce transformers' shifts reliably, so adapters are scored in torch;
-        # so is the base model, so that every column of the table comes from the same engine's numerics.
+    if config.engine.kind == "llama-cpp" and not get_task(plan.task).answer_tokens(config.eval):
+        # Label scoring is all prefill, where torch's fp32 beats llama.cpp's Q4 kernels on a CPU (7.7 vs 5.6
+        # XNLI items/s, benchmarks/RESULTS.md); generation is llama.cpp's. Per task, not per column: the base
+        # model and every adapter of one table are scored by the same engine.
         update["kind"] = "transformers"
     return config.engine.model_copy(update=update)
 

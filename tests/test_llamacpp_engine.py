@@ -93,33 +93,56 @@ def test_loglikelihood_matches_a_plain_llama_cpp_forward_pass(reference):
     assert ours[0].tokens == 2  # " entailment" is two tokens: the multi-token path ran
 
 
-def test_lora_adapter_is_opt_in_and_runs_evaluate_on_transformers(tiny_adapter, monkeypatch):
+ADAPTER_PAIRS = [("Question: What is 3 plus 3?\nAnswer:", " 6"), ("Question: What is 3 plus 3?\nAnswer:", " 7"),
+                 ("Question: What is 5 plus 5?\nAnswer:", " 10"),
+                 ("Question: What is 12 plus 7?\nAnswer:", " 19 apples")]
+
+
+def test_a_lora_adapter_moves_scores_as_far_as_in_transformers(tiny_adapter):
+    """Not merely applied: the shift the adapter causes is transformers' shift, pair by pair, within 15% plus
+    twice the engines' own difference on the base model (Q4 kernels with 8-bit activations vs fp32), and the
+    same on a rerun. Half an adapter, or one applied to part of the computation, misses by tens of nats."""
+    def scores(kind, adapter):
+        config = EngineConfig(kind=kind, adapter=adapter, reuse_prefix_cache=False)
+        return np.array([s.logprob for s in get_engine(config).loglikelihood(ADAPTER_PAIRS)])
+
+    base, lora = scores("llama-cpp", None), scores("llama-cpp", tiny_adapter)
+    torch_base, torch_lora = scores("transformers", None), scores("transformers", tiny_adapter)
+    shift, torch_shift = lora - base, torch_lora - torch_base
+    assert (np.abs(torch_shift) > 5).all()  # the adapter acts on every pair (else the check says nothing)
+    engine_difference = np.abs(base - torch_base)
+    assert (engine_difference < 0.5).all()
+    assert (np.abs(shift - torch_shift) <= 0.15 * np.abs(torch_shift) + 2 * engine_difference).all(), \
+        (shift, torch_shift)
+    assert shift.sum() / torch_shift.sum() == pytest.approx(1.0, abs=0.1)
+    assert (scores("llama-cpp", tiny_adapter) == lora).all()  # a rerun gives the same scores
+
+
+def test_a_shared_prefix_runs_with_the_adapter_too(tiny_adapter):
+    """Generation decodes a shared few-shot prefix once and shares its KV cells: with an adapter those cells
+    must be the adapter's. Greedy outputs with the shared prefix equal those computed without it."""
+    prefix = "".join(f"Question: What is {i} plus {i}?\nAnswer: {2 * i}\n" for i in range(1, 6))
+    requests = [Request(prefix + f"Question: What is {i} plus {i}?\nAnswer:", 6, ("\n",)) for i in (7, 8, 9)]
+    shared = get_engine(EngineConfig(kind="llama-cpp", adapter=tiny_adapter, reuse_prefix_cache=True))
+    assert shared._shared_prefix([r.prompt for r in requests]) == prefix  # the prefix path is the one taken
+    plain = get_engine(EngineConfig(kind="llama-cpp", adapter=tiny_adapter, reuse_prefix_cache=False))
+    base = get_engine(EngineConfig(kind="llama-cpp", reuse_prefix_cache=True))
+    with_prefix = [c.text for c in shared.generate(requests)]
+    assert with_prefix == [c.text for c in plain.generate(requests)]
+    assert with_prefix != [c.text for c in base.generate(requests)]  # the adapter changes these outputs
+
+
+def test_runs_on_llama_cpp_generate_on_it_and_score_labels_on_transformers():
     from stt.config import RunConfig
-    from stt.errors import ConfigError
     from stt.pipeline import eval_engine, plan_task
 
-    adapter = tiny_adapter
-    monkeypatch.delenv("STT_LLAMA_CPP_LORA", raising=False)
-    with pytest.raises(ConfigError, match="opt-in"):
-        get_engine(EngineConfig(kind="llama-cpp", adapter=adapter))
-    config = RunConfig(engine=EngineConfig(kind="llama-cpp"), languages=("de",))
-    plan = plan_task(config, "gsm8k")
-    kinds = {job.name: eval_engine(config, plan, job).kind for job in plan.evals}
-    # Every column on one engine: the base model too, so base vs adapters compares models, not numerics.
-    assert set(kinds.values()) == {"transformers"} and len(kinds) == len(plan.evals)
-    # Opted in, the adapter is applied: the scores move the same way as in transformers (how far varied
-    # between 0.04x and 1.4x of transformers' shift across reruns, hence opt-in).
-    monkeypatch.setenv("STT_LLAMA_CPP_LORA", "1")
-    pairs = [("Question: What is 3 plus 3?\nAnswer:", " 6"), ("Question: What is 3 plus 3?\nAnswer:", " 7"),
-             ("Question: What is 5 plus 5?\nAnswer:", " 10")]
-    base = get_engine(EngineConfig(kind="llama-cpp")).loglikelihood(pairs)
-    lora = get_engine(EngineConfig(kind="llama-cpp", adapter=adapter)).loglikelihood(pairs)
-    torch_base = get_engine(EngineConfig(reuse_prefix_cache=False)).loglikelihood(pairs)
-    torch_lora = get_engine(EngineConfig(adapter=adapter, reuse_prefix_cache=False)).loglikelihood(pairs)
-    shifts = [(ta.logprob - tb.logprob, a.logprob - b.logprob)
-              for b, a, tb, ta in zip(base, lora, torch_base, torch_lora, strict=True)]
-    torch_shift, llama_shift = max(shifts, key=lambda s: abs(s[0]))  # where the adapter acts most
-    assert abs(torch_shift) > 1.0 and llama_shift * torch_shift > 0 and abs(llama_shift) > 0.5
+    config = RunConfig(engine=EngineConfig(kind="llama-cpp"), languages=("de",), tasks=("gsm8k", "mnli"))
+    for task, kind in (("gsm8k", "llama-cpp"), ("mnli", "transformers")):
+        plan = plan_task(config, task)
+        kinds = {job.name: eval_engine(config, plan, job).kind for job in plan.evals}
+        # Every column of one task's table on one engine: the base model's and every adapter's.
+        assert "base-de" in kinds and "self-translate-train-de" in kinds
+        assert set(kinds.values()) == {kind}, (task, kinds)
 
 
 def test_a_hugging_face_folder_is_refused_with_the_reason(tmp_path):

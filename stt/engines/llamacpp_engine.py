@@ -13,9 +13,9 @@ slot for the next request. Greedy sampling is an argmax over the logits (tempera
 the config's seed). Log-likelihood: each context is decoded once; a one-token continuation is scored
 from the context's last logits, longer ones continue in copies of the context's sequence.
 
-LoRA adapters (peft folders) are converted once to GGUF LoRA (stt.lora_gguf) and applied by llama.cpp,
-only with STT_LLAMA_CPP_LORA=1: the shifts they cause did not reproduce reliably against transformers, so a
-run's adapter evaluations use the transformers engine (stt.pipeline.eval_engine).
+LoRA adapters (peft folders) are converted once to GGUF LoRA (stt.lora_gguf) and applied by llama.cpp at
+run time. The log-probability shift an adapter causes equals transformers' within the engines' own
+difference on the base model (benchmarks/lora_parity.py, benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -102,10 +102,6 @@ class LlamaCppEngine(LocalTokenizer):
         self.adapter = str(config.adapter) if config.adapter else None
         self._lora = None
         if self.adapter:
-            if os.environ.get("STT_LLAMA_CPP_LORA") != "1":
-                raise ConfigError("LoRA adapters on the llama-cpp engine are opt-in (STT_LLAMA_CPP_LORA=1): their "
-                                  "log-likelihood shifts disagreed with transformers' by 0.04x-1.4x across reruns "
-                                  "(benchmarks/RESULTS.md); runs evaluate adapters on the transformers engine")
             from stt.lora_gguf import adapter_gguf
 
             path = adapter_gguf(self.adapter, model)
