@@ -27,6 +27,10 @@ class EngineConfig(BaseModel):
     device: str = "auto"  # "auto": cuda when available, else cpu
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
     reuse_prefix_cache: bool = True  # compute the shared few-shot prefix once per language
+    # transformers / llama-cpp: "child" loads the model in a child process that a job's timeout kills for real
+    # (a call stuck in native code included) and whose memory goes back to the system when it is released;
+    # "inline" loads it in the job's own process. The same engine code either way: outputs do not change.
+    process: Literal["inline", "child"] = "inline"
     adapter: Path | None = None  # a LoRA adapter folder (peft) applied on top of the model
     # llama-cpp: KV cells shared by the prefix and every running sequence; threads (default: all cores).
     n_ctx: int = Field(8192, ge=256)

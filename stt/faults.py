@@ -2,7 +2,10 @@
 
     STT_FAULTS="transient=de-*:1"          the first call of each matching unit fails (retries survive it)
     STT_FAULTS="permanent=th-00002"        every call of that unit fails (the run ends, other shards kept)
-    STT_FAULTS="hang=de-00000"             calls of that unit never answer (the task's timeout ends them)
+    STT_FAULTS="hang=de-00000"             calls of that unit never answer (an interruptible Python wait)
+    STT_FAULTS="hang-native=eval:*"        calls of that unit block inside a C call, as a stuck llama.cpp,
+                                           torch or CUDA call does: only a killed process ends them
+                                           (engine.process: child)
     STT_FAULTS="rate=0.3,seed=1"           each call fails with probability 0.3
 
 Items are comma-separated; a unit is what the stage is working on (a shard id such as `de-00003`, an
@@ -54,8 +57,25 @@ def unit(name: str) -> Iterator[None]:
         _UNIT.reset(token)
 
 
-def _spec() -> dict[str, str]:
-    raw = os.environ.get("STT_FAULTS", "")
+def current_unit() -> str:
+    return _UNIT.get()
+
+
+def native_hang(name: str, raw: str | None = None) -> None:
+    """Block in C for good when STT_FAULTS (or `raw`, the parent's STT_FAULTS sent to a child engine) names
+    this unit under hang-native. Python cannot interrupt it: no bytecode runs, so neither a Prefect thread
+    timeout nor an async exception gets in."""
+    pattern = _spec(raw).get("hang-native")
+    if pattern and fnmatch.fnmatch(name or "-", pattern):
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        while True:
+            libc.sleep(3600)
+
+
+def _spec(raw: str | None = None) -> dict[str, str]:
+    raw = os.environ.get("STT_FAULTS", "") if raw is None else raw
     out = {}
     for item in filter(None, (x.strip() for x in raw.split(","))):
         key, _, value = item.partition("=")
@@ -97,10 +117,14 @@ def crash_point(point: str) -> None:
         die(point)
 
 
-def check(operation: str) -> None:
-    """Called before each engine call: raise, hang or pass, as STT_FAULTS says for the current unit."""
+def check(operation: str, native: bool = True) -> None:
+    """Called before each engine call: raise, hang or pass, as STT_FAULTS says for the current unit.
+    `native`: the engine runs in this process, so a hang-native fault blocks here (a child engine blocks in
+    its own process instead)."""
     spec = _spec()
     name = _UNIT.get() or "-"
+    if native:
+        native_hang(name)
     with _LOCK:
         _CALLS[name] = _CALLS.get(name, 0) + 1
         call = _CALLS[name]
@@ -130,12 +154,12 @@ class FaultyEngine:
         self._engine = engine
 
     def generate(self, requests: Any, *args: Any, **kwargs: Any) -> Any:
-        check("generate")
+        check("generate", native=not getattr(self._engine, "runs_elsewhere", False))
         self._half_then_die(self._engine.generate, requests)
         return self._engine.generate(requests, *args, **kwargs)
 
     def loglikelihood(self, pairs: Any, *args: Any, **kwargs: Any) -> Any:
-        check("loglikelihood")
+        check("loglikelihood", native=not getattr(self._engine, "runs_elsewhere", False))
         self._half_then_die(self._engine.loglikelihood, pairs)
         return self._engine.loglikelihood(pairs, *args, **kwargs)
 

@@ -105,11 +105,14 @@ def run(config: RunConfig, job: Job) -> dict[str, Any]:
     """Do one job (idempotent: a finished stage is read back, not redone). Keeps at most the one model
     the job needs in memory, whichever runner calls it."""
     from stt.engines import release_engines
+    from stt.engines.child import deadline
 
     stage, plan = _stage(job.stage), pipeline.plan_task(config, job.task)
     if stage.uses_model:
         release_engines(keep=stage.engine_kept(config, plan, job))
-    return stage.run(config, plan, job)
+    # A child engine (engine.process: child) is killed when the job's model calls outlast its timeout.
+    with deadline(stage.timeout_s(config, plan, job)):
+        return stage.run(config, plan, job)
 
 
 def result(config: RunConfig, job: Job) -> dict[str, Any]:

@@ -509,9 +509,11 @@ def _with_retries(fn: Any) -> Any:
     (an injected one, an endpoint's, a CUDA hiccup's) is retried twice; anything else fails at once."""
     import tenacity
 
+    from stt.engines.child import EngineDied, EngineHung
     from stt.engines.openai_engine import EndpointError
 
-    return tenacity.retry(retry=tenacity.retry_if_exception_type((faults.TransientEngineError, EndpointError)),
+    transient = (faults.TransientEngineError, EndpointError, EngineHung, EngineDied)
+    return tenacity.retry(retry=tenacity.retry_if_exception_type(transient),
                           stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_exponential(min=0.5, max=10),
                           reraise=True,
                           before_sleep=lambda s: log.warning("retrying after %s", s.outcome.exception()))(fn)

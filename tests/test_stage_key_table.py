@@ -64,6 +64,7 @@ TABLE: dict[str, tuple[Any, frozenset[str]]] = {
     "engine.device": ("cpu", ALL),  # llama.cpp's signature keeps the device as configured
     "engine.dtype": ("float32", ALL),
     "engine.reuse_prefix_cache": (False, NONE),
+    "engine.process": ("child", NONE),  # the same engine code in a child process
     # A LoRA adapter on the translating model changes the translations and their quality (evaluations set
     # their own adapter).
     "engine.adapter": ("TMP/adapter", ALL),

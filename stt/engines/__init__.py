@@ -28,30 +28,39 @@ def get_engine(config: EngineConfig, generation: GenerationParams | None = None)
     key = loaded_as.model_dump_json() + generation.model_dump_json()
     with _LOAD_LOCK:
         if key not in _ENGINES:
-            model = resolve_model(config.model)
-            if config.kind == "transformers":
-                from stt.engines.transformers_engine import TransformersEngine
+            from stt.engines.child import ChildEngine, supervised
 
-                _ENGINES[key] = TransformersEngine(model, config, generation)
-            elif config.kind == "llama-cpp":
-                from stt.engines.llamacpp_engine import LlamaCppEngine
-
-                _ENGINES[key] = LlamaCppEngine(model, config, generation)
-            elif config.kind == "vllm-batch":
-                from stt.engines.vllm_batch import VLLMBatchEngine
-
-                _ENGINES[key] = VLLMBatchEngine(model, config, generation)
-            elif config.kind == "openai":
-                from stt.engines.openai_engine import OpenAIEngine
-
-                _ENGINES[key] = OpenAIEngine(model, config, generation)
-            else:  # pragma: no cover - pydantic restricts kind
-                raise ConfigError(f"unknown engine kind '{config.kind}'")
+            if config.process == "child" and supervised(config.kind):
+                _ENGINES[key] = ChildEngine(config, generation)  # its process starts on the first call
+            else:
+                _ENGINES[key] = load_inline(config, generation)
         engine = _ENGINES[key]
         if config.kind == "transformers":
             engine.batch_size = config.batch_size  # type: ignore[attr-defined]
     # STT_FAULTS (reliability drills) wraps the engine; without it the engine is returned as it is.
     return faults.FaultyEngine(engine) if faults.active() else engine  # type: ignore[return-value]
+
+
+def load_inline(config: EngineConfig, generation: GenerationParams) -> Engine:
+    """The engine class for `config.kind`, loaded in this process (a child engine's process calls this too)."""
+    model = resolve_model(config.model)
+    if config.kind == "transformers":
+        from stt.engines.transformers_engine import TransformersEngine
+
+        return TransformersEngine(model, config, generation)
+    if config.kind == "llama-cpp":
+        from stt.engines.llamacpp_engine import LlamaCppEngine
+
+        return LlamaCppEngine(model, config, generation)
+    if config.kind == "vllm-batch":
+        from stt.engines.vllm_batch import VLLMBatchEngine
+
+        return VLLMBatchEngine(model, config, generation)
+    if config.kind == "openai":
+        from stt.engines.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(model, config, generation)
+    raise ConfigError(f"unknown engine kind '{config.kind}'")  # pragma: no cover - pydantic restricts kind
 
 
 def loaded_engines() -> list[Engine]:
@@ -66,8 +75,11 @@ def release_engines(keep: EngineConfig | None = None) -> None:
         kept = None if keep is None else (keep.model_copy(update={"batch_size": 1}) if keep.kind == "transformers"
                                           else keep).model_dump_json()
         released = [key for key in _ENGINES if kept is None or not key.startswith(kept)]
-        for key in released:
-            del _ENGINES[key]
+        dropped = [_ENGINES.pop(key) for key in released]
+    for engine in dropped:  # a child engine's process ends here, and its memory goes back to the system
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
     if released:  # a full collection costs ~0.3 s: only when a model was actually let go
         gc.collect()
 

@@ -1,0 +1,127 @@
+"""Engines in supervised child processes (engine.process: child): the same outputs as in-process, a call
+stuck in native code ended at the job's deadline under the plain runner and under Prefect, the process and
+its memory gone with it, and the next call served by a fresh process."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from stt import faults
+from stt.config import EngineConfig, EvalConfig, RunConfig, TimeoutConfig
+from stt.engines import Request, get_engine, release_engines
+from stt.engines.child import ChildEngine, EngineHung, deadline
+
+from .conftest import DATA
+
+pytestmark = pytest.mark.model
+
+REQUESTS = [Request("Question: What is 3 plus 3?\nAnswer:", 8, ("\n",)),
+            Request("Die Hauptstadt von Frankreich ist", 8, ("\n",))]
+PAIRS = [("Question: What is 3 plus 3?\nAnswer:", " 6"), ("Premise: A man walks.\nRelation:", " entailment")]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture
+def started(monkeypatch) -> list[int]:
+    """The process ids of the child engines started in the test, in order."""
+    pids: list[int] = []
+    start = ChildEngine._start
+
+    def recorded(self):
+        start(self)
+        pids.append(self.pid)
+
+    monkeypatch.setattr(ChildEngine, "_start", recorded)
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    faults.reset()
+    yield
+    release_engines()
+
+
+@pytest.mark.parametrize("kind", ["llama-cpp", pytest.param("transformers", marks=pytest.mark.full)])
+def test_a_child_engine_gives_the_in_process_engines_outputs(kind):
+    inline = get_engine(EngineConfig(kind=kind, batch_size=2, reuse_prefix_cache=False))
+    child = get_engine(EngineConfig(kind=kind, batch_size=2, reuse_prefix_cache=False, process="child"))
+    assert isinstance(child, ChildEngine) and child.pid is None  # started on the first call, not before
+    assert [c.text for c in child.generate(REQUESTS)] == [c.text for c in inline.generate(REQUESTS)]
+    pid = child.pid
+    assert pid is not None and pid != os.getpid()
+    assert [s.logprob for s in child.loglikelihood(PAIRS)] == [s.logprob for s in inline.loglikelihood(PAIRS)]
+    assert child.pid == pid  # one loaded model serves every call
+    assert child.stats.calls == 2 and child.count_tokens("Hallo Welt") == inline.count_tokens("Hallo Welt")
+    release_engines()
+    assert child.pid is None and _gone(pid)  # released: the process, and its memory, are gone
+
+
+def test_a_call_stuck_in_native_code_ends_at_the_deadline_and_the_next_call_gets_a_fresh_process(monkeypatch):
+    engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=2, process="child"))
+    engine.generate(REQUESTS[:1])  # loaded: the deadline below is the call's alone
+    first = engine.pid
+    monkeypatch.setenv("STT_FAULTS", "hang-native=eval:stuck")
+    t0 = time.monotonic()
+    with faults.unit("eval:stuck"), deadline(3), pytest.raises(EngineHung, match="did not answer"):
+        get_engine(EngineConfig(kind="llama-cpp", batch_size=2, process="child")).generate(REQUESTS)
+    assert time.monotonic() - t0 < 3 + 30
+    assert engine.pid is None and _gone(first)
+    monkeypatch.delenv("STT_FAULTS")
+    assert get_engine(EngineConfig(kind="llama-cpp", batch_size=2, process="child")).generate(REQUESTS[:1])
+    assert engine.pid not in (None, first)
+
+
+def _eval_config(tmp_path, floor_s: float) -> RunConfig:
+    return RunConfig(name="hang", run_dir=tmp_path / "run", data_dir=DATA, tasks=("gsm8k",), languages=("de",),
+                     engine=EngineConfig(kind="llama-cpp", batch_size=2, process="child"),
+                     eval=EvalConfig(limit=2, batch_size=2, max_new_tokens_math=8),
+                     timeouts=TimeoutConfig(floor_s=floor_s, min_tokens_per_s=1e6, retries=1,
+                                            retry_delays_s=(0.5,)))
+
+
+def test_the_plain_runner_ends_a_native_hang_at_the_jobs_timeout_and_retries_it(tmp_path, monkeypatch, started):
+    from stt import jobs
+    from stt.translate import _with_retries
+
+    config = _eval_config(tmp_path, floor_s=6)
+    [base] = [j for j in jobs.stage_jobs(config, "evaluate") if j.name == "base-de"]
+    assert jobs.timeout_s(config, base) == 6  # floor + 2 items x 8 tokens at a million tokens/s, rounded
+    monkeypatch.setenv("STT_FAULTS", "hang-native=eval:base-de")
+    t0 = time.monotonic()
+    with pytest.raises(EngineHung, match="did not answer while generate before its deadline"):
+        _with_retries(jobs.run)(config, base)
+    # Three attempts (the plain runner retries twice), each ended at the job's 6 s, plus loads and waits.
+    assert time.monotonic() - t0 < 3 * (6 + 30)
+    assert len(started) == 3 and all(_gone(p) for p in started)  # a fresh process per attempt, each killed
+    monkeypatch.delenv("STT_FAULTS")
+    # Nothing stuck: the same job finishes (with the default timeouts: they are not part of any key).
+    done = jobs.run(config.model_copy(update={"timeouts": TimeoutConfig()}), base)
+    assert done["scores"]["accuracy"] is not None
+
+
+@pytest.mark.full  # Prefect's task timeout, retries and a real test server: the default tier covers the deadline
+def test_under_prefect_a_native_hang_is_ended_by_the_task_timeout(prefect_server, tmp_path, monkeypatch, started):
+    from stt_app.flows.evaluate import evaluate_model
+
+    monkeypatch.setenv("STT_FAULTS", "hang-native=eval:base-de")
+    engine = EngineConfig(kind="llama-cpp", batch_size=2, process="child")
+    limits = TimeoutConfig(floor_s=8, min_tokens_per_s=1e6, retries=1, retry_delays_s=(0.5,))
+    t0 = time.monotonic()
+    with pytest.raises(Exception, match=r"timed out after 8\.0 second"):
+        evaluate_model("gsm8k", ["de"], engine, EvalConfig(limit=2, batch_size=2, max_new_tokens_math=8),
+                       out_dir=str(tmp_path / "eval"), timeouts=limits)
+    # Two attempts (one retry), each interrupted at 8 s although its engine call never returns (without a
+    # child process the task would wait on the C call for good), each attempt's process killed.
+    assert time.monotonic() - t0 < 2 * (8 + 30) + 30
+    assert len(started) == 2 and all(_gone(p) for p in started)
