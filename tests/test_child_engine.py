@@ -90,6 +90,7 @@ def _eval_config(tmp_path, floor_s: float) -> RunConfig:
                                             retry_delays_s=(0.5,)))
 
 
+@pytest.mark.full  # the default tier ends a native hang at a deadline above; this adds the runner's retries
 def test_the_plain_runner_ends_a_native_hang_at_the_jobs_timeout_and_retries_it(tmp_path, monkeypatch, started):
     from stt import jobs
     from stt.translate import _with_retries

@@ -70,29 +70,3 @@ def test_first_stop_cuts_at_the_earliest_stop_string():
     assert first_stop("an empty stop stops nothing", ("",)) == -1
     assert first_stop("", ("\n",)) == -1
 
-
-def test_an_adapter_scores_as_the_merged_model_does(tiny_adapter):
-    """The engine applies a peft adapter (unmerged) exactly as a plain forward pass of the model with the
-    adapter merged into its weights scores the same continuation: an independent computation of the shift."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from stt.models import hf_folder, resolve_model
-
-    pairs = [("Question: What is 3 plus 3?\nAnswer:", " 6"), ("Question: What is 12 plus 7?\nAnswer:", " 19 apples")]
-    folder = hf_folder(resolve_model("gemma3-270m"))
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
-                                       str(tiny_adapter)).merge_and_unload().eval()
-    expected = []
-    for context, continuation in pairs:
-        n = len(tokenizer(context)["input_ids"])
-        ids = tokenizer(context + continuation)["input_ids"]
-        with torch.no_grad():
-            logprobs = merged(torch.tensor([ids])).logits[0].log_softmax(-1)
-        expected.append(sum(logprobs[t - 1, ids[t]].item() for t in range(n, len(ids))))
-    ours = get_engine(EngineConfig(adapter=tiny_adapter, reuse_prefix_cache=False)).loglikelihood(pairs)
-    base = get_engine(EngineConfig(reuse_prefix_cache=False)).loglikelihood(pairs)
-    for score, value, plain in zip(ours, expected, base, strict=True):
-        assert abs(value - plain.logprob) > 5  # the adapter moves this score (else equality says nothing)
-        assert score.logprob == pytest.approx(value, abs=0.02)
