@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -62,7 +63,11 @@ def test_a_child_engine_gives_the_in_process_engines_outputs(kind):
     assert pid is not None and pid != os.getpid()
     assert [s.logprob for s in child.loglikelihood(PAIRS)] == [s.logprob for s in inline.loglikelihood(PAIRS)]
     assert child.pid == pid  # one loaded model serves every call
-    assert child.stats.calls == 2 and child.count_tokens("Hallo Welt") == inline.count_tokens("Hallo Welt")
+    # Calls from several threads at once (Prefect runs tasks in threads) each get their own answer.
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda r: child.generate([r])[0].text, REQUESTS * 3))
+    assert answers == [inline.generate([r])[0].text for r in REQUESTS * 3]
+    assert child.stats.calls == 8 and child.count_tokens("Hallo Welt") == inline.count_tokens("Hallo Welt")
     release_engines()
     assert child.pid is None and _gone(pid)  # released: the process, and its memory, are gone
 

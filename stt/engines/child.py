@@ -20,6 +20,7 @@ import contextvars
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -98,6 +99,7 @@ class ChildEngine(LocalTokenizer):
         self.weights_sha256 = self.resolved.weights_sha256
         self.adapter = str(config.adapter) if config.adapter else None
         self.stats = EngineStats()
+        self.lock = threading.Lock()
         self._process: Any = None
         self._conn: Any = None
 
@@ -196,12 +198,15 @@ class ChildEngine(LocalTokenizer):
             raise
 
     def _call(self, operation: str, payload: list[Any], progress: ProgressFn | None) -> Any:
-        if self._process is None:
-            self._start()
-        # The parent's STT_FAULTS goes with the call: a drill set after the child started still reaches it.
-        self._conn.send((operation, payload, faults.current_unit(), getattr(self, "batch_size", None),
-                         os.environ.get("STT_FAULTS", "")))
-        return self._wait(_DEADLINE.get(), progress, operation)
+        # One call at a time on the pipe (Prefect runs tasks in threads): answers are not tagged, so a second
+        # caller waits here, as it would on an in-process engine's lock.
+        with self.lock:
+            if self._process is None:
+                self._start()
+            # The parent's STT_FAULTS goes with the call: a drill set after the child started still reaches it.
+            self._conn.send((operation, payload, faults.current_unit(), getattr(self, "batch_size", None),
+                             os.environ.get("STT_FAULTS", "")))
+            return self._wait(_DEADLINE.get(), progress, operation)
 
     def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[Completion]:
         return self._call("generate", list(requests), progress)
