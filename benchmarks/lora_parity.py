@@ -99,8 +99,10 @@ def per_token(adapter: Path, text: str, prefix: int = 24, repeats: int = 3) -> d
             "transformers_mean_abs_shift": float(np.abs(shift_tf).mean()), "runs": runs}
 
 
-def nli(adapter: Path, n: int) -> dict:
-    spec = get_task("mnli")
+def both_engines(task: str, adapter: Path, n: int, same: str) -> dict:
+    """The task's first n German test items evaluated with the adapter on each engine: items/s, accuracy, and
+    the share of items whose `same` column (prediction, or the whole greedy output) is identical."""
+    spec = get_task(task)
     items = spec.test_items(DATA, "de")[:n]
     config = EvalConfig(limit=n, batch_size=8)
     out = {}
@@ -111,29 +113,9 @@ def nli(adapter: Path, n: int) -> dict:
         out[kind] = {"seconds": time.perf_counter() - t0, "rows": rows}
         del e
         gc.collect()
-    same = np.mean([a["prediction"] == b["prediction"] for a, b in
-                    zip(out["transformers"]["rows"], out["llama-cpp"]["rows"], strict=True)])
-    return {"items": n, "same_predictions": float(same),
-            **{k: {"items_per_s": n / v["seconds"],
-                   "accuracy": 100 * float(np.mean([spec.score_row("de", r) for r in v["rows"]]))}
-               for k, v in out.items()}}
-
-
-def mgsm(adapter: Path, n: int) -> dict:
-    spec = get_task("gsm8k")
-    items = spec.test_items(DATA, "de")[:n]
-    config = EvalConfig(limit=n, batch_size=8)
-    out = {}
-    for kind in ("transformers", "llama-cpp"):
-        e = engine(kind, adapter)
-        t0 = time.perf_counter()
-        rows = spec.eval_rows(e, items, config, "de")
-        out[kind] = {"seconds": time.perf_counter() - t0, "rows": rows}
-        del e
-        gc.collect()
-    same = np.mean([a["output"] == b["output"] for a, b in
-                    zip(out["transformers"]["rows"], out["llama-cpp"]["rows"], strict=True)])
-    return {"items": n, "identical_outputs": float(same),
+    identical = np.mean([a[same] == b[same] for a, b in
+                         zip(out["transformers"]["rows"], out["llama-cpp"]["rows"], strict=True)])
+    return {"items": n, f"identical_{same}": float(identical),
             **{k: {"items_per_s": n / v["seconds"],
                    "accuracy": 100 * float(np.mean([spec.score_row("de", r) for r in v["rows"]]))}
                for k, v in out.items()}}
@@ -153,9 +135,9 @@ def main() -> None:
             "Hypothesis: Der Mann blieb den ganzen Abend zu Hause.\nRelation: contradiction")
     figures = {"per_token_nli_adapter": per_token(nli_adapter, text)}
     print(json.dumps(figures, indent=1), flush=True)
-    figures["xnli_de"] = nli(nli_adapter, args.nli_items)
+    figures["xnli_de"] = both_engines("mnli", nli_adapter, args.nli_items, "prediction")
     print(json.dumps(figures["xnli_de"], indent=1), flush=True)
-    figures["mgsm_de"] = mgsm(math_adapter, args.mgsm_items)
+    figures["mgsm_de"] = both_engines("gsm8k", math_adapter, args.mgsm_items, "output")
     print(json.dumps(figures["mgsm_de"], indent=1), flush=True)
     (args.out / "lora_parity.json").write_text(json.dumps(figures, indent=1))
 
