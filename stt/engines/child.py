@@ -189,7 +189,7 @@ class ChildEngine(LocalTokenizer):
                         raise ConfigError(message[2])
                     raise RuntimeError(f"{message[1]} in the engine process: {message[2]}")
                 raise RuntimeError(f"unexpected message from the engine process: {kind!r}")
-        except (EngineHung, EngineDied, ConfigError, RuntimeError):
+        except (ConfigError, RuntimeError):  # raised above (EngineHung, EngineDied) or sent by the child
             raise
         except BaseException:
             # Interrupted while waiting (a Prefect timeout, Ctrl-C): the child is still busy with a call
