@@ -12,7 +12,27 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 .venv/bin/ruff check .
 .venv/bin/lint-imports --no-cache  # the import contracts in pyproject.toml
-# Two processes; a file's tests stay in one (its module fixtures are built once) and every service-stack test
-# shares one process and one stack (groups and the longest-first order set in tests/conftest.py, kept by
-# --no-loadscope-reorder). Per-test time limits: tests/conftest.py. Seconds per file are printed at the end.
-.venv/bin/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15 "$@"
+# Two processes; a file's tests stay in one (its module fixtures are built once; groups and the longest-first
+# order set in tests/conftest.py, kept by --no-loadscope-reorder). Per-test time limits: tests/conftest.py.
+# Seconds per file are printed at the end.
+PYTEST=(.venv/bin/python -m pytest -q --durations=15)
+if [[ " $* " != *" --full "* ]]; then
+  exec "${PYTEST[@]}" -n 2 --dist loadgroup --no-loadscope-reorder "$@"
+fi
+# The full tier: the service-stack tests (one PostgreSQL + Prefect server + workers stack for all of them) spend
+# minutes waiting on heartbeats, restarts and workers, so they run in a third process beside the two that run
+# everything else; their output follows the others'.
+log=$(mktemp -t stt-services-XXXXXX.log)
+"${PYTEST[@]}" --services only "$@" >"$log" 2>&1 &
+services=$!
+trap 'kill "$services" 2>/dev/null || true' EXIT
+rc=0
+"${PYTEST[@]}" -n 2 --dist loadgroup --no-loadscope-reorder --services without "$@" || rc=$?
+services_rc=0
+wait "$services" || services_rc=$?
+trap - EXIT
+echo; echo "==================== the service-stack tests (run beside the others; $log) ===================="
+cat "$log"
+[[ $services_rc == 5 ]] && services_rc=0  # no service test selected (e.g. -k), not a failure
+echo "tests without the service stack: exit $rc; service-stack tests: exit $services_rc"
+exit $((rc != 0 ? rc : services_rc))

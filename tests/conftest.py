@@ -54,6 +54,9 @@ TEST_TIMEOUT_S = {"default": 420, "full": 900}
 def pytest_addoption(parser):
     parser.addoption("--full", action="store_true", default=False,
                      help="run the full tier too: service stacks, every kill point, the model stage-key table")
+    parser.addoption("--services", choices=("with", "only", "without"), default="with",
+                     help="the service-stack tests: with the others (default), only them, or without them "
+                          "(scripts/test.sh --full runs `only` in a process beside `without`)")
 
 
 class _GroupsKept:
@@ -69,6 +72,8 @@ class _GroupsKept:
 
 def pytest_configure(config):
     config.pluginmanager.register(_GroupsKept(), "stt-groups-kept")
+    if config.getoption("--services") == "only":  # beside another pytest run: its own Prefect home
+        os.environ["PREFECT_HOME"] = str(ROOT / ".prefect-test-services")
 
 
 def full_tier(config) -> bool:
@@ -122,6 +127,13 @@ def pytest_collection_modifyitems(config, items):
         if skipped:
             config.hook.pytest_deselected(items=skipped)
             items[:] = [item for item in items if not item.get_closest_marker("full")]
+    services = config.getoption("--services")
+    if services != "with":
+        keep = services == "only"
+        dropped = [item for item in items if bool(item.get_closest_marker("services")) != keep]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = [item for item in items if bool(item.get_closest_marker("services")) == keep]
     limit = TEST_TIMEOUT_S["full" if full else "default"]
     for item in items:
         if item.get_closest_marker("timeout") is None:
