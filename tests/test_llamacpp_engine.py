@@ -179,3 +179,21 @@ def test_a_hugging_face_folder_is_refused_with_the_reason(tmp_path):
 
     with pytest.raises(ConfigError, match="runs GGUF weights"):
         get_engine(EngineConfig(kind="llama-cpp", model=str(hf_folder(resolve_model("gemma3-270m")))))
+
+
+def test_llama_cpp_prints_nothing_and_its_last_words_come_with_a_refusal(tiny_adapter, tmp_path, capfd):
+    """llama.cpp logs about 90 lines at its ERROR level for every adapter loaded (LoRA tensors that cannot use
+    the repacked CPU buffer) and one per model load (a token type it corrects): none reaches the terminal. When
+    it does refuse something, its last lines are in the error."""
+    from stt.engines.llamacpp_engine import LlamaCppEngine
+    from stt.errors import ConfigError
+    from stt.models import ResolvedModel
+
+    capfd.readouterr()
+    LlamaCppEngine(resolve_model("gemma3-270m"), EngineConfig(kind="llama-cpp", adapter=str(tiny_adapter)))
+    printed = capfd.readouterr().err
+    assert "llama_adapter_lora_init_impl" not in printed and "control-looking token" not in printed, printed[:500]
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 60)
+    with pytest.raises(ConfigError, match=r"could not load .*broken\.gguf; llama\.cpp said: .*\S"):
+        LlamaCppEngine(ResolvedModel("broken", broken, "0" * 64, True), EngineConfig(kind="llama-cpp"))

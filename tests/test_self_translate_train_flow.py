@@ -141,3 +141,24 @@ def test_the_flow_ran_exactly_the_jobs_of_the_plan(first, config):
     ran = {r.name for r in runs if r.name.split(" ", 1)[0] in STAGES}
     assert ran == planned
     assert all(r.state and r.state.is_completed() for r in runs if r.name in planned)
+
+
+def test_the_log_says_once_per_stage_how_timeouts_end_instead_of_a_warning_per_task(first):
+    """Prefect warns on every task run with a timeout in a worker thread; the stage flows drop that warning
+    and say once which way a model job's timeout ends (stt_app/tasks/logs.py)."""
+    from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(limit=200, offset=0)
+        while len(logs) % 200 == 0 and logs:
+            more = client.read_logs(limit=200, offset=len(logs))
+            if not more:
+                break
+            logs += more
+    assert not [log.message for log in logs if "Timeouts in worker threads" in log.message]
+    notes = [log for log in logs if log.message.startswith("timeouts: engine.process is inline")]
+    # The stages that run model jobs with a timeout: translate, quality, fine-tune, evaluate; the first two in
+    # one flow run (translate-stage), the others in their own.
+    assert len(notes) == 4 and len({log.flow_run_id for log in notes}) == 3

@@ -323,8 +323,8 @@ def test_every_number_of_a_committed_study_recomputes(study: Path):
 
 
 @pytest.mark.skipif(not STUDIES, reason="no committed study under experiments/")
-def test_one_changed_gold_label_fails_the_recompute(tmp_path):
-    study = STUDIES[0]
+@pytest.mark.parametrize("study", STUDIES, ids=[p.name for p in STUDIES])
+def test_one_changed_gold_label_fails_the_recompute(study: Path, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(data_dir() / "xnli", data / "xnli")
     first = pd.read_parquet(study / pd.read_parquet(study / "results.parquet").iloc[0]["zero_shot_predictions"])

@@ -25,8 +25,10 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +42,29 @@ log = logging.getLogger(__name__)
 
 # Below this many shared tokens a prefix sequence is not worth its bookkeeping.
 MIN_PREFIX_TOKENS = 32
+
+# llama.cpp's own log lines. It logs at ERROR level what is not an error for us (a LoRA tensor that cannot use
+# the repacked CPU buffer, 90 lines per adapter; a token type it corrects itself), so nothing is printed: the
+# last lines are kept and quoted when llama.cpp refuses a model, a context or an adapter.
+_NATIVE_LOG: deque[str] = deque(maxlen=200)
+_native_callback: Any = None
+
+
+def _keep_native_log(L: Any) -> None:
+    global _native_callback
+    if _native_callback is None:
+        @L.llama_log_callback
+        def keep(level: int, text: bytes, user_data: Any) -> None:
+            _NATIVE_LOG.append(text.decode("utf-8", "replace"))
+
+        _native_callback = keep  # referenced for as long as llama.cpp may call it
+        L.llama_log_set(keep, ctypes.c_void_p(0))
+
+
+def native_log_tail(lines: int = 6) -> str:
+    """The last lines llama.cpp logged, for an error message ("" when it logged nothing)."""
+    tail = "".join(_NATIVE_LOG).splitlines()[-lines:]
+    return ("; llama.cpp said: " + " | ".join(t.strip() for t in tail if t.strip())) if tail else ""
 
 
 @dataclass
@@ -58,8 +83,7 @@ class LlamaCppEngine(LocalTokenizer):
     def __init__(self, model: ResolvedModel, config: EngineConfig, generation: GenerationParams | None = None):
         import llama_cpp as L
 
-        # llama-cpp-python prints every llama.cpp log line unless its logger says otherwise: errors only.
-        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        _keep_native_log(L)
         if not model.is_gguf:
             raise ConfigError(f"engine 'llama-cpp' runs GGUF weights; {model.model_id} is a Hugging Face folder "
                               "(use engine.kind 'transformers', or give the .gguf file)")
@@ -79,7 +103,7 @@ class LlamaCppEngine(LocalTokenizer):
         mparams = L.llama_model_default_params()
         self._model = L.llama_model_load_from_file(str(model.path).encode(), mparams)
         if not self._model:
-            raise ConfigError(f"llama.cpp could not load {model.path}")
+            raise ConfigError(f"llama.cpp could not load {model.path}{native_log_tail()}")
         cparams = L.llama_context_default_params()
         cparams.n_ctx = self.n_ctx
         cparams.n_batch = self.n_ctx
@@ -93,7 +117,8 @@ class LlamaCppEngine(LocalTokenizer):
         cparams.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self._ctx = L.llama_init_from_model(self._model, cparams)
         if not self._ctx:
-            raise ConfigError(f"llama.cpp could not create a context of {self.n_ctx} tokens for {model.path}")
+            raise ConfigError(f"llama.cpp could not create a context of {self.n_ctx} tokens for {model.path}"
+                              f"{native_log_tail()}")
         self._mem = L.llama_get_memory(self._ctx)
         self._vocab = L.llama_model_get_vocab(self._model)
         self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
@@ -107,7 +132,8 @@ class LlamaCppEngine(LocalTokenizer):
             path = adapter_gguf(self.adapter, model)
             self._lora = L.llama_adapter_lora_init(self._model, str(path).encode())
             if not self._lora:
-                raise ConfigError(f"llama.cpp could not load the LoRA adapter {path} (converted from {self.adapter})")
+                raise ConfigError(f"llama.cpp could not load the LoRA adapter {path} (converted from {self.adapter})"
+                                  f"{native_log_tail()}")
             self._set_lora()
             self.model_id = f"{self.model_id}+{self.adapter}"
         self._rng = np.random.default_rng(self.generation.seed)

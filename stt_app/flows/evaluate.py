@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from stt import timeouts as limits
 from stt.config import EngineConfig, EvalConfig, TimeoutConfig
+from stt_app.tasks.logs import say_once_how_timeouts_end
 from stt_app.tasks.pipeline import evaluate, evaluate_options
 
 
@@ -23,6 +24,7 @@ def evaluate_model(task: str = "gsm8k", languages: list[str] = ["en", "de", "th"
 
     data = resolve_data_dir(Path(data_dir) if data_dir else None)
     results = []
+    say_once_how_timeouts_end(get_run_logger(), engine)
     for lang in languages:
         folder = Path(out_dir) / f"{label}-{lang}"
         opts = evaluate_options(task, lang, engine, config, data, folder)

@@ -10,12 +10,15 @@ from prefect import flow, get_run_logger
 from stt import jobs
 from stt.config import RunConfig
 from stt_app.tasks.jobs import job_options, run_job
+from stt_app.tasks.logs import say_once_how_timeouts_end
 
 
 def run_here(config: RunConfig, planned: list[jobs.Job]) -> list[dict[str, Any]]:
     """Every job as a task of this flow run, wave after wave. One failed job does not stop the others of
     its wave; the stage fails at the end, naming each failed job (finished ones are kept)."""
     logger = get_run_logger()
+    if any(jobs.timeout_s(config, job) for job in planned):
+        say_once_how_timeouts_end(logger, config.engine)
     results: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
     total = len(planned)

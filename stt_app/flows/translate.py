@@ -14,6 +14,7 @@ from stt.config import TranslateConfig
 from stt.jobs import JobsFailed
 from stt.runlock import run_lock
 from stt.timeouts import generation_s, task_options
+from stt_app.tasks.logs import say_once_how_timeouts_end
 from stt_app.tasks.translate import ensure_model_slot, generate_shard, validate_shard
 
 
@@ -42,6 +43,7 @@ def _translate(config: TranslateConfig) -> dict[str, Any]:
                 len(todo), plan.out_dir)
     if todo:
         ensure_model_slot()
+        say_once_how_timeouts_end(logger, config.engine)
     pending = []
     for job in todo:
         payload = lib.job_to_dict(job)

@@ -1,0 +1,36 @@
+"""What a person reads in a run's log.
+
+Prefect warns on every task run with a timeout that runs in a worker thread ("Timeouts in worker threads
+cannot interrupt blocking operations..."): ten times a stage, on every model job. For our model jobs the
+answer is the engine's process (engine.process): a child process is ended at the job's deadline, native
+hangs included; an inline engine is not. So the warning is dropped and each stage says once which holds.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from stt.config import EngineConfig
+
+THREAD_TIMEOUT_WARNING = "Timeout of %s seconds configured for this task, but the task is running in a worker thread"
+
+
+class _DropThreadTimeoutWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(THREAD_TIMEOUT_WARNING)
+
+
+def say_once_how_timeouts_end(logger: logging.Logger | logging.LoggerAdapter, engine: EngineConfig) -> None:
+    """Prefect's per-task warning dropped (once per process), and this flow run's one line in its place."""
+    tasks = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, _DropThreadTimeoutWarning) for f in tasks.filters):
+        tasks.addFilter(_DropThreadTimeoutWarning())
+    logger.info("timeouts: %s", timeout_note(engine))
+
+
+def timeout_note(engine: EngineConfig) -> str:
+    if engine.process == "child":
+        return ("model jobs run their engine in a child process: a job's timeout ends it, a call stuck in native "
+                "code included, and the job is retried")
+    return ("engine.process is inline: a model job's timeout takes effect when a call into the model returns; a "
+            "call stuck in native code is not ended (engine.process: child ends it at the deadline)")
