@@ -11,8 +11,12 @@ if [ -x .venv/bin/python ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp)
   echo "stt ready (.venv set up from the same pyproject, constraints and scripts; STT_SETUP_FORCE=1 redoes it)"
   exit 0
 fi
-# pip's own failures fail the script; the machine's harmless "location is ignored" warnings are hidden.
-pip_quiet() { .venv/bin/pip install -q "$@" 2>&1 | { grep -v "is ignored" || true; }; }
+# pip's own failures fail the script; hidden: the machine's harmless "location is ignored" warnings and
+# setuptools' 10-line notice that every editable install gets (folders named like the package: there are none).
+pip_quiet() {
+  .venv/bin/pip install -q "$@" 2>&1 \
+    | sed -e '/BuildBackendWarning: Editable installation/,/with strategy, WheelFile/d' -e '/is ignored/d'
+}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 rm -f "$STAMP"
 pip_quiet --upgrade pip
