@@ -197,7 +197,16 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
         return {**done, "folder": str(out_folder), "reused": True}
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, set_seed
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        PrinterCallback,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        set_seed,
+    )
+    from transformers.utils.logging import disable_progress_bar
 
     # transformers 5 warns about its own deprecated attribute when peft wraps the model: not actionable here.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -218,6 +227,7 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     # bf16 on a GPU; fp32 on the CPU (bf16 matmuls are slow there and the model is small).
+    disable_progress_bar()  # a bar for loading 236 local tensors in a fraction of a second: noise in the log
     base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16 if cuda else torch.float32)
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                       target_modules=list(config.target_modules), task_type="CAUSAL_LM")
@@ -275,6 +285,8 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     trainer_class = killable_trainer(answer_only_trainer(Trainer) if config.answer_only_logits else Trainer, name)
     trainer = trainer_class(model=peft_model, args=args, train_dataset=features,
                       data_collator=pad_collator(tokenizer), callbacks=[Record()])
+    # Without tqdm the Trainer prints every log dict; Record above logs each step as one line instead.
+    trainer.remove_callback(PrinterCallback)
     checkpoints = complete_checkpoints(checkpoint_dir)
     resume = str(checkpoints[-1]) if checkpoints else None
     if resume:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -132,17 +133,28 @@ def run_plan(config: RunConfig, names: tuple[Stage, ...] = STAGES,
     from stt.translate import _with_retries
 
     results: dict[str, list[dict[str, Any]]] = {}
+    started = time.perf_counter()
     for stage in names:
         results[stage] = []
-        for job in stage_jobs(config, stage):
+        planned = stage_jobs(config, stage)
+        for k, job in enumerate(planned, 1):
+            t0 = time.perf_counter()
             info = summary(_with_retries(run)(config, job))
             results[stage].append(info)
+            # What a person watching the run reads: the stage, job k of n, its time and the run's so far.
+            log.info("%s %d/%d %s: %s (%.1fs; %s elapsed)", stage, k, len(planned), job.name, brief(job, info),
+                     time.perf_counter() - t0, _clock(time.perf_counter() - started))
             if on_job:
                 on_job(job, info)
     from stt.engines import release_engines
 
     release_engines()
     return results
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
 
 
 def run_pipeline(config: RunConfig) -> dict[str, Any]:

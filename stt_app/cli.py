@@ -5,6 +5,7 @@ The library itself does not import Prefect; the commands that run flows import t
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -27,6 +28,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
+
+
+def _show_progress() -> None:
+    """Without Prefect: the library's log lines (each job as it ends: stage, k of n, time, elapsed) on stderr."""
+    logger = logging.getLogger("stt")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 @contextmanager
@@ -153,6 +164,7 @@ def run_cmd(
         else:
             from stt.jobs import run_pipeline
 
+            _show_progress()
             result = run_pipeline(cfg)
             out = {**result, "table": result["table"].to_dict(orient="records"), "run_dir": str(cfg.root)}
     typer.echo("")

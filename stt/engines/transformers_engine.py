@@ -36,6 +36,7 @@ def _is_oom(exc: BaseException) -> bool:
 class TransformersEngine(TokenizerMethods):
     def __init__(self, model: ResolvedModel, config: EngineConfig, generation: GenerationParams | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils.logging import disable_progress_bar
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.model_id = model.model_id
@@ -53,6 +54,7 @@ class TransformersEngine(TokenizerMethods):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        disable_progress_bar()  # a bar for loading local tensors in a fraction of a second: noise in the log
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(self.device).eval()
         self.adapter = str(config.adapter) if config.adapter else None
         if self.adapter:

@@ -50,7 +50,10 @@ class Evaluate(StageDef):
                                            config.resolved_data_dir())
 
     def brief(self, info: dict[str, Any]) -> str:
-        return str(info.get("scores"))
+        scores = info.get("scores") or {}
+        shown = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in scores.items()
+                 if k not in ("n", "ci_level", "bootstrap_resamples", "bootstrap_seed")]
+        return f"{scores.get('n')} items, " + ", ".join(shown)
 
     def timeout_s(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> float | None:
         e = find(plan.evals, job, "evaluation")
