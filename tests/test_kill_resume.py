@@ -193,7 +193,8 @@ def runs(tmp_path_factory, kills):
                        "problems": reader_view_problems(base / "killed")})
     final = _run(base / "killed", None, config_path)
     assert final.returncode == 0, final.stderr[-3000:]
-    return {"base": base, "trials": trials, "uninterrupted_s": uninterrupted_s, "killed_s": time.time() - t0}
+    return {"base": base, "trials": trials, "uninterrupted_s": uninterrupted_s, "killed_s": time.time() - t0,
+            "uninterrupted_stderr": straight.stderr}
 
 
 def test_after_every_kill_a_reader_sees_only_complete_verified_files(runs, kills, request):
@@ -250,3 +251,18 @@ def test_fine_tuning_resumed_from_its_checkpoints_matches_the_uninterrupted_adap
     print("\nfine-tune resume vs uninterrupted:", json.dumps(rows, indent=1))
     print(f"kill trials: {len(runs['trials'])} kills; uninterrupted {runs['uninterrupted_s']:.0f}s, "
           f"killed-and-resumed {runs['killed_s']:.0f}s")
+
+
+def test_the_plain_runner_shows_each_job_as_it_ends(runs):
+    """What a person watching `stt run --no-prefect` reads: each job of each stage, k of n, as it ends."""
+    import re
+
+    line = r"INFO +([\w-]+) (\d+)/(\d+) ([\w.-]+): .*\(\d+\.\ds; \d+:\d\d elapsed\)"
+    shown = re.findall(line, runs["uninterrupted_stderr"])
+    # By hand from CONFIG: 2 translation shards, quality in de, 2 sets, 2 adapters, 3 evaluations.
+    assert [(stage, int(k), int(n), name) for stage, k, n, name in shown] == [
+        ("translate", 1, 2, "de-00000"), ("translate", 2, 2, "de-00001"), ("quality", 1, 1, "de"),
+        ("build", 1, 2, "english"), ("build", 2, 2, "self-translate-train-de"),
+        ("finetune", 1, 2, "english"), ("finetune", 2, 2, "self-translate-train-de"),
+        ("evaluate", 1, 3, "base-de"), ("evaluate", 2, 3, "zero-shot-de"),
+        ("evaluate", 3, 3, "self-translate-train-de")]
