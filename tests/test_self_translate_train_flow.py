@@ -147,18 +147,22 @@ def test_the_log_says_once_per_stage_how_timeouts_end_instead_of_a_warning_per_t
     """Prefect warns on every task run with a timeout in a worker thread; the stage flows drop that warning
     and say once which way a model job's timeout ends (stt_app/tasks/logs.py)."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.logging.handlers import APILogWorker
 
     APILogWorker.drain_all(timeout=10)
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(limit=200, offset=0)
-        while len(logs) % 200 == 0 and logs:
-            more = client.read_logs(limit=200, offset=len(logs))
-            if not more:
-                break
-            logs += more
+        # This file's flow runs (the run and its stage flows all take the config named "tiny"); the full tier
+        # runs it twice (the evaluation-only change).
+        ours = [r for r in client.read_flow_runs(limit=200) if (r.parameters.get("config") or {}).get("name") == "tiny"]
+        runs = sum(client.read_flow(r.flow_id).name == "self-translate-train" for r in ours)
+        where = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id for r in ours]))
+        logs: list = []
+        while page := client.read_logs(where, limit=200, offset=len(logs)):
+            logs += page
+    assert runs >= 1 and logs
     assert not [log.message for log in logs if "Timeouts in worker threads" in log.message]
     notes = [log for log in logs if log.message.startswith("timeouts: engine.process is inline")]
     # The stages that run model jobs with a timeout: translate, quality, fine-tune, evaluate; the first two in
     # one flow run (translate-stage), the others in their own.
-    assert len(notes) == 4 and len({log.flow_run_id for log in notes}) == 3
+    assert len(notes) == 4 * runs and len({log.flow_run_id for log in notes}) == 3 * runs
