@@ -28,7 +28,9 @@ pytestmark = pytest.mark.model  # a llama-cpp-python server process, not the ser
 
 
 class LlamaServer:
-    def __init__(self, folder):
+    def __init__(self, folder, alias: str = "gemma3-270m", *extra: str):
+        self.alias = alias  # the model name the server answers to
+        self.extra = list(extra)  # more llama_cpp.server settings, e.g. a LoRA adapter
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.procs = Processes(folder)
@@ -40,8 +42,8 @@ class LlamaServer:
         self.starts += 1
         self.proc = self.procs.start(f"llama-{self.starts}", [
             sys.executable, "-m", "llama_cpp.server", "--model", self.gguf, "--host", "127.0.0.1",
-            "--port", str(self.port), "--n_ctx", "4096", "--n_threads", "2", "--model_alias", "gemma3-270m"],
-            env=None)
+            "--port", str(self.port), "--n_ctx", "4096", "--n_threads", "2", "--model_alias", self.alias,
+            *self.extra], env=None)
         wait_healthy(self.url, self.proc, timeout=120, path="/models")
 
     def stop(self) -> None:
@@ -124,3 +126,39 @@ def test_endpoint_scores_the_same_continuation_tokens_as_the_engine_in_process(s
     assert [s.tokens for s in remote] == [s.tokens for s in local]
     for r, loc in zip(remote, local, strict=True):
         assert r.logprob == pytest.approx(loc.logprob, abs=0.3)
+
+
+@pytest.mark.full  # a second server process; the default tier checks the adapter on llama.cpp in-process
+def test_an_adapter_served_by_the_endpoint_moves_scores_as_far_as_in_transformers(server, tiny_adapter, tmp_path):
+    """A user serving an adapter from llama-cpp-python's server (`--lora_path`, under the name the engine asks
+    for) gets the adapter's whole effect: each pair's shift is transformers' shift within 15% plus twice the
+    engines' own difference on the base model, as in-process (tests/test_llamacpp_engine.py)."""
+    import numpy as np
+
+    from stt.engines import get_engine
+    from stt.files import file_sha256
+    from stt.lora_gguf import adapter_gguf
+
+    from .test_llamacpp_engine import ADAPTER_PAIRS
+
+    # The name the engine asks the server for: the adapter folder's name and its weights' hash.
+    name = f"{tiny_adapter.name}-{file_sha256(tiny_adapter / 'adapter_model.safetensors')[:10]}"
+    served = LlamaServer(tmp_path, name, "--lora_path", str(adapter_gguf(tiny_adapter, resolve_model("gemma3-270m"))))
+    try:
+        served.start()
+        lora = np.array([s.logprob for s in _engine(served, adapter=str(tiny_adapter)).loglikelihood(ADAPTER_PAIRS)])
+    finally:
+        served.stop()
+    base = np.array([s.logprob for s in _engine(server).loglikelihood(ADAPTER_PAIRS)])
+
+    def local(adapter):
+        config = EngineConfig(adapter=adapter, reuse_prefix_cache=False)
+        return np.array([s.logprob for s in get_engine(config).loglikelihood(ADAPTER_PAIRS)])
+
+    torch_base, torch_lora = local(None), local(tiny_adapter)
+    shift, torch_shift = lora - base, torch_lora - torch_base
+    assert (np.abs(torch_shift) > 5).all()
+    engine_difference = np.abs(base - torch_base)
+    assert (np.abs(shift - torch_shift) <= 0.15 * np.abs(torch_shift) + 2 * engine_difference).all(), \
+        (shift, torch_shift)
+    assert shift.sum() / torch_shift.sum() == pytest.approx(1.0, abs=0.1)

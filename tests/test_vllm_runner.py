@@ -75,3 +75,18 @@ def test_runner_applies_a_lora_adapter_like_the_engine_in_process(tiny_adapter):
     base = get_engine(EngineConfig(reuse_prefix_cache=False)).generate(requests)
     assert [c.text for c in via_runner] == [c.text for c in direct]
     assert via_runner[0].text != base[0].text  # the adapter was applied, not ignored
+
+
+@pytest.mark.full  # one more runner process; the default tier checks the adapter's generation through the runner
+def test_runner_moves_scores_by_the_adapters_own_shift(tiny_adapter):
+    """Scores through the runner with an adapter are the in-process engine's with it: the adapter's whole shift
+    (several nats per pair), not a part of it and not none."""
+    pairs = [("Question: What is 3 plus 3?\nAnswer:", " 6"), ("Question: What is 12 plus 7?\nAnswer:", " 19 apples")]
+    engine = _runner_engine()
+    engine.adapter = str(tiny_adapter)
+    via_runner = [s.logprob for s in engine.loglikelihood(pairs)]
+    direct = [s.logprob for s in get_engine(EngineConfig(adapter=tiny_adapter, reuse_prefix_cache=False))
+              .loglikelihood(pairs)]
+    base = [s.logprob for s in get_engine(EngineConfig(reuse_prefix_cache=False)).loglikelihood(pairs)]
+    assert all(abs(d - b) > 5 for d, b in zip(direct, base, strict=True))  # the adapter's shift is large here
+    assert via_runner == pytest.approx(direct, abs=1e-3)

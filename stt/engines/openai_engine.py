@@ -97,8 +97,9 @@ class OpenAIEngine(LocalTokenizer):
     def loglikelihood(self, pairs: Sequence[tuple[str, str]], progress: ProgressFn | None = None) -> list[Score]:
         """Scores from `echo` + `logprobs` with no new tokens (vLLM's completions endpoint supports it)."""
         t0 = time.perf_counter()
-        bodies = [{"model": self.served_model, "prompt": c + x, "max_tokens": 1, "echo": True, "logprobs": 1,
-                   "temperature": 0.0} for c, x in pairs]
+        # The adapter's name when there is one: the same server may serve the base model under another name.
+        bodies = [{"model": self.adapter_name or self.served_model, "prompt": c + x, "max_tokens": 1, "echo": True,
+                   "logprobs": 1, "temperature": 0.0} for c, x in pairs]
         results = asyncio.run(self._all(bodies, progress))
         scores = []
         for (context, continuation), data in zip(pairs, results, strict=True):
@@ -107,10 +108,13 @@ class OpenAIEngine(LocalTokenizer):
             if not offsets or token_lps is None:
                 raise EndpointError("the endpoint returned no prompt logprobs (echo + logprobs): use vllm serve")
             # The shared split (stt.engines.tokenizer): the server tokenises the same text with the same
-            # tokenizer, so the continuation is its last `len(whole) - n` prompt tokens. The last entry
-            # is the one generated token, not part of the prompt.
+            # tokenizer, so the continuation is its last `len(whole) - n` prompt tokens. After them come the
+            # generated tokens: one, or none when the model ended at once (llama-cpp-python lists no end
+            # token); `usage` counts them. Assuming one shifted every score by a token whenever a model,
+            # e.g. under a LoRA adapter, ended right after the continuation.
             whole, n = self.split_pair(context, continuation)
-            prompt_len = len(token_lps) - 1
+            generated = (data.get("usage") or {}).get("completion_tokens")
+            prompt_len = len(token_lps) - (1 if generated is None else min(int(generated), 1))
             idx = list(range(prompt_len - (len(whole) - n), prompt_len))
             total = sum(token_lps[i] for i in idx)
             greedy = all(tops and tops[i] and max(tops[i].values()) <= token_lps[i] + 1e-6 for i in idx)
