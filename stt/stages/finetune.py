@@ -38,7 +38,8 @@ class Finetune(StageDef):
 
     def brief(self, info: dict[str, Any]) -> str:
         m = info.get("metrics", {})
-        return f"{m.get('steps')} steps, train loss {m.get('train_loss')}"
+        loss = m.get("train_loss")
+        return f"{m.get('steps')} steps, train loss " + (f"{loss:.4g}" if isinstance(loss, float) else str(loss))
 
     def timeout_s(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> float | None:
         from stt.finetune import planned_steps
