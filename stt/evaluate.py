@@ -45,6 +45,10 @@ def primary_metric(task: str, config: EvalConfig | None = None) -> str:
 
 # Changes to how predictions are made or read that are not in a config: part of the evaluation key.
 SCORING_VERSION = f"eval-v2/{SPLIT_VERSION}"
+# The same for one engine kind alone, so the other kinds' finished evaluations stay valid. openai: the
+# continuation's tokens are counted back from usage.completion_tokens (before, scores shifted by a token
+# whenever the model ended at once) and an adapter is scored under its own name.
+ENGINE_SCORING = {"openai": "usage-v2"}
 
 
 def adapter_fingerprint(adapter: Path | None) -> str | None:
@@ -76,7 +80,11 @@ def _key(task: str, language: str, weights: str, adapter_sha: str | None, data_s
     return markers.stage_key(stage="evaluate", task=spec.key_id, language=language, weights=weights,
                              adapter=adapter_sha, data=data_sha, template=spec.template_version, config=settings,
                              engine=engine,
-                            stops={"math": MATH_STOPS, "qa": QA_STOPS}, scoring=SCORING_VERSION)
+                            stops={"math": MATH_STOPS, "qa": QA_STOPS}, scoring=_scoring(engine["kind"]))
+
+
+def _scoring(kind: str) -> str:
+    return f"{SCORING_VERSION}/{ENGINE_SCORING[kind]}" if kind in ENGINE_SCORING else SCORING_VERSION
 
 
 def score_row(task: str, language: str, row: dict[str, Any]) -> float:
@@ -164,6 +172,7 @@ def evaluate(task: str, language: str, engine_config: EngineConfig, config: Eval
                             throughput=throughput, model_id=model.model_id, weights_sha256=model.weights_sha256,
                             adapter=str(engine_config.adapter) if engine_config.adapter else None,
                             adapter_sha256=adapter_sha, data_sha256=data_sha, test_set=spec.test_set,
-                            engine=signature, template_version=spec.template_version, scoring_version=SCORING_VERSION,
+                            engine=signature, template_version=spec.template_version,
+                            scoring_version=_scoring(signature["kind"]),
                             config=config.model_dump(mode="json"), **(extra or {}))
     return {**info, "folder": str(out_folder), "reused": False}

@@ -181,3 +181,18 @@ def test_the_adapter_key_changes_with_the_training_code_version(monkeypatch):
     now = finetune.train_key(model, "set", config)
     monkeypatch.setattr(finetune, "TRAIN_VERSION", "finetune-v1")
     assert finetune.train_key(model, "set", config) != now
+
+
+def test_the_endpoints_score_reading_version_rekeys_only_endpoint_evaluations(monkeypatch):
+    """The endpoint engine changed how it reads scores (no config changed): its evaluations are redone, the
+    other engines' are kept."""
+    from stt import evaluate
+
+    config = EvalConfig(limit=2)
+    endpoint = EngineConfig(kind="openai", base_urls=("http://127.0.0.1:9/v1",))
+    local = EngineConfig()
+    now = {e.kind: evaluate_key("mnli", "de", e, config, DATA) for e in (endpoint, local)}
+    monkeypatch.setattr(evaluate, "ENGINE_SCORING", {})  # as before the endpoint's reading changed
+    before = {e.kind: evaluate_key("mnli", "de", e, config, DATA) for e in (endpoint, local)}
+    assert now["openai"] != before["openai"]
+    assert now["transformers"] == before["transformers"]
