@@ -199,7 +199,6 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     from peft import LoraConfig, get_peft_model
     from transformers import (
         AutoModelForCausalLM,
-        AutoTokenizer,
         PrinterCallback,
         Trainer,
         TrainerCallback,
@@ -207,6 +206,8 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
         set_seed,
     )
     from transformers.utils.logging import disable_progress_bar
+
+    from stt.engines.tokenizer import own_tokenizer
 
     # transformers 5 warns about its own deprecated attribute when peft wraps the model: not actionable here.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -223,7 +224,7 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
 
     cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     folder = hf_folder(model)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = own_tokenizer(folder)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     # bf16 on a GPU; fp32 on the CPU (bf16 matmuls are slow there and the model is small).
@@ -283,8 +284,11 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
                 log.info("step %d/%d loss %.4f", state.global_step, state.max_steps, logs["loss"])
 
     trainer_class = killable_trainer(answer_only_trainer(Trainer) if config.answer_only_logits else Trainer, name)
+    collator = pad_collator(tokenizer)
+    # Passed as a plain function: a collator with a `tokenizer` makes the Trainer write the whole tokenizer
+    # (33 MB, about 1 s) into every checkpoint; a resume reads the base model's own.
     trainer = trainer_class(model=peft_model, args=args, train_dataset=features,
-                      data_collator=pad_collator(tokenizer), callbacks=[Record()])
+                            data_collator=lambda batch: collator(batch), callbacks=[Record()])
     # Without tqdm the Trainer prints every log dict; Record above logs each step as one line instead.
     trainer.remove_callback(PrinterCallback)
     checkpoints = complete_checkpoints(checkpoint_dir)

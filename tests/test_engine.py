@@ -70,3 +70,22 @@ def test_first_stop_cuts_at_the_earliest_stop_string():
     assert first_stop("an empty stop stops nothing", ("",)) == -1
     assert first_stop("", ("\n",)) == -1
 
+
+
+def test_tokenizer_copies_share_the_vocabulary_but_not_their_settings():
+    """Every fine-tuning job and engine gets its own copy of one tokenizer read per process: one copy's
+    padding side or pad token must not reach another's batches."""
+    from stt.engines.tokenizer import own_tokenizer
+    from stt.models import hf_folder, resolve_model
+
+    folder = str(hf_folder(resolve_model("gemma3-270m")))
+    left, right = own_tokenizer(folder), own_tokenizer(folder)
+    left.padding_side, right.padding_side = "left", "right"
+    right.pad_token = right.eos_token
+    texts = ["one", "one two three four"]
+    pad_id, eos_id = left.convert_tokens_to_ids("<pad>"), left.convert_tokens_to_ids("<eos>")
+    assert pad_id != eos_id
+    assert left(texts, padding=True)["input_ids"][0][0] == pad_id  # padded on the left with <pad>
+    assert right(texts, padding=True)["input_ids"][0][-1] == eos_id  # on the right with its own pad token
+    assert own_tokenizer(folder).pad_token == "<pad>"  # a later copy starts from the model's settings
+    assert left(texts, padding=True)["input_ids"][0][0] == pad_id  # and the first is still as it was

@@ -35,8 +35,10 @@ def _is_oom(exc: BaseException) -> bool:
 
 class TransformersEngine(TokenizerMethods):
     def __init__(self, model: ResolvedModel, config: EngineConfig, generation: GenerationParams | None = None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
         from transformers.utils.logging import disable_progress_bar
+
+        from stt.engines.tokenizer import own_tokenizer
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.model_id = model.model_id
@@ -50,7 +52,7 @@ class TransformersEngine(TokenizerMethods):
                  "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.dtype]
         folder: Path = hf_folder(model)
         t0 = time.perf_counter()
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer = own_tokenizer(folder)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
