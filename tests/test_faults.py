@@ -111,3 +111,34 @@ def test_evaluation_survives_a_transient_fault_and_a_permanent_one_keeps_the_fin
         evaluate_model("mnli", ["en", "de", "th"], engine, config, out_dir=str(out), timeouts=limits)
     assert faults._CALLS == {"eval:base-th": 2}  # en and de were kept, not scored again; th tried twice
     assert sorted(p.parent.name for p in out.glob("*/_manifest.json")) == ["base-de", "base-en"]
+
+
+def test_tasks_that_start_together_on_a_fresh_server_all_get_the_model_slot(prefect_server, monkeypatch):
+    """A stage's tasks start at once; on a server that has no model slot yet, each finds none and creates
+    it. None of them may fail for having lost that race (the demo's first run did, then retried 10 s later)."""
+    import threading
+    import uuid
+
+    from prefect.client.orchestration import get_client
+
+    from stt_app.tasks.model_slot import ensure_model_slot
+
+    name = f"stt-model-race-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("STT_MODEL_SLOT", name)
+    start, errors = threading.Barrier(8), []
+
+    def task() -> None:
+        start.wait()
+        try:
+            ensure_model_slot()
+        except Exception as exc:  # noqa: BLE001 - any failure is the finding
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=task) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(name).limit == 1

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 # Renewed while the task lives; a killed run's slot frees itself within this time.
 SLOT_LEASE_SECONDS = 60  # Prefect accepts no shorter lease
@@ -28,7 +28,10 @@ def ensure_model_slot(limit: int = 1) -> str:
         try:
             client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+            # A stage's tasks start together: on a fresh server several find no limit and create it at
+            # once. Whoever loses that race finds it made, which is all it wanted.
+            with suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
     return name
 
 
