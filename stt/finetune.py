@@ -34,7 +34,8 @@ ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
 OUTPUTS = [*ADAPTER_FILES, "loss.csv", "metrics.json", "train_config.json", "set_aside.parquet", "checkpoints"]
 # Bumped when the training code changes what an adapter holds for the same config and set, so adapters
 # made by the older code are retrained, not reused. v2: LoRA's initialisation is seeded (train.seed).
-TRAIN_VERSION = "finetune-v2"
+# v3: the answer-only loss and its gradient are computed in chunks (the same sums in another order).
+TRAIN_VERSION = "finetune-v3"
 # A truncated pair keeps at least this much prompt; a target that leaves less is set aside.
 MIN_PROMPT_TOKENS = 8
 
@@ -77,6 +78,11 @@ def pad_collator(tokenizer: Any) -> Any:
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
 
 
+# Answer tokens whose 262k-word logits exist at once in the loss (about 270 MB in fp32): the memory of a
+# training step no longer grows with the number of answer tokens in a batch.
+LOSS_CHUNK_TOKENS = 256
+
+
 def answer_only_loss(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
     """Causal-LM loss with the output layer applied only where there is a loss (the answer tokens).
 
@@ -84,18 +90,80 @@ def answer_only_loss(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
     but Gemma 3's 262k-word output layer is the heaviest part of the network: computing its logits for
     prompt tokens that carry no loss is wasted time. Returns (summed loss, number of answer tokens).
     """
-    import torch
-    import torch.nn.functional as F
-
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = causal.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
     target = inputs["labels"][:, 1:]
     keep = target != -100
-    logits = causal.lm_head(hidden[:, :-1][keep]).float()
     cap = getattr(causal.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return F.cross_entropy(logits, target[keep], reduction="sum"), keep.sum()
+    return output_layer_loss(hidden[:, :-1][keep], causal.lm_head, target[keep], cap), keep.sum()
+
+
+def output_layer_loss(hidden: Any, head: Any, targets: Any, cap: float | None = None,
+                      chunk: int = LOSS_CHUNK_TOKENS) -> Any:
+    """Summed cross-entropy of `targets` under `head(hidden)` (softcapped as the model does), computed
+    `chunk` rows at a time.
+
+    Autograd would keep every answer token's logits, their softmax and their gradients alive at once:
+    4 x 262k floats per token, gigabytes for a batch of long answers. With a frozen output layer (LoRA
+    leaves it alone) the gradient needs only d loss / d hidden, which each chunk works out as soon as its
+    logits exist (softmax minus the one-hot target, through the softcap, times the weights); only that
+    (tokens x 640 floats) is kept for the backward pass. A trainable or biased head takes autograd's path.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if head.weight.requires_grad or getattr(head, "bias", None) is not None:
+        logits = head(hidden).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return F.cross_entropy(logits, targets, reduction="sum")
+    return _ChunkedOutputLoss.apply(hidden, head.weight, targets, cap, chunk)
+
+
+def _chunked_output_loss_class() -> type:
+    import torch
+
+    class ChunkedOutputLoss(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, hidden, weight, targets, cap, chunk):  # noqa: ANN001, ANN205 - autograd's signature
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad = torch.empty_like(hidden)
+            for i in range(0, len(hidden), chunk):
+                t = targets[i:i + chunk]
+                logits = (hidden[i:i + chunk] @ weight.T).float()
+                if cap:
+                    logits = torch.tanh(logits / cap) * cap
+                logp = torch.log_softmax(logits, dim=-1)
+                rows = torch.arange(len(t), device=t.device)
+                total -= logp[rows, t].sum()
+                d = logp.exp_()  # d loss / d logits = softmax - one-hot
+                d[rows, t] -= 1
+                if cap:
+                    d *= 1 - (logits / cap) ** 2  # through tanh(x / cap) * cap
+                grad[i:i + chunk] = d.to(weight.dtype) @ weight
+            ctx.save_for_backward(grad)
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_total):  # noqa: ANN001, ANN205
+            (grad,) = ctx.saved_tensors
+            return grad * grad_total.to(grad.dtype), None, None, None, None
+
+    return ChunkedOutputLoss
+
+
+class _LazyFunction:
+    """torch is imported only when a model trains (a cached rerun never imports it)."""
+
+    cls: Any = None
+
+    def apply(self, *args: Any) -> Any:
+        if self.cls is None:
+            self.cls = _chunked_output_loss_class()
+        return self.cls.apply(*args)
+
+
+_ChunkedOutputLoss = _LazyFunction()
 
 
 def answer_only_trainer(trainer_cls: type) -> type:
