@@ -13,7 +13,7 @@ from stt.errors import ConfigError
 from stt.models import resolve_model
 
 __all__ = ["Completion", "Engine", "EngineStats", "Request", "Score", "engine_signature", "generator_signature",
-           "get_engine", "loaded_engines", "release_engines"]
+           "get_engine", "give_memory_back", "loaded_engines", "release_engines"]
 
 _ENGINES: dict[str, Engine] = {}
 _LOAD_LOCK = threading.Lock()
@@ -69,8 +69,6 @@ def loaded_engines() -> list[Engine]:
 
 def release_engines(keep: EngineConfig | None = None) -> None:
     """Drop loaded models (except `keep`'s), e.g. before evaluating the next adapter."""
-    import gc
-
     with _LOAD_LOCK:
         kept = None if keep is None else (keep.model_copy(update={"batch_size": 1}) if keep.kind == "transformers"
                                           else keep).model_dump_json()
@@ -81,7 +79,24 @@ def release_engines(keep: EngineConfig | None = None) -> None:
         if close is not None:
             close()
     if released:  # a full collection costs ~0.3 s: only when a model was actually let go
-        gc.collect()
+        give_memory_back()
+
+
+def give_memory_back() -> None:
+    """Free what a finished model job let go of and hand it back to the operating system.
+
+    glibc keeps freed heap for reuse by the process, so after a fine-tuning job (model, activations,
+    optimizer) the process stayed about 2 GB larger for good and each job added to it: the demo peaked
+    at 9.3 GB. `malloc_trim` returns those pages (measured: 2.7 GB -> 0.8 GB after a demo adapter).
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):  # glibc only; elsewhere a no-op
+        ctypes.CDLL(libc).malloc_trim(0)
 
 
 def engine_signature(engine_config: EngineConfig) -> dict[str, Any]:

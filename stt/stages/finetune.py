@@ -30,11 +30,15 @@ class Finetune(StageDef):
                             pipeline.adapter_train_config(config, plan, a))
 
     def run(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> dict[str, Any]:
+        from stt.engines import give_memory_back
         from stt.finetune import finetune
 
         a = find(plan.adapters, job, "adapter")
-        return finetune(config.engine.model, plan.set_dir(a.set_name), plan.adapter_dir(a.name),
-                        pipeline.adapter_train_config(config, plan, a), config.engine.device)
+        try:
+            return finetune(config.engine.model, plan.set_dir(a.set_name), plan.adapter_dir(a.name),
+                            pipeline.adapter_train_config(config, plan, a), config.engine.device)
+        finally:
+            give_memory_back()  # the model, its activations and the optimizer: 2 GB a later job never reuses
 
     def brief(self, info: dict[str, Any]) -> str:
         m = info.get("metrics", {})
