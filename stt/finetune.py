@@ -80,7 +80,7 @@ def pad_collator(tokenizer: Any) -> Any:
 
 # Answer tokens whose 262k-word logits exist at once in the loss (134 MB in fp32): the memory of a training
 # step no longer grows with the number of answer tokens in a batch. A demo adapter's peak resident memory:
-# 6.7 GB with autograd over the whole batch; 4.29 / 4.11 / 3.93 GB with chunks of 256 / 128 / 64 tokens
+# 4.93 GB with autograd over the whole batch; 4.29 / 4.11 / 3.93 GB with chunks of 256 / 128 / 64 tokens
 # (smaller chunks cost more matmul calls for little memory).
 LOSS_CHUNK_TOKENS = 128
 
