@@ -19,7 +19,7 @@ DATA = resolve_data_dir()
 def _config(out, languages=("de", "th"), limit=2, **timeouts):
     return TranslateConfig(task="gsm8k", languages=languages, limit=limit, shard_size=1, out_dir=out,
                            engine=EngineConfig(kind="llama-cpp", batch_size=4),
-                           generation=GenerationParams(max_new_tokens_cap=24),
+                           generation=GenerationParams(max_new_tokens_cap=12),  # faults, not translations
                            timeouts=TimeoutConfig(**{"floor_s": 600, "retries": 1, "retry_delays_s": (0.5,),
                                                      **timeouts}))
 

@@ -47,7 +47,7 @@ def test_generation_is_greedy_under_an_independent_llama_cpp_forward_pass(refere
     # decoders can part ways at a near-tie. The check: replay prompt + our output through llama-cpp-python
     # and require every generated token to be the argmax there, up to a near-tie margin.
     engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=3))
-    requests = _requests()
+    requests = _requests()[:4]  # one more than the slots: a slot is reused (each replay below costs ~5 s)
     ours = engine.generate(requests)
     ties = total = 0
     for r, c in zip(requests, ours, strict=True):
