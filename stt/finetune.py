@@ -337,6 +337,8 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},  # the reentrant variant needs inputs with grads
     )
     step_times: list[float] = []
     name = out_folder.name

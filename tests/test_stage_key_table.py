@@ -112,6 +112,7 @@ TABLE: dict[str, tuple[Any, frozenset[str]]] = {
     "train.save_steps": (1, AFTER_TRAIN),
     "train.answer_only_logits": (False, AFTER_TRAIN),
     "train.group_by_length": (False, AFTER_TRAIN),
+    "train.gradient_checkpointing": (True, AFTER_TRAIN),
     "train.seed": (1, AFTER_TRAIN),
     # Replicates: the first seed keeps its adapters and evaluations (names and keys); the others are added.
     "train.seeds": ([0, 1], NONE),
