@@ -8,6 +8,7 @@ to `checkpoints/`; a run killed mid-way resumes from the last one.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -119,9 +120,10 @@ def output_layer_loss(hidden: Any, head: Any, targets: Any, cap: float | None = 
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return F.cross_entropy(logits, targets, reduction="sum")
-    return _ChunkedOutputLoss.apply(hidden, head.weight, targets, cap, chunk)
+    return _chunked_output_loss_class().apply(hidden, head.weight, targets, cap, chunk)
 
 
+@functools.cache  # built on first use: torch is imported only when a model trains
 def _chunked_output_loss_class() -> type:
     import torch
 
@@ -152,20 +154,6 @@ def _chunked_output_loss_class() -> type:
             return grad * grad_total.to(grad.dtype), None, None, None, None
 
     return ChunkedOutputLoss
-
-
-class _LazyFunction:
-    """torch is imported only when a model trains (a cached rerun never imports it)."""
-
-    cls: Any = None
-
-    def apply(self, *args: Any) -> Any:
-        if self.cls is None:
-            self.cls = _chunked_output_loss_class()
-        return self.cls.apply(*args)
-
-
-_ChunkedOutputLoss = _LazyFunction()
 
 
 def answer_only_trainer(trainer_cls: type) -> type:

@@ -94,9 +94,10 @@ def give_memory_back() -> None:
     import gc
 
     gc.collect()
-    libc = ctypes.util.find_library("c")
-    if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):  # glibc only; elsewhere a no-op
-        ctypes.CDLL(libc).malloc_trim(0)
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if trim is not None:  # glibc only; elsewhere a no-op
+        trim(0)
 
 
 def engine_signature(engine_config: EngineConfig) -> dict[str, Any]:
