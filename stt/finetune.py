@@ -217,6 +217,20 @@ def _sampler_argument(arguments_cls: type, group_by_length: bool) -> dict[str, A
     return {"group_by_length": group_by_length}
 
 
+def _checkpointing_argument(arguments_cls: type, on: bool) -> dict[str, Any]:
+    """transformers 5 renames `gradient_checkpointing` to `activation_checkpointing` (the old name warns);
+    nothing is passed when it is off, so the default is the library's own."""
+    import dataclasses
+
+    if not on:
+        return {}
+    names = {f.name for f in dataclasses.fields(arguments_cls)}
+    # The reentrant variant needs inputs that require grads; the non-reentrant one does not.
+    if "activation_checkpointing" in names:
+        return {"activation_checkpointing": True, "activation_checkpointing_kwargs": {"use_reentrant": False}}
+    return {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+
+
 def planned_steps(examples: int, config: TrainConfig) -> int:
     """Optimizer steps the Trainer takes for this many examples (max_steps wins over epochs)."""
     if config.max_steps:
@@ -307,6 +321,7 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
 
     args = TrainingArguments(
         **_sampler_argument(TrainingArguments, config.group_by_length),
+        **_checkpointing_argument(TrainingArguments, config.gradient_checkpointing),
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation,
@@ -325,8 +340,6 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},  # the reentrant variant needs inputs with grads
     )
     step_times: list[float] = []
     name = out_folder.name

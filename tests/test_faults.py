@@ -142,3 +142,35 @@ def test_tasks_that_start_together_on_a_fresh_server_all_get_the_model_slot(pref
     assert errors == []
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name(name).limit == 1
+
+
+def test_model_jobs_of_one_process_take_the_slot_one_after_another_without_idle_gaps(prefect_server, monkeypatch):
+    """Queued at the server, a waiting job is told to retry in up to 30 s (its average occupancy times the
+    jobs waiting), so the slot sat idle between jobs: 10-20 s per job in the demo's evaluation. Jobs of one
+    process queue in the process and ask the server the moment the slot is free."""
+    import threading
+    import time
+    import uuid
+
+    from stt_app.tasks.model_slot import model_slot
+
+    monkeypatch.setenv("STT_MODEL_SLOT", f"stt-model-gaps-{uuid.uuid4().hex[:8]}")
+    holds: list[tuple[float, float]] = []
+    start = threading.Barrier(5)
+
+    def job() -> None:
+        start.wait()
+        with model_slot():
+            t0 = time.monotonic()
+            time.sleep(1.2)
+            holds.append((t0, time.monotonic()))
+
+    threads = [threading.Thread(target=job) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    holds.sort()
+    assert all(end <= nxt for (_, end), (nxt, _) in zip(holds, holds[1:])), "two jobs held the slot at once"
+    gaps = [round(nxt - end, 2) for (_, end), (nxt, _) in zip(holds, holds[1:])]
+    assert max(gaps) < 0.5, f"the slot sat idle between jobs: {gaps} s"

@@ -56,3 +56,22 @@ def test_answer_only_loss_is_the_models_own_loss_on_the_answer_tokens():
         own = model(**inputs).loss  # the model's mean over its shifted labels
     assert count.item() == 5 + 3  # labelled tokens: positions 5-9 of row 0, 5-7 of row 1
     assert (total / count).item() == pytest.approx(own.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_checkpointing_reaches_the_trainer_without_a_deprecation_warning(on, tmp_path):
+    """transformers 5 renamed the argument; the old name still works but warns on every adapter."""
+    import warnings
+
+    from transformers import TrainingArguments
+
+    from stt.finetune import _checkpointing_argument
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[],
+                                 **_checkpointing_argument(TrainingArguments, on))
+    assert bool(args.gradient_checkpointing) is on
+    if on:  # the reentrant variant would need inputs that require grads
+        kwargs = getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs
+        assert kwargs == {"use_reentrant": False}
