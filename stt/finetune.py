@@ -13,9 +13,11 @@ import io
 import json
 import logging
 import math
+import shutil
 import time
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -257,9 +259,31 @@ def finetune_key(model_name: str, set_folder: Path, config: TrainConfig) -> str:
     return train_key(resolve_model(model_name), _set_info(set_folder)["key"], config)
 
 
+def _copy_twin(twins: Sequence[Path], out_folder: Path, key: str) -> dict[str, Any] | None:
+    """An adapter another folder already holds under the same key, copied here: the same base weights, set
+    and config train the same bits (the demo's equal-steps controls of two languages often take the same
+    number of steps on the same English set). The marker says where it came from."""
+    for twin in twins:
+        info = markers.read_done(Path(twin), key)
+        if not info or Path(twin).resolve() == out_folder.resolve():
+            continue
+        removed = markers.clear(out_folder, OUTPUTS)
+        if removed:
+            log.info("%s: removed stale outputs of another key: %s", out_folder, ", ".join(removed))
+        out_folder.mkdir(parents=True, exist_ok=True)
+        for name in info["files"]:
+            shutil.copyfile(Path(twin) / name, out_folder / name)
+        kept = {k: v for k, v in info.items() if k not in ("key", "finished", "files")}
+        done = markers.mark_done(out_folder, key, list(info["files"]), **kept, copied_from=str(twin))
+        log.info("adapter %s: the same key as %s, copied instead of trained", out_folder, twin)
+        return done
+    return None
+
+
 def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainConfig = TrainConfig(),  # noqa: B008
-             device: str = "auto") -> dict[str, Any]:
-    """Train (or reuse) a LoRA adapter on one training set; returns the adapter's manifest."""
+             device: str = "auto", twins: Sequence[Path] = ()) -> dict[str, Any]:
+    """Train (or reuse) a LoRA adapter on one training set; returns the adapter's manifest. `twins`: other
+    adapter folders; one done under the same key is copied instead of training again."""
     set_folder, out_folder = Path(set_folder), Path(out_folder)
     set_info = _set_info(set_folder)
     model = resolve_model(model_name)
@@ -267,6 +291,9 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     done = markers.read_done(out_folder, key)
     if done:  # before importing torch, peft and the Trainer: a cached rerun should cost nothing
         return {**done, "folder": str(out_folder), "reused": True}
+    copied = _copy_twin(twins, out_folder, key)
+    if copied:
+        return {**copied, "folder": str(out_folder), "reused": True}
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import (

@@ -196,3 +196,30 @@ def test_the_endpoints_score_reading_version_rekeys_only_endpoint_evaluations(mo
     before = {e.kind: evaluate_key("mnli", "de", e, config, DATA) for e in (endpoint, local)}
     assert now["openai"] != before["openai"]
     assert now["transformers"] == before["transformers"]
+
+
+def test_an_adapter_another_folder_holds_under_the_same_key_is_copied_not_trained(tiny_adapter, tmp_path,
+                                                                                   monkeypatch):
+    """The equal-steps controls of two languages often take the same steps on the same English set: one
+    trains, the other is a copy, marked as such. Another config is not a twin and trains."""
+    from stt import finetune as ft
+    from stt.config import TrainConfig
+    from stt.markers import read_done
+
+    # The config tests/conftest.py trained the session's tiny adapter with.
+    config = TrainConfig(rank=4, alpha=8, max_steps=1, batch_size=4, max_length=48, learning_rate=0.05)
+
+    def no_training(*_):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(ft, "hf_folder", no_training)  # the base model's weights: the first thing training loads
+    out = tmp_path / "english-steps-th"
+    info = ft.finetune("gemma3-270m", tiny_adapter.parent / "set", out, config,
+                       twins=[tmp_path / "not-trained", tiny_adapter])
+    assert info["copied_from"] == str(tiny_adapter)
+    for name in ("adapter_model.safetensors", "adapter_config.json", "metrics.json", "loss.csv"):
+        assert (out / name).read_bytes() == (tiny_adapter / name).read_bytes(), name
+    assert read_done(out, json.loads((tiny_adapter / "_manifest.json").read_text())["key"])
+    with pytest.raises(AssertionError, match="trained again"):
+        ft.finetune("gemma3-270m", tiny_adapter.parent / "set", tmp_path / "other",
+                    config.model_copy(update={"learning_rate": 0.01}), twins=[tiny_adapter])

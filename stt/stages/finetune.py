@@ -35,15 +35,19 @@ class Finetune(StageDef):
 
         a = find(plan.adapters, job, "adapter")
         try:
+            # Another adapter of the task done under the same key is copied, not trained again.
+            twins = [plan.adapter_dir(b.name) for b in plan.adapters if b.name != a.name]
             return finetune(config.engine.model, plan.set_dir(a.set_name), plan.adapter_dir(a.name),
-                            pipeline.adapter_train_config(config, plan, a), config.engine.device)
+                            pipeline.adapter_train_config(config, plan, a), config.engine.device, twins=twins)
         finally:
             give_memory_back()  # the model, its activations and the optimizer: 2 GB a later job never reuses
 
     def brief(self, info: dict[str, Any]) -> str:
         m = info.get("metrics", {})
         loss = m.get("train_loss")
-        return f"{m.get('steps')} steps, train loss " + (f"{loss:.4g}" if isinstance(loss, float) else str(loss))
+        copied = f" (copied from {Path(info['copied_from']).name}: the same key)" if info.get("copied_from") else ""
+        return f"{m.get('steps')} steps, train loss " + (f"{loss:.4g}" if isinstance(loss, float) else str(loss)) \
+            + copied
 
     def timeout_s(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> float | None:
         from stt.finetune import planned_steps
