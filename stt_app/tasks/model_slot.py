@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -45,26 +46,46 @@ def _slot_limit(limit: int = 1) -> int:
 # The tasks of one process queue here before they ask the server. The server answers a task that finds
 # the slot taken "retry in N s", N up to 30 s (its average slot occupancy times the tasks waiting), so
 # with ten jobs queued at the server the slot sat idle for 10-20 s after each job (the demo's evaluation
-# stage lost about a quarter of its time that way). Queued here, the next job asks the moment the slot
-# is given back. The server's limit still rules between processes and machines.
-_gates: dict[tuple[str, int], threading.BoundedSemaphore] = {}
-_gates_lock = threading.Lock()
+# stage lost about a quarter of its time that way). Queued here, first come first served (jobs run in the
+# order the stage submitted them), the next job asks the moment the slot is given back. The server's
+# limit still rules between processes and machines.
+class _Queue:
+    def __init__(self, limit: int):
+        self.free = max(limit, 1)
+        self.waiting: deque[object] = deque()
+        self.changed = threading.Condition()
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        ticket = object()
+        with self.changed:
+            self.waiting.append(ticket)
+            try:
+                while not (self.free and self.waiting[0] is ticket):
+                    self.changed.wait(timeout=1.0)  # bounded, so that a task's timeout can still end the wait
+            finally:
+                self.waiting.remove(ticket)
+                self.changed.notify_all()
+            self.free -= 1
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.free += 1
+                self.changed.notify_all()
 
 
-@contextmanager
-def _process_gate(name: str, limit: int) -> Iterator[None]:
-    with _gates_lock:
-        gate = _gates.setdefault((name, limit), threading.BoundedSemaphore(max(limit, 1)))
-    while not gate.acquire(timeout=1.0):  # a bounded wait, so that a task's timeout can still end it
-        pass
-    try:
-        yield
-    finally:
-        gate.release()
+_queues: dict[tuple[str, int], _Queue] = {}
+_queues_lock = threading.Lock()
+
+
+def _process_queue(name: str, limit: int) -> _Queue:
+    with _queues_lock:
+        return _queues.setdefault((name, limit), _Queue(limit))
 
 
 @contextmanager
 def model_slot() -> Iterator[None]:
     name = model_slot_name()
-    with _process_gate(name, _slot_limit()), concurrency(name, occupy=1, lease_duration=SLOT_LEASE_SECONDS):
+    with _process_queue(name, _slot_limit()).turn(), concurrency(name, occupy=1, lease_duration=SLOT_LEASE_SECONDS):
         yield
