@@ -60,10 +60,15 @@ class TransformersEngine(TokenizerMethods):
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(self.device).eval()
         self.adapter = str(config.adapter) if config.adapter else None
         if self.adapter:
+            import warnings
+
             from peft import PeftModel
 
-            # Applied, not merged: the base weights stay as they are and the adapter is auditable.
-            self.model = PeftModel.from_pretrained(self.model, self.adapter).eval()
+            # Applied, not merged: the base weights stay as they are and the adapter is auditable. peft reads
+            # an attribute transformers 5 deprecates (a FutureWarning per adapter that nobody here can act on).
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                self.model = PeftModel.from_pretrained(self.model, self.adapter).eval()
             self.model_id = f"{self.model_id}+{self.adapter}"
         self.batch_size = config.batch_size
         self._prefix_cache: tuple[str, list[int], object] | None = None
