@@ -1,6 +1,7 @@
-"""Engines in supervised child processes (engine.process: child): the same outputs as in-process, a call
-stuck in native code ended at the job's deadline under the plain runner and under Prefect, the process and
-its memory gone with it, and the next call served by a fresh process."""
+"""Engines in supervised child processes (engine.process: child): the same outputs as in-process, one process
+kept across engines that swaps their models and gives a released model's memory back, a call stuck in native
+code ended at the job's deadline under the plain runner and under Prefect, the process gone with it, and the
+next call served by a fresh process."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 from stt import faults
 from stt.config import EngineConfig, EvalConfig, RunConfig, TimeoutConfig
 from stt.engines import Request, get_engine, release_engines
-from stt.engines.child import ChildEngine, EngineHung, deadline
+from stt.engines import child as child_module
+from stt.engines.child import ChildEngine, EngineHung, deadline, stop_engine_process
 
 from .conftest import DATA
 
@@ -22,6 +24,11 @@ pytestmark = pytest.mark.model
 REQUESTS = [Request("Question: What is 3 plus 3?\nAnswer:", 8, ("\n",)),
             Request("Die Hauptstadt von Frankreich ist", 8, ("\n",))]
 PAIRS = [("Question: What is 3 plus 3?\nAnswer:", " 6"), ("Premise: A man walks.\nRelation:", " entailment")]
+
+
+def _rss_mb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return int(status.read().split("VmRSS:")[1].split()[0]) // 1024
 
 
 def _gone(pid: int) -> bool:
@@ -34,21 +41,22 @@ def _gone(pid: int) -> bool:
 
 @pytest.fixture
 def started(monkeypatch) -> list[int]:
-    """The process ids of the child engines started in the test, in order."""
+    """The process ids of the engine processes started in the test, in order."""
     pids: list[int] = []
-    start = ChildEngine._start
+    start = child_module._Host.start
 
     def recorded(self):
         start(self)
-        pids.append(self.pid)
+        pids.append(self.process.pid)
 
-    monkeypatch.setattr(ChildEngine, "_start", recorded)
+    monkeypatch.setattr(child_module._Host, "start", recorded)
     return pids
 
 
 @pytest.fixture(autouse=True)
 def _fresh():
     faults.reset()
+    stop_engine_process()  # each test starts without one
     yield
     release_engines()
 
@@ -68,8 +76,25 @@ def test_a_child_engine_gives_the_in_process_engines_outputs(kind):
         answers = list(pool.map(lambda r: child.generate([r])[0].text, REQUESTS * 3))
     assert answers == [inline.generate([r])[0].text for r in REQUESTS * 3]
     assert child.stats.calls == 8 and child.count_tokens("Hallo Welt") == inline.count_tokens("Hallo Welt")
+    loaded_mb = _rss_mb(pid)
     release_engines()
-    assert child.pid is None and _gone(pid)  # released: the process, and its memory, are gone
+    # Released: the model is gone from the process, and its memory back with the system (the GGUF file's
+    # pages, 250 MB; transformers' fp32 weights, 1 GB); the process stays for the next model.
+    assert child.pid is None and not _gone(pid)
+    assert _rss_mb(pid) < loaded_mb - 150, (loaded_mb, _rss_mb(pid))
+
+
+def test_engines_of_other_configs_swap_their_models_in_one_process(started):
+    """Jobs that follow each other (a base model, then an adapter, then another config) reuse the process:
+    starting one costs 8-10 s on the CPU, loading a GGUF model in it about 1 s."""
+    first = get_engine(EngineConfig(kind="llama-cpp", batch_size=2, process="child"))
+    second = get_engine(EngineConfig(kind="llama-cpp", batch_size=3, process="child"))
+    inline = get_engine(EngineConfig(kind="llama-cpp", batch_size=2))
+    a = [c.text for c in first.generate(REQUESTS)]
+    assert [c.text for c in second.generate(REQUESTS)] == a == [c.text for c in inline.generate(REQUESTS)]
+    assert first.pid is None and second.pid == started[0]  # one model at a time: second's is loaded now
+    assert [c.text for c in first.generate(REQUESTS[:1])] == a[:1]  # swapped back
+    assert len(started) == 1 and first.pid == started[0]
 
 
 def test_a_call_stuck_in_native_code_ends_at_the_deadline_and_the_next_call_gets_a_fresh_process(monkeypatch):

@@ -1,16 +1,21 @@
-"""An engine in a child process its parent can kill (`engine.process: child`).
+"""Engines in a child process its parent can kill (`engine.process: child`).
 
 Why: a model call that blocks in native code (a stuck llama.cpp, torch or CUDA call) cannot be interrupted
 from Python: a Prefect task timeout in a worker thread only fires once the call returns, so a call that never
 returns holds the run forever. In a child process the parent waits on a pipe, in short polls, and kills the
 child when the job's deadline passes (or when Prefect's timeout interrupts the wait): the call fails with
-`EngineHung`, which the runners retry, and the next call starts a fresh child. Releasing the engine ends the
-child, so the operating system gets its memory back. The child loads the same engine classes as the
-in-process path, so outputs are the same.
+`EngineHung`, which the runners retry, and the next call starts a fresh child. The child loads the same
+engine classes as the in-process path, so outputs are the same.
 
-Protocol on one duplex pipe: the child sends ("ready", info) once loaded, then answers each
-(operation, payload, unit, batch size, STT_FAULTS) with any number of ("progress", done, total) and
-one ("result", value, stats) or ("error", kind, message). EOF on the pipe (the parent died) ends the child.
+One engine process per parent, kept between jobs: it holds one model at a time and swaps it when an engine
+of another config calls (starting a process costs 8-10 s on the CPU, swapping a GGUF model about 1 s).
+Releasing an engine lets its model go in the child, and the operating system gets that memory back; the
+process itself ends with its parent, or at a kill.
+
+Protocol on one duplex pipe: ("load", config, generation) and ("unload",) are answered by ("ready", info);
+a call (operation, payload, unit, batch size, STT_FAULTS) by any number of ("progress", done, total) and one
+("result", value, stats); anything may be answered by ("error", kind, message). EOF on the pipe (the parent
+died) or ("close",) ends the child.
 """
 
 from __future__ import annotations
@@ -58,25 +63,39 @@ def deadline(seconds: float | None) -> Iterator[None]:
         _DEADLINE.reset(token)
 
 
-def _serve(conn: Any, config_json: str, generation_json: str) -> None:
-    """The child's main: load the engine, then answer calls until the parent closes the pipe."""
-    from stt.engines import load_inline
+def _serve(conn: Any) -> None:
+    """The child's main: load the engine it is asked for (letting the previous one go), answer calls, until
+    the parent closes the pipe."""
+    from stt.engines import give_memory_back, load_inline
 
-    try:
-        config = EngineConfig.model_validate_json(config_json)
-        engine = load_inline(config, GenerationParams.model_validate_json(generation_json))
-    except Exception as exc:  # noqa: BLE001 - the parent raises it with the reason
-        conn.send(("error", type(exc).__name__, str(exc)))
-        return
-    conn.send(("ready", {"model_id": engine.model_id, "weights_sha256": getattr(engine, "weights_sha256", None)}))
+    engine: Any = None
     while True:
         try:
-            operation, payload, unit, batch_size, fault_spec = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
             return  # the parent is gone: nothing left to answer
+        operation = message[0]
         if operation == "close":
             return
+        if operation in ("load", "unload"):
+            engine = None  # the previous model goes first: one model in memory at a time
+            give_memory_back()
+            if operation == "unload":
+                conn.send(("ready", {}))
+                continue
+            try:
+                engine = load_inline(EngineConfig.model_validate_json(message[1]),
+                                     GenerationParams.model_validate_json(message[2]))
+            except Exception as exc:  # noqa: BLE001 - the parent raises it with the reason
+                conn.send(("error", type(exc).__name__, str(exc)))
+                continue
+            conn.send(("ready", {"model_id": engine.model_id,
+                                 "weights_sha256": getattr(engine, "weights_sha256", None)}))
+            continue
+        _, payload, unit, batch_size, fault_spec = message
         try:
+            if engine is None:
+                raise RuntimeError("no model loaded in the engine process")
             if batch_size is not None and hasattr(engine, "batch_size"):
                 engine.batch_size = batch_size  # transformers: a setting of the call (see get_engine)
             faults.native_hang(unit, fault_spec)  # reliability drills: a call that blocks in C, in the child
@@ -86,8 +105,103 @@ def _serve(conn: Any, config_json: str, generation_json: str) -> None:
             conn.send(("error", type(exc).__name__, str(exc)))
 
 
+class _Host:
+    """This process's one engine process. It holds one model at a time and swaps it when another engine
+    config calls: starting a process costs 8-10 s on the CPU (imports), loading a GGUF model in a running
+    one about 1 s, so jobs that follow each other reuse the process. A kill (a deadline passed) ends it;
+    the next call starts a fresh one."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # one call at a time on the pipe: answers are not tagged
+        self.process: Any = None
+        self.conn: Any = None
+        self.loaded: str | None = None  # the key of the engine loaded there
+
+    def start(self) -> None:
+        # spawn, not fork: the parent may hold threads (Prefect's) and a loaded torch; a fork would copy them.
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, name="stt-engine", args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+        self.conn = parent
+        self.loaded = None
+
+    def kill(self) -> None:
+        process, self.process, self.loaded = self.process, None, None
+        if process is not None and process.is_alive():
+            process.kill()
+            process.join(timeout=10)
+        with contextlib.suppress(OSError, AttributeError):
+            self.conn.close()
+        self.conn = None
+
+    def stop(self) -> None:
+        """End the process politely (the parent is done with models)."""
+        with self.lock:
+            process, conn = self.process, self.conn
+            if process is None:
+                return
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(("close",))
+            process.join(timeout=10)
+            self.kill()
+
+    def wait(self, until: float | None, progress: ProgressFn | None, doing: str, who: str) -> Any:
+        """The process's next answer; kills it when `until` passes or the wait is interrupted."""
+        try:
+            while True:
+                if until is not None and time.monotonic() > until:
+                    pid = self.process.pid
+                    self.kill()
+                    raise EngineHung(f"the {who} (process {pid}) did not answer while {doing} before its "
+                                     "deadline; the process was killed")
+                if not self.conn.poll(POLL_S):
+                    if not self.process.is_alive():
+                        code = self.process.exitcode
+                        self.kill()
+                        raise EngineDied(f"the {who} process ended with exit code {code} while {doing} "
+                                         "(out of memory or killed?)")
+                    continue
+                try:
+                    message = self.conn.recv()
+                except (EOFError, OSError) as exc:
+                    self.kill()
+                    raise EngineDied(f"the {who} process closed its pipe while {doing}") from exc
+                kind = message[0]
+                if kind == "progress":
+                    if progress:
+                        progress(message[1], message[2])
+                    continue
+                if kind == "ready":
+                    return message[1]
+                if kind == "result":
+                    return message[1], message[2]
+                if kind == "error":
+                    if message[1] == "ConfigError":
+                        raise ConfigError(message[2])
+                    raise RuntimeError(f"{message[1]} in the engine process: {message[2]}")
+                raise RuntimeError(f"unexpected message from the engine process: {kind!r}")
+        except (ConfigError, RuntimeError):  # raised above (EngineHung, EngineDied) or sent by the child
+            raise
+        except BaseException:
+            # Interrupted while waiting (a Prefect timeout, Ctrl-C): the child is still busy with a call
+            # nobody will read, so it goes; the next call starts a fresh one.
+            self.kill()
+            raise
+
+
+_HOST = _Host()
+
+
+def stop_engine_process() -> None:
+    """End this process's engine process, if one runs (the next call starts a fresh one)."""
+    _HOST.stop()
+
+
 class ChildEngine(LocalTokenizer):
-    """The Engine interface over a model loaded in a child process (tokenizer methods run here)."""
+    """The Engine interface over a model loaded in this process's engine process (tokenizer methods run
+    here)."""
 
     runs_elsewhere = True  # fault drills block in the child, not here (stt.faults.check)
 
@@ -99,114 +213,52 @@ class ChildEngine(LocalTokenizer):
         self.weights_sha256 = self.resolved.weights_sha256
         self.adapter = str(config.adapter) if config.adapter else None
         self.stats = EngineStats()
-        self.lock = threading.Lock()
-        self._process: Any = None
-        self._conn: Any = None
+        self.lock = _HOST.lock
+        self._key = config.model_dump_json() + self.generation.model_dump_json()
+        self._who = f"{config.kind} engine ({self.model_id}{'+' + self.adapter if self.adapter else ''})"
 
-    # -- the child's lifetime ---------------------------------------------------------------------
-    def _start(self) -> None:
-        # spawn, not fork: the parent may hold threads (Prefect's) and a loaded torch; a fork would copy them.
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe()
-        self._process = ctx.Process(target=_serve, name=f"stt-engine-{self.config.kind}",
-                                    args=(child, self.config.model_dump_json(), self.generation.model_dump_json()),
-                                    daemon=True)
-        self._process.start()
-        child.close()
-        self._conn = parent
+    # -- the model's lifetime in the engine process -------------------------------------------------
+    def _load(self) -> None:
+        if _HOST.process is None:
+            _HOST.start()
         t0 = time.monotonic()
-        message = self._wait(time.monotonic() + LOAD_TIMEOUT_S, None, "loading the model")
+        _HOST.loaded = None  # the process lets its model go before loading: until ready it holds none
+        _HOST.conn.send(("load", self.config.model_dump_json(), self.generation.model_dump_json()))
+        message = _HOST.wait(time.monotonic() + LOAD_TIMEOUT_S, None, "loading the model", self._who)
+        _HOST.loaded = self._key
+        self.stats = EngineStats()  # a fresh engine in the process: its counts start over
         self.model_id = message["model_id"]
-        log.info("engine process %d loaded %s in %.1fs", self._process.pid, self.model_id, time.monotonic() - t0)
+        log.info("engine process %d loaded %s in %.1fs", _HOST.process.pid, self.model_id, time.monotonic() - t0)
 
     def close(self) -> None:
-        """End the child (its memory goes back to the system); the next call starts a new one."""
-        process, conn = self._process, self._conn
-        self._process = self._conn = None
-        if process is None:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            conn.send(("close", None, "", None, ""))
-        process.join(timeout=10)
-        if process.is_alive():
-            process.kill()
-            process.join(timeout=10)
-        with contextlib.suppress(OSError):
-            conn.close()
-
-    def _kill(self) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.is_alive():
-            process.kill()
-            process.join(timeout=10)
-        with contextlib.suppress(OSError, AttributeError):
-            self._conn.close()
-        self._conn = None
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
+        """Let the model go (its memory goes back to the system); the process stays for the next model."""
+        with _HOST.lock:
+            if _HOST.process is None or _HOST.loaded != self._key:
+                return
+            _HOST.loaded = None
+            try:
+                _HOST.conn.send(("unload",))
+                _HOST.wait(time.monotonic() + 60, None, "letting the model go", self._who)
+            except (OSError, RuntimeError):
+                _HOST.kill()  # it could not even unload: a fresh process is the clean state
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        """The engine process's id while it holds this engine's model, else None."""
+        return _HOST.process.pid if _HOST.process is not None and _HOST.loaded == self._key else None
 
     # -- calls ------------------------------------------------------------------------------------
-    def _wait(self, until: float | None, progress: ProgressFn | None, doing: str) -> Any:
-        """The next answer of the child; kills it when `until` passes or the wait is interrupted."""
-        try:
-            while True:
-                if until is not None and time.monotonic() > until:
-                    pid = self._process.pid
-                    self._kill()
-                    raise EngineHung(f"the {self.config.kind} engine (process {pid}, {self.model_id}) did not "
-                                     f"answer while {doing} before its deadline; the process was killed")
-                if not self._conn.poll(POLL_S):
-                    if not self._process.is_alive():
-                        code = self._process.exitcode
-                        self._kill()
-                        raise EngineDied(f"the {self.config.kind} engine process ({self.model_id}) ended with "
-                                         f"exit code {code} while {doing} (out of memory or killed?)")
-                    continue
-                try:
-                    message = self._conn.recv()
-                except (EOFError, OSError) as exc:
-                    self._kill()
-                    raise EngineDied(f"the {self.config.kind} engine process ({self.model_id}) closed its pipe "
-                                     f"while {doing}") from exc
-                kind = message[0]
-                if kind == "progress":
-                    if progress:
-                        progress(message[1], message[2])
-                    continue
-                if kind == "ready":
-                    return message[1]
-                if kind == "result":
-                    self.stats = message[2]
-                    return message[1]
-                if kind == "error":
-                    if message[1] == "ConfigError":
-                        raise ConfigError(message[2])
-                    raise RuntimeError(f"{message[1]} in the engine process: {message[2]}")
-                raise RuntimeError(f"unexpected message from the engine process: {kind!r}")
-        except (ConfigError, RuntimeError):  # raised above (EngineHung, EngineDied) or sent by the child
-            raise
-        except BaseException:
-            # Interrupted while waiting (a Prefect timeout, Ctrl-C): the child is still busy with a call
-            # nobody will read, so it goes; the next call starts a fresh one.
-            self._kill()
-            raise
-
     def _call(self, operation: str, payload: list[Any], progress: ProgressFn | None) -> Any:
-        # One call at a time on the pipe (Prefect runs tasks in threads): answers are not tagged, so a second
-        # caller waits here, as it would on an in-process engine's lock.
-        with self.lock:
-            if self._process is None:
-                self._start()
+        # One call at a time on the pipe (Prefect runs tasks in threads): a second caller waits here, as it
+        # would on an in-process engine's lock.
+        with _HOST.lock:
+            if _HOST.process is None or _HOST.loaded != self._key:
+                self._load()
             # The parent's STT_FAULTS goes with the call: a drill set after the child started still reaches it.
-            self._conn.send((operation, payload, faults.current_unit(), getattr(self, "batch_size", None),
+            _HOST.conn.send((operation, payload, faults.current_unit(), getattr(self, "batch_size", None),
                              os.environ.get("STT_FAULTS", "")))
-            return self._wait(_DEADLINE.get(), progress, operation)
+            result, self.stats = _HOST.wait(_DEADLINE.get(), progress, operation, self._who)
+            return result
 
     def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[Completion]:
         return self._call("generate", list(requests), progress)
