@@ -148,6 +148,7 @@ def test_model_jobs_of_one_process_take_the_slot_one_after_another_without_idle_
     """Queued at the server, a waiting job is told to retry in up to 30 s (its average occupancy times the
     jobs waiting), so the slot sat idle between jobs: 10-20 s per job in the demo's evaluation. Jobs of one
     process queue in the process and ask the server the moment the slot is free."""
+    import itertools
     import threading
     import time
     import uuid
@@ -171,6 +172,7 @@ def test_model_jobs_of_one_process_take_the_slot_one_after_another_without_idle_
     for t in threads:
         t.join()
     holds.sort()
-    assert all(end <= nxt for (_, end), (nxt, _) in zip(holds, holds[1:])), "two jobs held the slot at once"
-    gaps = [round(nxt - end, 2) for (_, end), (nxt, _) in zip(holds, holds[1:])]
+    pairs = list(itertools.pairwise(holds))
+    assert all(end <= nxt for (_, end), (nxt, _) in pairs), "two jobs held the slot at once"
+    gaps = [round(nxt - end, 2) for (_, end), (nxt, _) in pairs]
     assert max(gaps) < 0.5, f"the slot sat idle between jobs: {gaps} s"
