@@ -27,6 +27,16 @@ def test_the_zombie_automation_waits_three_heartbeats():
     assert "${STT_AUTOMATIONS_FILE:-deployments/automations.yaml}" in deploy
 
 
+def test_deployed_runs_hold_their_models_in_a_supervised_engine_process():
+    """On a worker a call stuck in native code must end at its job's timeout: only a killed process ends it."""
+    from stt.config import RunConfig
+
+    definitions = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())["definitions"]
+    for name in ("demo_config", "fanout_config"):
+        config = RunConfig.model_validate(definitions[name])
+        assert config.engine.process == "child", name
+
+
 def test_workers_poll_and_lease_at_the_defaults():
     text = (ROOT / "scripts" / "worker.sh").read_text() + (ROOT / "docker-compose.yml").read_text()
     assert "PREFECT_WORKER_QUERY_SECONDS" not in text  # Prefect's default: every 10 s
