@@ -273,7 +273,8 @@ def _copy_twin(twins: Sequence[Path], out_folder: Path, key: str) -> dict[str, A
         out_folder.mkdir(parents=True, exist_ok=True)
         for name in info["files"]:
             shutil.copyfile(Path(twin) / name, out_folder / name)
-        kept = {k: v for k, v in info.items() if k not in ("key", "finished", "files")}
+        # A twin that was itself a copy names its own source: this copy names the folder it came from.
+        kept = {k: v for k, v in info.items() if k not in ("key", "finished", "files", "copied_from")}
         done = markers.mark_done(out_folder, key, list(info["files"]), **kept, copied_from=str(twin))
         log.info("adapter %s: the same key as %s, copied instead of trained", out_folder, twin)
         return done
