@@ -132,9 +132,9 @@ def test_a_shared_prefix_runs_with_the_adapter_too(tiny_adapter):
     assert with_prefix != [c.text for c in base.generate(requests)]  # the adapter changes these outputs
 
 
-def test_an_adapter_scores_as_the_merged_model_does(tiny_adapter):
-    """The transformers engine (the reference above) applies a peft adapter (unmerged) exactly as a plain
-    forward pass of the model with the adapter merged into its weights: an independent computation."""
+def test_an_adapter_merged_into_the_weights_scores_as_peft_applies_it(tiny_adapter):
+    """The transformers engine (the reference above) merges an adapter into the fp32 weights; it scores as
+    peft's own unmerged model does (LoRA matmuls beside each projection): an independent computation."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -144,14 +144,14 @@ def test_an_adapter_scores_as_the_merged_model_does(tiny_adapter):
     pairs = [("Question: What is 3 plus 3?\nAnswer:", " 6"), ("Question: What is 12 plus 7?\nAnswer:", " 19 apples")]
     folder = hf_folder(resolve_model("gemma3-270m"))
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
-                                       str(tiny_adapter)).merge_and_unload().eval()
+    applied = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
+                                        str(tiny_adapter)).eval()
     expected = []
     for context, continuation in pairs:
         n = len(tokenizer(context)["input_ids"])
         ids = tokenizer(context + continuation)["input_ids"]
         with torch.no_grad():
-            logprobs = merged(torch.tensor([ids])).logits[0].log_softmax(-1)
+            logprobs = applied(torch.tensor([ids])).logits[0].log_softmax(-1)
         expected.append(sum(logprobs[t - 1, ids[t]].item() for t in range(n, len(ids))))
     ours = get_engine(EngineConfig(adapter=tiny_adapter, reuse_prefix_cache=False)).loglikelihood(pairs)
     base = get_engine(EngineConfig(reuse_prefix_cache=False)).loglikelihood(pairs)

@@ -147,6 +147,10 @@ def test_evaluation_key_holds_the_engine_and_not_the_batch_size():
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # what "auto" must resolve to on this machine
     assert engine_signature(cpu) == {"kind": "transformers", "dtype": "auto", "device": device}
+    # An adapter merged into fp32 weights is not peft's unmerged computation bit for bit: its own key.
+    lora = "merged" if device == "cpu" else "applied"
+    assert engine_signature(cpu.model_copy(update={"adapter": "a"}))["lora"] == lora
+    assert engine_signature(cpu.model_copy(update={"adapter": "a", "dtype": "bfloat16"}))["lora"] == "applied"
 
 
 @full

@@ -111,6 +111,11 @@ def engine_signature(engine_config: EngineConfig) -> dict[str, Any]:
     if engine_config.kind == "transformers" and device == "auto":
         device = _auto_device()
     out: dict[str, Any] = {"kind": engine_config.kind, "dtype": engine_config.dtype, "device": device}
+    if engine_config.kind == "transformers" and engine_config.adapter is not None:
+        # In fp32 the engine merges the adapter into the weights (transformers_engine.merges_adapter): the same
+        # function as peft's separate LoRA path to rounding, not the same bits.
+        fp32 = engine_config.dtype == "float32" or (engine_config.dtype == "auto" and device == "cpu")
+        out["lora"] = "merged" if fp32 else "applied"
     if engine_config.kind == "vllm-batch":
         out.update(load_format=engine_config.load_format, max_model_len=engine_config.max_model_len,
                    tensor_parallel_size=engine_config.tensor_parallel_size)

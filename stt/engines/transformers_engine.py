@@ -33,8 +33,17 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+def merges_adapter(dtype: torch.dtype) -> bool:
+    """Whether the engine merges a LoRA adapter into the weights: in fp32 (the CPU), where the merged weights
+    compute the adapter's function to rounding. A bf16 / fp16 sum would keep only part of a small adapter's
+    delta in the weights' few mantissa bits, so there peft applies it beside them."""
+    return dtype == torch.float32
+
+
 class TransformersEngine(TokenizerMethods):
-    def __init__(self, model: ResolvedModel, config: EngineConfig, generation: GenerationParams | None = None):
+    def __init__(self, model: ResolvedModel, config: EngineConfig, generation: GenerationParams | None = None,
+                 merge_adapter: bool | None = None):
+        """`merge_adapter`: fold a LoRA adapter into the weights (None: where merges_adapter says so)."""
         from transformers import AutoModelForCausalLM
         from transformers.utils.logging import disable_progress_bar
 
@@ -64,11 +73,15 @@ class TransformersEngine(TokenizerMethods):
 
             from peft import PeftModel
 
-            # Applied, not merged: the base weights stay as they are and the adapter is auditable. peft reads
-            # an attribute transformers 5 deprecates (a FutureWarning per adapter that nobody here can act on).
+            # peft reads an attribute transformers 5 deprecates (a FutureWarning per adapter that nobody here
+            # can act on).
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
                 self.model = PeftModel.from_pretrained(self.model, self.adapter).eval()
+            if merges_adapter(dtype) if merge_adapter is None else merge_adapter:
+                # W + scale * B @ A once, in this engine's own copy of the weights (the adapter's files stay as
+                # they are): no LoRA matmuls beside every projection, 1.15x XNLI items/s on the CPU.
+                self.model = self.model.merge_and_unload()
             self.model_id = f"{self.model_id}+{self.adapter}"
         self.batch_size = config.batch_size
         self._prefix_cache: tuple[str, list[int], object] | None = None
@@ -181,12 +194,20 @@ class TransformersEngine(TokenizerMethods):
         # Left padding: positions must count real tokens only, or padded rows would score differently.
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         with torch.inference_mode():
-            # Only the last `keep` positions' logits: a 262k vocabulary makes full logits huge.
+            # Only the last `keep` positions' logits: a 262k vocabulary makes full logits huge. Named by index,
+            # not by count: an index gathers a contiguous copy, which torch folds into one matrix product for
+            # the output layer; the strided slice a count makes goes to a batched product against a 262k x 640
+            # weight expanded per row whenever the weights are frozen (an adapter's model), 1.9x as slow on the
+            # CPU (benchmarks/RESULTS.md, "XNLI label scoring with an adapter").
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                position_ids=positions.to(self.device), logits_to_keep=keep).logits
+                                position_ids=positions.to(self.device),
+                                logits_to_keep=self._kept_positions(width, keep)).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
         # Row r ends at kept index keep-1; its context's last position is len(extension) before that.
         return [logprobs[row, keep - 1 - len(e) :] for row, (_, e) in enumerate(batch)]
+
+    def _kept_positions(self, width: int, keep: int) -> torch.Tensor:
+        return torch.arange(width - keep, width, device=self.device)
 
     def _encode(self, prompt: str, prefix_text: str) -> list[int]:
         """Token ids of the prompt after the shared prefix (all of it when there is none)."""
