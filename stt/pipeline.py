@@ -196,10 +196,14 @@ def notes(config: RunConfig) -> list[str]:
         if config.controls.translate_test and not get_task(task).translate_test_fields:
             out.append(f"No translate-test for {task}: its answers are not made from an English input alone (QA "
                        "would answer with an English span, not one of the context).")
-    if config.controls.equal_steps and config.train.max_steps:
-        out.append(f"Step budget: every adapter trains for train.max_steps = {config.train.max_steps} optimizer "
-                   "steps, so the equal-steps control (zero-shot trained as long as Self-Translate-Train) is the "
-                   "zero-shot column itself and is not trained separately.")
+    if config.train.max_steps:
+        t = config.train
+        note = (f"Step budget: every adapter trains for train.max_steps = {t.max_steps} optimizer steps of "
+                f"{t.batch_size * t.gradient_accumulation} examples with the same schedule, whatever its set's size "
+                "(train.epochs is not used)")
+        out.append(note + (", so the equal-steps control (zero-shot trained as long as Self-Translate-Train) is the "
+                           "zero-shot column itself and is not trained separately." if config.controls.equal_steps
+                           else "."))
     if len(config.train.replicate_seeds()) > 1:
         out.append(f"Training seeds: {list(config.train.replicate_seeds())} (each adapter trained once per seed: "
                    "data order and LoRA initialisation); the base model is evaluated once.")
