@@ -29,8 +29,9 @@ class EngineConfig(BaseModel):
     reuse_prefix_cache: bool = True  # compute the shared few-shot prefix once per language
     # transformers / llama-cpp: "child" loads the model in a child process that a job's timeout kills for real
     # (a call stuck in native code included) and whose memory goes back to the system when it is released;
-    # "inline" loads it in the job's own process. The same engine code either way: outputs do not change.
-    process: Literal["inline", "child"] = "inline"
+    # "inline" loads it in the job's own process (a debugger's view of the engine). The same engine code
+    # either way: outputs do not change.
+    process: Literal["inline", "child"] = "child"
     adapter: Path | None = None  # a LoRA adapter folder (peft) applied on top of the model
     # llama-cpp: KV cells shared by the prefix and every running sequence; threads (default: all cores).
     n_ctx: int = Field(8192, ge=256)

@@ -63,7 +63,7 @@ def _fresh():
 
 @pytest.mark.parametrize("kind", ["llama-cpp", pytest.param("transformers", marks=pytest.mark.full)])
 def test_a_child_engine_gives_the_in_process_engines_outputs(kind):
-    inline = get_engine(EngineConfig(kind=kind, batch_size=2, reuse_prefix_cache=False))
+    inline = get_engine(EngineConfig(kind=kind, batch_size=2, reuse_prefix_cache=False, process="inline"))
     child = get_engine(EngineConfig(kind=kind, batch_size=2, reuse_prefix_cache=False, process="child"))
     assert isinstance(child, ChildEngine) and child.pid is None  # started on the first call, not before
     assert [c.text for c in child.generate(REQUESTS)] == [c.text for c in inline.generate(REQUESTS)]
@@ -89,7 +89,7 @@ def test_engines_of_other_configs_swap_their_models_in_one_process(started):
     starting one costs 8-10 s on the CPU, loading a GGUF model in it about 1 s."""
     first = get_engine(EngineConfig(kind="llama-cpp", batch_size=2, process="child"))
     second = get_engine(EngineConfig(kind="llama-cpp", batch_size=3, process="child"))
-    inline = get_engine(EngineConfig(kind="llama-cpp", batch_size=2))
+    inline = get_engine(EngineConfig(kind="llama-cpp", batch_size=2, process="inline"))
     a = [c.text for c in first.generate(REQUESTS)]
     assert [c.text for c in second.generate(REQUESTS)] == a == [c.text for c in inline.generate(REQUESTS)]
     assert first.pid is None and second.pid == started[0]  # one model at a time: second's is loaded now

@@ -42,7 +42,8 @@ def test_max_new_tokens_is_per_request(prompts):
 
 
 def test_oom_backs_off_batch_size(prompts, monkeypatch):
-    engine = get_engine(EngineConfig(batch_size=4, reuse_prefix_cache=False, device="cpu"))
+    # The engine object itself (its batch method is patched): in this process.
+    engine = get_engine(EngineConfig(batch_size=4, reuse_prefix_cache=False, device="cpu", process="inline"))
     real = engine._generate_batch
 
     def flaky(requests, encoded, prefix_ids):

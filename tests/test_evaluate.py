@@ -29,7 +29,8 @@ def _reference_logprob(engine, context, continuation):
 
 
 def test_loglikelihood_matches_a_plain_forward_pass_and_ignores_padding():
-    engine = get_engine(EngineConfig(batch_size=4, reuse_prefix_cache=False))
+    # In this process: the reference forward pass uses the engine's own model and tokenizer.
+    engine = get_engine(EngineConfig(batch_size=4, reuse_prefix_cache=False, process="inline"))
     pairs = [("The capital of France is", " Paris"), ("The capital of France is", " banana"),
              ("Premise: A man sleeps.\nHypothesis: Nobody sleeps.\nRelation:", " contradiction"),
              ("Question: What is two plus two?\nAnswer: The answer is", " 4")]

@@ -123,10 +123,12 @@ def test_a_shared_prefix_runs_with_the_adapter_too(tiny_adapter):
     must be the adapter's. Greedy outputs with the shared prefix equal those computed without it."""
     prefix = "".join(f"Question: What is {i} plus {i}?\nAnswer: {2 * i}\n" for i in range(1, 6))
     requests = [Request(prefix + f"Question: What is {i} plus {i}?\nAnswer:", 6, ("\n",)) for i in (7, 8, 9)]
-    shared = get_engine(EngineConfig(kind="llama-cpp", adapter=tiny_adapter, reuse_prefix_cache=True))
+    # In this process: the test asks the engine itself which prefix it shares.
+    shared = get_engine(EngineConfig(kind="llama-cpp", adapter=tiny_adapter, reuse_prefix_cache=True, process="inline"))
     assert shared._shared_prefix([r.prompt for r in requests]) == prefix  # the prefix path is the one taken
-    plain = get_engine(EngineConfig(kind="llama-cpp", adapter=tiny_adapter, reuse_prefix_cache=False))
-    base = get_engine(EngineConfig(kind="llama-cpp", reuse_prefix_cache=True))
+    plain = get_engine(EngineConfig(kind="llama-cpp", adapter=tiny_adapter, reuse_prefix_cache=False,
+                                    process="inline"))
+    base = get_engine(EngineConfig(kind="llama-cpp", reuse_prefix_cache=True, process="inline"))
     with_prefix = [c.text for c in shared.generate(requests)]
     assert with_prefix == [c.text for c in plain.generate(requests)]
     assert with_prefix != [c.text for c in base.generate(requests)]  # the adapter changes these outputs
@@ -177,8 +179,13 @@ def test_a_hugging_face_folder_is_refused_with_the_reason(tmp_path):
     from stt.errors import ConfigError
     from stt.models import hf_folder
 
+    folder = str(hf_folder(resolve_model("gemma3-270m")))
     with pytest.raises(ConfigError, match="runs GGUF weights"):
-        get_engine(EngineConfig(kind="llama-cpp", model=str(hf_folder(resolve_model("gemma3-270m")))))
+        get_engine(EngineConfig(kind="llama-cpp", model=folder, process="inline"))
+    # In an engine process the model loads on the first call: the same refusal comes from there.
+    with pytest.raises(ConfigError, match="runs GGUF weights"):
+        get_engine(EngineConfig(kind="llama-cpp", model=folder, process="child")).generate(
+            [Request("Question: 1 + 1?\nAnswer:", 4, ("\n",))])
 
 
 def test_llama_cpp_prints_nothing_and_its_last_words_come_with_a_refusal(tiny_adapter, tmp_path, capfd):

@@ -1,8 +1,9 @@
 """Every number of a committed study, recomputed from its committed per-item outputs and the raw data files
 with this file's own code: nothing from `stt` is imported.
 
-- Gold labels come from the raw XNLI files of the data folder (`STT_DATA_DIR`, else ../shared/data), by the
-  item index in each prediction's id, never from the study's `gold` or `score` columns.
+- Gold labels come from the raw XNLI files of the data folder (`STT_DATA_DIR`, else ../shared/data), and gold
+  answers from the raw XQuAD files, by the item index in each prediction's id, never from the study's `gold`
+  or `score` columns. XQuAD is scored with this file's own copy of the official SQuAD v1.1 F1 / exact match.
 - The full prediction files are verified against the SHA-256 recorded in `predictions/full_checksums.json`;
   the slim files must carry the same predictions; each prediction must be the argmax of its saved per-label
   log-likelihoods.
@@ -43,6 +44,47 @@ def raw_gold(data: Path, language: str, split: str) -> list[str]:
         return (data / "xnli" / "xnli_test_labels.txt").read_text(encoding="utf-8").split()
     lines = (data / "xnli" / f"xtreme_dev-{language}.tsv").read_text(encoding="utf-8").splitlines()
     return [line.split("\t")[2].strip() for line in lines if line.strip()]
+
+
+def raw_xquad(data: Path, language: str) -> list[dict]:
+    """Every XQuAD question in file order (the item index counts them all): its text and gold answers."""
+    raw = json.loads((data / "xquad" / f"xquad.{language}.json").read_text(encoding="utf-8"))["data"]
+    return [{"question": qa["question"], "answers": [a["text"] for a in qa["answers"]]}
+            for article in raw for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+
+
+def squad_normalize(text: str) -> str:
+    """The official SQuAD v1.1 evaluation script's normalisation: lower case, no ASCII punctuation, no English
+    articles, single spaces."""
+    import re
+    import string
+
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def token_f1(pred: list[str], gold: list[str]) -> float:
+    from collections import Counter
+
+    common = sum((Counter(pred) & Counter(gold)).values())
+    if not common:
+        return 0.0
+    precision, recall = common / len(pred), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_metrics(prediction: str, golds: list[str], language: str) -> dict[str, float]:
+    """Best over the gold answers, as the official script; characters for scripts without spaces."""
+    import unicodedata
+
+    def chars(text: str) -> list[str]:
+        return [c for c in text.lower() if not c.isspace() and not unicodedata.category(c).startswith("P")]
+
+    out = {"f1": max(token_f1(squad_normalize(prediction).split(), squad_normalize(g).split()) for g in golds),
+           "exact_match": max(float(squad_normalize(prediction) == squad_normalize(g)) for g in golds)}
+    if language in ("th", "zh", "ja"):
+        out["char_f1"] = max(token_f1(chars(prediction), chars(g)) for g in golds)
+    return out
 
 
 def bootstrap(values: np.ndarray, resamples: int, seed: int) -> tuple[float, float, np.ndarray]:
@@ -143,14 +185,15 @@ class Recompute:
         return files
 
     def run(self) -> None:
-        if self.tasks != ["mnli"]:
-            self.problems.append(f"no independent scorer here for tasks {self.tasks} (only XNLI)")
+        if not set(self.tasks) <= {"mnli", "squad"}:
+            self.problems.append(f"no independent scorer here for tasks {self.tasks} (XNLI and XQuAD only)")
             return
         self.checksums()
         columns = [c.removesuffix("_predictions") for c in self.df.columns if c.endswith("_predictions")]
         family: list[tuple[int, str, float]] = []
         for i, row in self.df.iterrows():
-            gold_all = raw_gold(self.data, row["language"], self.split)
+            gold_all = (raw_xquad(self.data, row["language"]) if row["task"] == "squad"
+                        else raw_gold(self.data, row["language"], self.split))
             resamples, seed = int(row["bootstrap_resamples"]), int(row["bootstrap_seed"])
             per_item: dict[str, pd.Series] = {}
             for col in columns:
@@ -161,7 +204,7 @@ class Recompute:
                 paths = json.loads(by_seed) if isinstance(by_seed, str) else {"-": rel}
                 seeds = {}
                 for seed_key, path in sorted(paths.items()):
-                    seeds[seed_key] = self.load(i, col, path, gold_all, row["metric"])
+                    seeds[seed_key] = self.load(i, col, path, gold_all, row)
                     self.expect(i, f"{col}_predictions_by_seed", True, "")
                 first = seeds[sorted(paths, key=lambda k: paths[k] != rel)[0]]
                 per_item[col] = {k: v[0] for k, v in seeds.items()}
@@ -193,13 +236,21 @@ class Recompute:
                 self.expect(i, f"{name}_significant", bool(self.df.at[i, f"{name}_significant"]) == (adj < 0.05),
                             "significance at the Holm-adjusted p")
 
-    def load(self, i: int, col: str, rel: str, gold_all: list[str], metric: str) -> tuple[pd.Series, dict, tuple]:
+    def load(self, i: int, col: str, rel: str, gold_all: list, row: pd.Series) -> tuple[pd.Series, dict, tuple | None]:
         recorded = self.recorded
         name = Path(rel).name
         self.expect(i, f"{col}_predictions", name in recorded, f"no recorded checksum for {name}")
         full = pd.read_parquet(self.study / "predictions" / name.replace(".parquet", ".full.parquet"))
         slim = pd.read_parquet(self.study / rel)
         index = np.array([int(x.rsplit(":", 1)[1]) for x in full["id"]])
+        metric = row["metric"]
+        if row["task"] == "squad":
+            self.expect(i, f"{col}_predictions", list(slim["prediction"]) == list(full["prediction"]),
+                        "slim and full files disagree")
+            per_item = [squad_metrics(p, gold_all[k]["answers"], row["language"])
+                        for p, k in zip(full["prediction"], index, strict=True)]
+            metrics = {m: np.array([x[m] for x in per_item]) for m in per_item[0]}
+            return pd.Series(metrics[metric] * 100, index=index), metrics, None
         gold = np.array([LABELS.index(gold_all[k]) for k in index])
         logprobs = np.array([[json.loads(o)[lab] for lab in LABELS] for o in full["output"]])
         pred = np.array([LABELS.index(p) for p in full["prediction"]])
@@ -270,7 +321,8 @@ class Recompute:
         return lo, hi
 
     def check_translations(self, i: int, row: pd.Series) -> None:
-        """chrF and BLEU from the exported translations, references read from the raw XNLI dev files."""
+        """chrF and BLEU from the exported translations, references read from the raw XNLI dev files (XQuAD:
+        the human translations of the questions)."""
         path = self.study / "translations" / f"{row['task']}-{row['language']}.parquet"
         if row.get("chrf") != row.get("chrf") or not path.is_file():
             return
@@ -279,8 +331,12 @@ class Recompute:
         recorded = self.translations.get(path.name, {}).get("sha256")
         self.expect(i, "chrf", recorded == hashlib.sha256(path.read_bytes()).hexdigest(), "translations checksum")
         t = pd.read_parquet(path)
-        lines = (self.data / "xnli" / f"xtreme_dev-{row['language']}.tsv").read_text(encoding="utf-8").splitlines()
-        refs = [lines[int(x.rsplit(":", 1)[1])].split("\t")[1] for x in t["id"]]
+        if row["task"] == "squad":
+            questions = raw_xquad(self.data, row["language"])
+            refs = [questions[int(x.rsplit(":", 1)[1])]["question"] for x in t["id"]]
+        else:
+            lines = (self.data / "xnli" / f"xtreme_dev-{row['language']}.tsv").read_text(encoding="utf-8").splitlines()
+            refs = [lines[int(x.rsplit(":", 1)[1])].split("\t")[1] for x in t["id"]]
         tokenizer = {"th": "char", "ja": "char", "zh": "zh"}.get(row["language"], "13a")
         chrf = sacrebleu.corpus_chrf(list(t["output"]), [refs]).score
         bleu = sacrebleu.corpus_bleu(list(t["output"]), [refs], tokenize=tokenizer).score
@@ -291,11 +347,12 @@ class Recompute:
 
     def check_scores(self, i: int, col: str, scores: dict, metrics: dict, choices: tuple, n: int,
                      interval: tuple[float, float], row: pd.Series) -> None:
-        pred, calibrated, gold = choices
         expected = {name: 100 * v.mean() for name, v in metrics.items()}
         expected |= {"n": n, "ci_lo": interval[0], "ci_hi": interval[1], "ci_level": 0.95,
-                     "bootstrap_resamples": row["bootstrap_resamples"], "bootstrap_seed": row["bootstrap_seed"],
-                     "macro_f1": macro_f1(pred, gold), "macro_f1_calibrated": macro_f1(calibrated, gold)}
+                     "bootstrap_resamples": row["bootstrap_resamples"], "bootstrap_seed": row["bootstrap_seed"]}
+        if choices is not None:  # label tasks
+            pred, calibrated, gold = choices
+            expected |= {"macro_f1": macro_f1(pred, gold), "macro_f1_calibrated": macro_f1(calibrated, gold)}
         for key, value in scores.items():
             if key not in expected:
                 self.expect(i, f"{col}_scores", False, f"'{key}' has no independent recomputation here")
@@ -329,12 +386,28 @@ def test_every_number_of_a_committed_study_recomputes(study: Path):
 @pytest.mark.parametrize("study", STUDIES, ids=[p.name for p in STUDIES])
 def test_one_changed_gold_label_fails_the_recompute(study: Path, tmp_path):
     data = tmp_path / "data"
-    shutil.copytree(data_dir() / "xnli", data / "xnli")
-    first = pd.read_parquet(study / pd.read_parquet(study / "results.parquet").iloc[0]["zero_shot_predictions"])
+    results = pd.read_parquet(study / "results.parquet")
+    row = results.iloc[0]
+    first = pd.read_parquet(study / row["zero_shot_predictions"])
     k = int(first["id"].iloc[0].rsplit(":", 1)[1])  # an item the study scored
-    labels = (data / "xnli" / "xnli_test_labels.txt").read_text().split("\n")
-    labels[k] = LABELS[(LABELS.index(labels[k]) + 1) % 3]
-    (data / "xnli" / "xnli_test_labels.txt").write_text("\n".join(labels))
+    if row["task"] == "squad":
+        # One question's gold answers replaced: by the model's own answer where that scored below 1 (it now
+        # scores 1), else by words it did not say (it now scores 0).
+        shutil.copytree(data_dir() / "xquad", data / "xquad")
+        path = data / "xquad" / f"xquad.{row['language']}.json"
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        qas = [qa for article in raw["data"] for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+        wrong = first[(first["score"] < 1) & (first["prediction"].str.strip() != "")]
+        item = wrong.iloc[0] if len(wrong) else first.iloc[0]
+        k = int(item["id"].rsplit(":", 1)[1])
+        changed = item["prediction"] if len(wrong) else "qqq zzz"
+        qas[k]["answers"] = [{"text": changed, "answer_start": 0}]
+        path.write_text(json.dumps(raw, ensure_ascii=False), encoding="utf-8")
+    else:
+        shutil.copytree(data_dir() / "xnli", data / "xnli")
+        labels = (data / "xnli" / "xnli_test_labels.txt").read_text().split("\n")
+        labels[k] = LABELS[(LABELS.index(labels[k]) + 1) % 3]
+        (data / "xnli" / "xnli_test_labels.txt").write_text("\n".join(labels))
     check = Recompute(study, data, stop_at_first_problem=True)
     check.run()
     assert any("recomputed" in p for p in check.problems), check.problems[:5]
