@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--baseline", default="zero_shot")
     ap.add_argument("--effect", type=float, default=3.0)
     ap.add_argument("--comparisons", type=int, default=6, help="comparisons in the v2 table (Holm family)")
+    ap.add_argument("--items", default="500,1500,5010",
+                    help="test-set sizes to tabulate (XNLI test: 5,010; XQuAD's held-out articles: 558)")
     args = ap.parse_args()
 
     df = pd.read_parquet(args.run / "results.parquet")
@@ -88,7 +90,7 @@ def main() -> None:
           f"(Holm's first step):\n")
     print("| seeds S | test items N | SE | power | power at sigma_seed's upper end |\n|---|---|---|---|---|")
     for seeds_n in (3, 5, 8):
-        for items in (500, 1500, 5010):
+        for items in [int(x) for x in args.items.split(",")]:
             se = math.sqrt(var_seed / seeds_n + var_item / items + ms_res / (seeds_n * items))
             se_hi = math.sqrt(var_seed_hi / seeds_n + var_item / items + ms_res / (seeds_n * items))
             print(f"| {seeds_n} | {items} | {se:.2f} | {power(args.effect, se, alpha):.2f} | "
