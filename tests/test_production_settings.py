@@ -65,3 +65,14 @@ def test_docker_compose_file_validates(tmp_path):
     missing = subprocess.run(["docker-compose", "--env-file", str(tmp_path / "empty.env"), "config"], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "set it in .env" in missing.stderr  # secrets are never defaulted
+
+
+def test_deployed_demo_arms_share_one_step_budget():
+    """Issue 21's matched arms: every adapter the deployed demo compares trains for the same optimizer steps."""
+    from stt.config import RunConfig
+
+    definitions = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())["definitions"]
+    for name in ("demo_config", "fanout_config"):
+        config = RunConfig.model_validate(definitions[name])
+        assert config.train.max_steps == 4, name
+        assert config.controls.equal_steps is False, name
