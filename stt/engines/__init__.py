@@ -8,7 +8,7 @@ from typing import Any
 
 from stt import faults
 from stt.config import EngineConfig, GenerationParams
-from stt.engines.base import Completion, Engine, EngineStats, Request, Score
+from stt.engines.base import Completion, Engine, EngineStats, Request, Score, merges_adapter, resolved_dtype
 from stt.errors import ConfigError
 from stt.models import resolve_model
 
@@ -112,10 +112,9 @@ def engine_signature(engine_config: EngineConfig) -> dict[str, Any]:
         device = _auto_device()
     out: dict[str, Any] = {"kind": engine_config.kind, "dtype": engine_config.dtype, "device": device}
     if engine_config.kind == "transformers" and engine_config.adapter is not None:
-        # In fp32 the engine merges the adapter into the weights (transformers_engine.merges_adapter): the same
-        # function as peft's separate LoRA path to rounding, not the same bits.
-        fp32 = engine_config.dtype == "float32" or (engine_config.dtype == "auto" and device == "cpu")
-        out["lora"] = "merged" if fp32 else "applied"
+        # Merged into the weights (in fp32) is the same function as peft's separate LoRA path to rounding, not
+        # the same bits.
+        out["lora"] = "merged" if merges_adapter(resolved_dtype(engine_config.dtype, device)) else "applied"
     if engine_config.kind == "vllm-batch":
         out.update(load_format=engine_config.load_format, max_model_len=engine_config.max_model_len,
                    tensor_parallel_size=engine_config.tensor_parallel_size)

@@ -19,7 +19,16 @@ from pathlib import Path
 import torch
 
 from stt.config import EngineConfig, GenerationParams
-from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score, first_stop
+from stt.engines.base import (
+    Completion,
+    EngineStats,
+    ProgressFn,
+    Request,
+    Score,
+    first_stop,
+    merges_adapter,
+    resolved_dtype,
+)
 from stt.engines.tokenizer import TokenizerMethods
 from stt.models import ResolvedModel, hf_folder
 
@@ -31,13 +40,6 @@ MIN_PREFIX_TOKENS = 64
 
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def merges_adapter(dtype: torch.dtype) -> bool:
-    """Whether the engine merges a LoRA adapter into the weights: in fp32 (the CPU), where the merged weights
-    compute the adapter's function to rounding. A bf16 / fp16 sum would keep only part of a small adapter's
-    delta in the weights' few mantissa bits, so there peft applies it beside them."""
-    return dtype == torch.float32
 
 
 class TransformersEngine(TokenizerMethods):
@@ -57,8 +59,8 @@ class TransformersEngine(TokenizerMethods):
         self.stats = EngineStats()
         self.lock = threading.Lock()  # one generate at a time per loaded model
         self.device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = {"auto": torch.bfloat16 if self.device.startswith("cuda") else torch.float32,
-                 "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.dtype]
+        dtype_name = resolved_dtype(config.dtype, self.device)
+        dtype = getattr(torch, dtype_name)
         folder: Path = hf_folder(model)
         t0 = time.perf_counter()
         self.tokenizer = own_tokenizer(folder)
@@ -78,7 +80,7 @@ class TransformersEngine(TokenizerMethods):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
                 self.model = PeftModel.from_pretrained(self.model, self.adapter).eval()
-            if merges_adapter(dtype) if merge_adapter is None else merge_adapter:
+            if merges_adapter(dtype_name) if merge_adapter is None else merge_adapter:
                 # W + scale * B @ A once, in this engine's own copy of the weights (the adapter's files stay as
                 # they are): no LoRA matmuls beside every projection, 1.15x XNLI items/s on the CPU.
                 self.model = self.model.merge_and_unload()
