@@ -109,6 +109,12 @@ def two_level(values: np.ndarray, resamples: int, seed: int) -> tuple[float, flo
     return float(lo), float(hi), means
 
 
+def mc_error(means: np.ndarray, batches: int = 20) -> float:
+    """Monte Carlo standard error of a 95% interval end from `means` (batch means of the two quantiles)."""
+    ends = np.array([np.quantile(b, [0.025, 0.975]) for b in np.array_split(means, batches)])
+    return float(ends.std(axis=0, ddof=1).max() / np.sqrt(batches))
+
+
 def prior_matched(logprobs: np.ndarray, seed: int = 0) -> np.ndarray:
     """Calibrated choices: biases b with mean softmax(x + b) = 1/3, found as the minimum of the convex
     G(b) = mean_i logsumexp(x_i + b) - mean_k b_k (its gradient is mean softmax - 1/3; scipy's BFGS), fitted on
@@ -272,8 +278,12 @@ class Recompute:
             lo, hi, _ = bootstrap(values[0], resamples, seed)
             tol = 0.06
         else:
-            lo, hi, _ = two_level(values, resamples, seed)
-            tol = 0.4
+            lo, hi, means = two_level(values, resamples, seed)
+            # Two independent Monte Carlo streams: the ends agree within their error, which grows with the
+            # spread of per-item scores (QA F1 spreads far more than accuracy) and is lumpy with few seeds.
+            # Its size from 20 batches of this stream's own resamples; a wrong scheme (items drawn per seed,
+            # seeds not resampled) moves an end by several points, far outside it.
+            tol = max(0.4, 6 * mc_error(means))
             per_seed = values.mean(axis=1)
             self.expect(i, f"{col}_per_seed", json.loads(row[f"{col}_per_seed"]) == pytest.approx(per_seed, abs=0.006),
                         f"per seed {row[f'{col}_per_seed']} vs {per_seed.round(2)}")
