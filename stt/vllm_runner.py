@@ -15,6 +15,7 @@ the runner exits non-zero with one line `stt-runner-error: <message>` on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -43,7 +44,10 @@ def llm_kwargs(settings: dict[str, Any], loras: list[str]) -> dict[str, Any]:
         gpu_memory_utilization=settings.get("gpu_memory_utilization", 0.9),
         max_model_len=settings.get("max_model_len"), load_format=settings.get("load_format", "auto"),
         enable_prefix_caching=True,  # the few-shot demonstrations are a prefix shared by every prompt
-        enable_lora=bool(loras), max_lora_rank=settings.get("max_lora_rank", 64), max_loras=max(1, len(loras)),
+        # One adapter per generate call (run_vllm), so one LoRA slot; served runners enable LoRA from the
+        # start, so an adapter's evaluation reuses the loaded base model.
+        enable_lora=bool(loras) or bool(settings.get("enable_lora")),
+        max_lora_rank=settings.get("max_lora_rank", 64), max_loras=1,
         seed=settings.get("seed", 0),
     )
 
@@ -63,13 +67,36 @@ def lora_request_args(loras: list[str]) -> dict[str, tuple[str, int, str]]:
     return {path: (f"adapter-{i}", i + 1, path) for i, path in enumerate(loras)}
 
 
-def run_vllm(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[str, Any]]:
-    from vllm import LLM, SamplingParams
+def cpu_defaults() -> None:
+    """vLLM's CPU build reads its KV cache size and thread binding from the environment. Defaults that fit
+    a small CPU host (the caller's own values win): 2 GiB of KV cache, and no binding of OpenMP threads to
+    cores (the default binds to every core, outside the share of the cores the caller's affinity gives)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
-    loras = sorted({r["lora"] for r in rows if r.get("lora")})
+
+def build_llm(settings: dict[str, Any], loras: list[str]) -> Any:
+    from vllm import LLM
+
     t_load = time.perf_counter()
     llm = LLM(**llm_kwargs(settings, loras))
     TIMES["load_seconds"] = time.perf_counter() - t_load
+    return llm
+
+
+def run_vllm(rows: list[dict[str, Any]], settings: dict[str, Any], llm: Any = None) -> list[dict[str, Any]]:
+    """Every request of `rows` on one loaded `LLM` (built here when not given).
+
+    One `generate` call per adapter (the base model is one more group), never base and adapter requests in
+    one call: with vLLM 0.32's CPU build, a base request batched with a LoRA request on the same prompt
+    decoded the adapter's continuation (its prompt scores were unchanged). Grouping costs one batch per
+    adapter; the pipeline sends one adapter per call anyway.
+    """
+    from vllm import SamplingParams
+
+    loras = sorted({r["lora"] for r in rows if r.get("lora")})
+    if llm is None:
+        llm = build_llm(settings, loras)
     t_gen = time.perf_counter()
     lora_requests: dict[str, Any] = {}
     if loras:
@@ -77,40 +104,38 @@ def run_vllm(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[
 
         lora_requests = {path: LoRARequest(*args) for path, args in lora_request_args(loras).items()}
     out: list[dict[str, Any] | None] = [None] * len(rows)
-    gen_idx = [i for i, r in enumerate(rows) if r["kind"] == "generate"]
-    if gen_idx:
-        params = [SamplingParams(**generate_params(settings, rows[i])) for i in gen_idx]
-        # One call for the whole shard: vLLM schedules the batch itself.
-        results = llm.generate([rows[i]["prompt"] for i in gen_idx], params, use_tqdm=False,
-                               lora_request=[lora_requests.get(rows[i].get("lora")) for i in gen_idx]
-                               if loras else None)
-        for i, res in zip(gen_idx, results, strict=True):
-            c = res.outputs[0]
-            out[i] = {"text": c.text, "prompt_tokens": len(res.prompt_token_ids),
-                      "completion_tokens": len(c.token_ids),
-                      "finish_reason": "length" if c.finish_reason == "length" else "stop",
-                      "logprob": None, "score_tokens": None, "is_greedy": None}
-    score_idx = [i for i, r in enumerate(rows) if r["kind"] == "score"]
-    if score_idx:
-        tok = llm.get_tokenizer()
-        params = SamplingParams(**SCORE_PARAMS)
-        results = llm.generate([rows[i]["prompt"] + rows[i]["continuation"] for i in score_idx], params,
-                               use_tqdm=False, lora_request=[lora_requests.get(rows[i].get("lora"))
-                                                             for i in score_idx] if loras else None)
-        for i, res in zip(score_idx, results, strict=True):
-            ids = res.prompt_token_ids
-            # The caller sends how many trailing tokens are the continuation (stt's shared split); the
-            # context-alone count is the fallback for callers that do not.
-            k = rows[i].get("score_tokens")
-            n_ctx = len(ids) - int(k) if k else len(tok(rows[i]["prompt"])["input_ids"])
-            total, greedy = 0.0, True
-            for pos in range(n_ctx, len(ids)):
-                entry = res.prompt_logprobs[pos] or {}
-                lp = entry[ids[pos]]
-                total += lp.logprob
-                greedy &= lp.rank == 1
-            out[i] = {"text": "", "prompt_tokens": len(ids), "completion_tokens": 0, "finish_reason": "score",
-                      "logprob": total, "score_tokens": len(ids) - n_ctx, "is_greedy": greedy}
+    for lora in [""] + loras:
+        lora_request = lora_requests.get(lora)
+        gen_idx = [i for i, r in enumerate(rows) if r["kind"] == "generate" and (r.get("lora") or "") == lora]
+        if gen_idx:
+            params = [SamplingParams(**generate_params(settings, rows[i])) for i in gen_idx]
+            # One call for the group: vLLM schedules the batch itself (prefix caching shares the few-shot part).
+            results = llm.generate([rows[i]["prompt"] for i in gen_idx], params, use_tqdm=False,
+                                   lora_request=lora_request)
+            for i, res in zip(gen_idx, results, strict=True):
+                c = res.outputs[0]
+                out[i] = {"text": c.text, "prompt_tokens": len(res.prompt_token_ids),
+                          "completion_tokens": len(c.token_ids),
+                          "finish_reason": "length" if c.finish_reason == "length" else "stop",
+                          "logprob": None, "score_tokens": None, "is_greedy": None}
+        score_idx = [i for i, r in enumerate(rows) if r["kind"] == "score" and (r.get("lora") or "") == lora]
+        if score_idx:
+            tok = llm.get_tokenizer()
+            results = llm.generate([rows[i]["prompt"] + rows[i]["continuation"] for i in score_idx],
+                                   SamplingParams(**SCORE_PARAMS), use_tqdm=False, lora_request=lora_request)
+            for i, res in zip(score_idx, results, strict=True):
+                ids = res.prompt_token_ids
+                # The caller sends how many trailing tokens are the continuation (stt's shared split); the
+                # context-alone count is the fallback for callers that do not.
+                k = rows[i].get("score_tokens")
+                n_ctx = len(ids) - int(k) if k else len(tok(rows[i]["prompt"])["input_ids"])
+                total, greedy = 0.0, True
+                for pos in range(n_ctx, len(ids)):
+                    lp = (res.prompt_logprobs[pos] or {})[ids[pos]]
+                    total += lp.logprob
+                    greedy &= lp.rank == 1
+                out[i] = {"text": "", "prompt_tokens": len(ids), "completion_tokens": 0, "finish_reason": "score",
+                          "logprob": total, "score_tokens": len(ids) - n_ctx, "is_greedy": greedy}
     TIMES["generate_seconds"] = time.perf_counter() - t_gen
     return [o for o in out if o is not None]
 
@@ -198,12 +223,92 @@ def run_transformers(rows: list[dict[str, Any]], settings: dict[str, Any]) -> li
     return [o for o in out if o is not None]
 
 
+def serve(settings: dict[str, Any], backend: str) -> int:
+    """Serve calls until stdin closes: load the model once, then answer every call on it.
+
+    Protocol (one JSON object per line): the caller writes {"id", "input", "output", "fault"} on stdin; the
+    runner answers {"id": 0, "ready": true, ...} once loaded, then per call {"id", "ok": true, "timings"} or
+    {"id", "error"} on its reply channel (the stdout it started with; vLLM's own prints go to stderr). Every
+    answer carries the id of the call it answers, so a caller never takes another call's answer.
+
+    The runner leads its own process group (its caller starts it so) with vLLM's engine-core and worker
+    processes in it. When its caller dies (stdin reaches EOF, or the parent-death signal arrives) it kills
+    that whole group, so no vLLM process outlives the job that started it.
+    """
+    import queue
+    import signal
+    import threading
+
+    replies = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)  # everything else printed goes to the log, never into the reply channel
+
+    def end_group(*_: Any) -> None:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, end_group)
+    _parent_death_signal(signal.SIGTERM)
+    calls: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def read_calls() -> None:  # a thread: EOF (the caller is gone) ends the group even during a long call
+        for line in sys.stdin:
+            if line.strip():
+                calls.put(json.loads(line))
+        end_group()
+
+    threading.Thread(target=read_calls, daemon=True).start()
+
+    def reply(message: dict[str, Any]) -> None:
+        replies.write(json.dumps(message) + "\n")
+
+    if backend == "vllm":
+        cpu_defaults()
+        llm = build_llm(settings, [])
+    reply({"id": 0, "ready": True, "load_seconds": TIMES.get("load_seconds", 0.0), "pid": os.getpid()})
+    while True:
+        call = calls.get()
+        try:
+            if call.get("fault") == "hang":  # reliability drills: a call that never answers
+                while True:
+                    time.sleep(3600)
+            rows = pq.read_table(call["input"]).to_pylist()
+            t0 = time.perf_counter()
+            out = run_vllm(rows, settings, llm) if backend == "vllm" else run_transformers(rows, settings)
+            _write(out, len(rows), call["output"], backend, t0)
+            reply({"id": call["id"], "ok": True, "timings": dict(TIMES)})
+        except Exception as exc:  # noqa: BLE001 - the caller raises it with this message
+            reply({"id": call["id"], "error": f"{type(exc).__name__}: {exc}"})
+
+
+def _parent_death_signal(sig: int) -> None:
+    """Ask Linux to send `sig` when the caller dies (SIGKILLed included); elsewhere stdin's EOF does it."""
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the caller died before the request: nobody is left to serve
+            os.killpg(os.getpgrp(), 9)
+
+
+def _write(out: list[dict[str, Any]], n: int, path: str, backend: str, t0: float) -> None:
+    if len(out) != n:
+        raise RuntimeError(f"{len(out)} results for {n} requests")
+    meta = {"stt.seconds": f"{time.perf_counter() - t0:.3f}", "stt.backend": backend}
+    meta.update({f"stt.{k}": f"{v:.3f}" for k, v in TIMES.items()})
+    table = pa.Table.from_pylist(out, schema=OUT_SCHEMA).replace_schema_metadata(meta)
+    tmp = path + ".tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="stt batch runner: Parquet prompts -> Parquet completions")
     ap.add_argument("--input")
     ap.add_argument("--output")
     ap.add_argument("--settings")
     ap.add_argument("--backend", choices=("vllm", "transformers"), default="vllm")
+    ap.add_argument("--serve", action="store_true", help="load once, then answer calls from stdin (see serve)")
     ap.add_argument("--check-api", action="store_true",
                     help="build the runner's vLLM objects without a GPU; print a JSON report; exit 1 on a mismatch")
     args = ap.parse_args(argv)
@@ -212,6 +317,14 @@ def main(argv: list[str] | None = None) -> int:
         report = check_api(settings)
         print(json.dumps(report, indent=1))
         return 1 if report["problems"] else 0
+    if args.serve:
+        if not args.settings:
+            ap.error("--serve needs --settings")
+        try:
+            return serve(json.loads(Path(args.settings).read_text(encoding="utf-8")), args.backend)
+        except Exception as exc:  # noqa: BLE001 - the load failed: the caller shows this line
+            print(f"stt-runner-error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
     if not (args.input and args.output and args.settings):
         ap.error("--input, --output and --settings are required")
     try:
@@ -221,15 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             raise ValueError(f"{args.input}: missing columns {sorted(missing)}")
         t0 = time.perf_counter()
+        if args.backend == "vllm":
+            cpu_defaults()
         out = (run_vllm if args.backend == "vllm" else run_transformers)(rows, settings)
-        if len(out) != len(rows):
-            raise RuntimeError(f"{len(out)} results for {len(rows)} requests")
-        meta = {"stt.seconds": f"{time.perf_counter() - t0:.3f}", "stt.backend": args.backend}
-        meta.update({f"stt.{k}": f"{v:.3f}" for k, v in TIMES.items()})
-        table = pa.Table.from_pylist(out, schema=OUT_SCHEMA).replace_schema_metadata(meta)
-        tmp = args.output + ".tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, args.output)
+        _write(out, len(rows), args.output, args.backend, t0)
     except Exception as exc:  # noqa: BLE001 - the parent process shows this one line to the user
         print(f"stt-runner-error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

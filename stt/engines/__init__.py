@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,8 @@ def release_engines(keep: EngineConfig | None = None) -> None:
         close = getattr(engine, "close", None)
         if close is not None:
             close()
+    if "stt.engines.vllm_batch" in sys.modules:  # the vLLM runner outlives its engines while a job can use it
+        sys.modules["stt.engines.vllm_batch"].keep_runner(keep)
     if released:  # a full collection costs ~0.3 s: only when a model was actually let go
         give_memory_back()
 
@@ -116,7 +119,9 @@ def engine_signature(engine_config: EngineConfig) -> dict[str, Any]:
         # the same bits.
         out["lora"] = "merged" if merges_adapter(resolved_dtype(engine_config.dtype, device)) else "applied"
     if engine_config.kind == "vllm-batch":
-        out.update(load_format=engine_config.load_format, max_model_len=engine_config.max_model_len,
+        from stt.engines.vllm_batch import vllm_dtype
+
+        out.update(dtype=vllm_dtype(engine_config), load_format=engine_config.load_format, max_model_len=engine_config.max_model_len,
                    tensor_parallel_size=engine_config.tensor_parallel_size)
     if engine_config.kind == "openai":
         out.update(served_model=engine_config.served_model)
@@ -138,8 +143,6 @@ def generator_signature(engine_config: EngineConfig) -> dict[str, Any]:
 def _auto_device() -> str:
     """What device="auto" resolves to in torch. Without a GPU driver on the machine torch cannot see a
     GPU, so the answer is known without importing torch (seconds, on every cached stage of a rerun)."""
-    import sys
-
     if "torch" not in sys.modules and not any(Path(p).exists() for p in ("/proc/driver/nvidia", "/dev/kfd")):
         return "cpu"
     import torch

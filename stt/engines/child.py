@@ -63,6 +63,11 @@ def deadline(seconds: float | None) -> Iterator[None]:
         _DEADLINE.reset(token)
 
 
+def current_deadline() -> float | None:
+    """The `time.monotonic()` by which this context's model calls must answer (None: no limit)."""
+    return _DEADLINE.get()
+
+
 def _serve(conn: Any) -> None:
     """The child's main: load the engine it is asked for (letting the previous one go), answer calls, until
     the parent closes the pipe."""

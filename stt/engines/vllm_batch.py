@@ -1,19 +1,32 @@
-"""Engine that runs offline `vllm.LLM.generate` in the vLLM environment, one subprocess per call.
+"""Engine that runs offline `vllm.LLM.generate` in the vLLM environment, in a runner process it supervises.
 
-vLLM and Prefect cannot share one Python environment (pinned fastapi / torch / transformers), so
-this process writes the requests to Parquet, runs `stt/vllm_runner.py` with the vLLM environment's
-Python, and reads the completions back. One call is one shard: vLLM schedules the whole batch itself
-(prefix caching on, for the shared few-shot prefix), and its GPU memory is freed when the subprocess
-exits (vLLM does not give it back inside a process).
+vLLM and Prefect cannot share one Python environment (pinned fastapi / torch / transformers), so this
+process writes the requests to Parquet, hands them to `stt/vllm_runner.py --serve` running in the vLLM
+environment's Python, and reads the completions back. The runner loads the base model once (LoRA enabled)
+and answers every call of the jobs that follow, each adapter by path: one vLLM start per stage on a host,
+not one per job. It is let go (and its memory, GPU memory included, with it) when a job needs no vLLM model
+of these settings, e.g. before fine-tuning.
+
+Supervised like the child engines: the runner leads its own process group (vLLM's engine-core and worker
+processes are in it); a call that outlasts the job's deadline, or is interrupted, kills the whole group and
+fails with `EngineHung`, which the runners retry; a runner that dies fails the call with `EngineDied`, its
+exit status and the end of its log. If this process dies, the runner sees its stdin close (and the
+parent-death signal) and kills its group itself.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import logging
 import os
+import select
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,9 +37,12 @@ import pyarrow.parquet as pq
 
 from stt.config import EngineConfig, GenerationParams
 from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score, first_stop
+from stt.engines.child import LOAD_TIMEOUT_S, POLL_S, EngineDied, EngineHung, current_deadline
 from stt.engines.tokenizer import LocalTokenizer
 from stt.errors import ConfigError
 from stt.models import ResolvedModel, hf_folder
+
+log = logging.getLogger(__name__)
 
 RUNNER = Path(__file__).resolve().parents[1] / "vllm_runner.py"
 
@@ -48,6 +64,16 @@ def vllm_python(config: EngineConfig) -> str:
     if not (Path(python).is_file() or shutil.which(python)):
         raise ConfigError(f"vLLM python '{python}' not found: run scripts/setup-vllm.sh or fix STT_VLLM_PYTHON")
     return python
+
+
+def vllm_dtype(config: EngineConfig) -> str:
+    """The dtype vLLM runs in: "auto" is float32 on a CPU host (the parity reference, and on CPUs without
+    native bf16 about 3x bf16's speed) and the model's own dtype (bf16 for Gemma 3) on a GPU."""
+    if config.dtype != "auto":
+        return config.dtype
+    from stt.engines import _auto_device
+
+    return "float32" if _auto_device() == "cpu" else "auto"
 
 
 class VLLMBatchEngine(LocalTokenizer):
@@ -103,7 +129,7 @@ class VLLMBatchEngine(LocalTokenizer):
     # -- the subprocess contract --------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
         c, g = self.config, self.generation
-        return {"model": self.model_path, "dtype": "auto" if c.dtype == "auto" else c.dtype,
+        return {"model": self.model_path, "dtype": vllm_dtype(c), "enable_lora": True,
                 "tensor_parallel_size": c.tensor_parallel_size, "gpu_memory_utilization": c.gpu_memory_utilization,
                 "max_model_len": c.max_model_len, "load_format": c.load_format, "max_lora_rank": c.max_lora_rank,
                 "temperature": g.temperature, "top_p": g.top_p, "seed": g.seed, "batch_size": c.batch_size}
@@ -112,25 +138,30 @@ class VLLMBatchEngine(LocalTokenizer):
         if not rows:
             return []
         with tempfile.TemporaryDirectory(prefix="stt-vllm-") as tmp:
-            inp, out, settings = Path(tmp) / "in.parquet", Path(tmp) / "out.parquet", Path(tmp) / "settings.json"
+            inp, out = Path(tmp) / "in.parquet", Path(tmp) / "out.parquet"
             pq.write_table(pa.Table.from_pylist(rows, schema=IN_SCHEMA), inp)
-            settings.write_text(json.dumps(self.settings()))
-            # -P: do not put stt/ itself on sys.path (its module names would shadow packages).
-            cmd = [self.python, "-P", str(RUNNER), "--input", str(inp), "--output", str(out), "--settings",
-                   str(settings), "--backend", self.backend]
             t0 = time.perf_counter()
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            self.last_timings = _call(self, inp, out)
             self.last_runner_seconds = time.perf_counter() - t0
-            if done.returncode != 0:
-                lines = [ln for ln in done.stderr.splitlines() if ln.startswith("stt-runner-error:")]
-                message = lines[-1].removeprefix("stt-runner-error:").strip() if lines else \
-                    (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-                raise RunnerError(f"vLLM batch runner failed (exit {done.returncode}): {message}")
-            table = pq.read_table(out)
-            meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-            self.last_timings = {k.removeprefix("stt."): float(v) for k, v in meta.items()
-                                 if k.endswith("seconds")}
-            return table.to_pylist()
+            return pq.read_table(out).to_pylist()
+
+    @property
+    def _who(self) -> str:
+        return f"vLLM runner ({self.model_id}{'+' + self.adapter if self.adapter else ''})"
+
+    @property
+    def runner_key(self) -> str:
+        """The runner this engine calls: the same for every adapter of one base model and its settings."""
+        return json.dumps([self.python, self.backend, host_key(self.config)])
+
+    @property
+    def pid(self) -> int | None:
+        """The runner process serving this engine's settings, while one runs."""
+        runner = _HOST.runner
+        return runner.process.pid if runner is not None and runner.key == self.runner_key else None
+
+    def close(self) -> None:
+        """Nothing to let go here: the runner is shared by the engines of every adapter (see keep_runner)."""
 
     def _count(self, completions: list[Completion], t0: float) -> None:
         self.stats.calls += 1
@@ -139,3 +170,154 @@ class VLLMBatchEngine(LocalTokenizer):
         self.stats.completion_tokens += sum(c.completion_tokens for c in completions)
         self.stats.seconds += time.perf_counter() - t0
 
+
+
+# -- the runner process ---------------------------------------------------------------------------------
+class _Runner:
+    """One `vllm_runner.py --serve` process: its own process group, calls and answers tagged by id."""
+
+    def __init__(self, key: str, python: str, backend: str, settings: dict[str, Any], who: str):
+        self.key = key
+        folder = Path(tempfile.mkdtemp(prefix="stt-vllm-runner-"))
+        (folder / "settings.json").write_text(json.dumps(settings))
+        self.log_path = folder / "runner.log"
+        # -P: do not put stt/ itself on sys.path (its module names would shadow packages).
+        cmd = [python, "-P", str(RUNNER), "--serve", "--settings", str(folder / "settings.json"),
+               "--backend", backend]
+        with open(self.log_path, "wb") as log_file:
+            # start_new_session: the runner leads a process group that holds vLLM's own processes too, so
+            # one killpg ends them all.
+            self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file,
+                                            start_new_session=True)
+        self.ids = itertools.count(1)
+        self.buffer = b""
+        t0 = time.monotonic()
+        ready = self.answer(0, time.monotonic() + LOAD_TIMEOUT_S, f"loading the model ({who})")
+        log.info("vLLM runner %d loaded %s in %.1fs (vLLM's own load %.1fs)", self.process.pid, settings["model"],
+                 time.monotonic() - t0, ready.get("load_seconds", 0.0))
+
+    def call(self, inp: Path, out: Path, deadline: float | None, who: str) -> dict[str, float]:
+        call_id = next(self.ids)
+        message = {"id": call_id, "input": str(inp), "output": str(out), "fault": os.environ.get("STT_VLLM_FAULT", "")}
+        try:
+            self.process.stdin.write((json.dumps(message) + "\n").encode())
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it died: answer() reports how
+        reply = self.answer(call_id, deadline, who)
+        if "error" in reply:
+            raise RunnerError(f"vLLM batch runner failed: {reply['error']}")
+        return {k: float(v) for k, v in reply.get("timings", {}).items()}
+
+    def answer(self, call_id: int, deadline: float | None, doing: str) -> dict[str, Any]:
+        """The answer tagged `call_id`; kills the group at the deadline, when interrupted, or on a lost runner."""
+        try:
+            while True:
+                line = self._line(deadline, doing)
+                message = json.loads(line)
+                if message.get("id") == call_id:
+                    return message
+                # An answer to an earlier call (its caller was interrupted): not this call's.
+        except (EngineHung, EngineDied):
+            raise
+        except BaseException:
+            self.kill()  # interrupted (a Prefect timeout, Ctrl-C): the runner is busy with a call nobody reads
+            raise
+
+    def _line(self, deadline: float | None, doing: str) -> bytes:
+        fd = self.process.stdout.fileno()
+        while b"\n" not in self.buffer:
+            if deadline is not None and time.monotonic() > deadline:
+                pid = self.process.pid
+                self.kill()
+                raise EngineHung(f"the vLLM runner (process {pid}) did not answer while {doing} before its "
+                                 f"deadline; its process group was killed (log: {self.log_path})")
+            ready, _, _ = select.select([fd], [], [], POLL_S)
+            chunk = os.read(fd, 65536) if ready else None
+            if chunk == b"" or (chunk is None and self.process.poll() is not None):
+                code = self.process.wait()
+                self.kill()
+                raise EngineDied(f"the vLLM runner ended with exit code {code} while {doing}"
+                                 f"{' (killed by signal ' + str(-code) + ')' if code < 0 else ''}: "
+                                 f"{self.last_error()} (log: {self.log_path})")
+            self.buffer += chunk or b""
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line
+
+    def last_error(self) -> str:
+        try:
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        marked = [ln for ln in lines if ln.startswith("stt-runner-error:")]
+        if marked:
+            return marked[-1].removeprefix("stt-runner-error:").strip()
+        return (lines or ["(no output)"])[-1].strip()
+
+    def kill(self) -> None:
+        """End the runner and every process of its group (vLLM's engine core and workers)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=30)
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+class _Host:
+    """This process's one vLLM runner (one model in memory at a time), shared by every engine of the same
+    settings whatever their adapter; calls queue for it one at a time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.runner: _Runner | None = None
+
+    def stop(self) -> None:
+        with self.lock:
+            runner, self.runner = self.runner, None
+        if runner is not None:
+            runner.kill()
+
+
+_HOST = _Host()
+
+
+def _call(engine: VLLMBatchEngine, inp: Path, out: Path) -> dict[str, float]:
+    key = engine.runner_key
+    with _HOST.lock:
+        if _HOST.runner is not None and _HOST.runner.key != key:
+            _HOST.runner.kill()  # other settings: one model at a time
+            _HOST.runner = None
+        if _HOST.runner is None or _HOST.runner.process.poll() is not None:
+            _HOST.runner = _Runner(key, engine.python, engine.backend, engine.settings(), engine._who)
+        runner = _HOST.runner
+        try:
+            return runner.call(inp, out, current_deadline(), engine._who)
+        except (EngineHung, EngineDied):
+            _HOST.runner = None  # killed: the next call (a retry) starts a fresh one
+            raise
+        except BaseException:
+            if runner.process.poll() is not None:
+                _HOST.runner = None
+            raise
+
+
+def host_key(config: EngineConfig) -> str:
+    """The runner an engine config uses: the same for every adapter of one base model and its settings."""
+    return config.model_copy(update={"adapter": None, "batch_size": 1}).model_dump_json()
+
+
+def keep_runner(keep: EngineConfig | None) -> None:
+    """Before a job: let the runner go unless the job's engine (`keep`) runs on the same base model and
+    settings (an adapter's evaluation after the base model's keeps it)."""
+    runner = _HOST.runner
+    if runner is None:
+        return
+    if keep is None or keep.kind != "vllm-batch" or json.loads(runner.key)[2] != host_key(keep):
+        stop_runner()
+
+
+def stop_runner() -> None:
+    """End this process's vLLM runner, if one runs (the next call starts a fresh one)."""
+    _HOST.stop()

@@ -29,6 +29,12 @@ def say_once_how_timeouts_end(logger: logging.Logger | logging.LoggerAdapter, en
 
 
 def timeout_note(engine: EngineConfig) -> str:
+    if engine.kind == "vllm-batch":
+        return ("model jobs call vLLM in its runner's process group: a job's timeout kills the runner with vLLM's "
+                "engine-core and worker processes, a call stuck in native code included, and the job is retried")
+    if engine.kind == "openai":
+        return ("model jobs call an endpoint: a request is ended by engine.timeout_s and retried "
+                "(engine.max_retries); the server's own processes are the server's")
     if engine.process == "child":
         return ("model jobs run their engine in a child process: a job's timeout ends it, a call stuck in native "
                 "code included, and the job is retried")
