@@ -62,9 +62,33 @@ def generate_params(settings: dict[str, Any], row: dict[str, Any]) -> dict[str, 
 SCORE_PARAMS: dict[str, Any] = dict(max_tokens=1, prompt_logprobs=0, temperature=0.0)
 
 
+# vLLM caches a loaded adapter by its integer id for the engine's lifetime, so an id must name one adapter's
+# weights for as long as the runner serves: ids are handed out per (folder, weights' sha256), never reused.
+# (Numbering the adapters of each call from 1 made a served runner answer a second adapter with the first.)
+_LORA_IDS: dict[tuple[str, str], int] = {}
+
+
 def lora_request_args(loras: list[str]) -> dict[str, tuple[str, int, str]]:
-    """`vllm.lora.request.LoRARequest(name, int_id, path)` per adapter path (ids start at 1)."""
-    return {path: (f"adapter-{i}", i + 1, path) for i, path in enumerate(loras)}
+    """`vllm.lora.request.LoRARequest(name, int_id, path)` per adapter path, stable for this process."""
+    out = {}
+    for path in loras:
+        key = (path, _weights_sha256(path))
+        int_id = _LORA_IDS.setdefault(key, len(_LORA_IDS) + 1)
+        out[path] = (f"adapter-{int_id}", int_id, path)
+    return out
+
+
+def _weights_sha256(path: str) -> str:
+    import hashlib
+
+    weights = Path(path) / "adapter_model.safetensors"
+    if not weights.is_file():
+        return ""
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def cpu_defaults() -> None:

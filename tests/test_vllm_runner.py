@@ -48,7 +48,7 @@ def test_runner_scores_continuations():
 
 
 def test_runner_errors_surface_with_the_runners_message():
-    with pytest.raises(RunnerError, match=r"vLLM batch runner failed \(exit 1\): ConfigError: unknown model "
+    with pytest.raises(RunnerError, match=r"vLLM batch runner failed: ConfigError: unknown model "
                                           r"'no-such-model'"):
         _runner_engine("no-such-model").generate([Request("Hello", 4, ())])
 

@@ -121,8 +121,8 @@ def engine_signature(engine_config: EngineConfig) -> dict[str, Any]:
     if engine_config.kind == "vllm-batch":
         from stt.engines.vllm_batch import vllm_dtype
 
-        out.update(dtype=vllm_dtype(engine_config), load_format=engine_config.load_format, max_model_len=engine_config.max_model_len,
-                   tensor_parallel_size=engine_config.tensor_parallel_size)
+        out.update(dtype=vllm_dtype(engine_config), load_format=engine_config.load_format,
+                   max_model_len=engine_config.max_model_len, tensor_parallel_size=engine_config.tensor_parallel_size)
     if engine_config.kind == "openai":
         out.update(served_model=engine_config.served_model)
     return out

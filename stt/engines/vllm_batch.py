@@ -152,7 +152,8 @@ class VLLMBatchEngine(LocalTokenizer):
     @property
     def runner_key(self) -> str:
         """The runner this engine calls: the same for every adapter of one base model and its settings."""
-        return json.dumps([self.python, self.backend, host_key(self.config)])
+        settings = {k: v for k, v in self.settings().items() if k != "batch_size"}
+        return json.dumps([self.python, self.backend, host_key(self.config), settings], sort_keys=True)
 
     @property
     def pid(self) -> int | None:
