@@ -4,8 +4,16 @@
 # GSM8K examples into German and Thai, fine-tune zero-shot and Self-Translate-Train LoRA adapters,
 # evaluate on MGSM, report. Rerunning resumes: finished stages are reused.
 # Extra arguments go to `stt run`, e.g. `bash scripts/demo.sh --set eval.limit=20`.
+# `bash scripts/demo.sh --vllm` runs the same demo on vLLM (configs/demo-vllm.yaml), setting up .venv-vllm once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+config=configs/demo.yaml
+if [ "${1:-}" = "--vllm" ]; then
+  shift
+  config=configs/demo-vllm.yaml
+  bash scripts/setup-vllm.sh
+  export STT_VLLM_PYTHON=${STT_VLLM_PYTHON:-$PWD/.venv-vllm/bin/python}
+fi
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 mkdir -p runs
@@ -23,4 +31,4 @@ if [ -z "${PREFECT_API_URL:-}" ]; then
   fi
   echo "Prefect UI: http://127.0.0.1:4200  (stop the server: kill \$(cat runs/prefect-server.pid))"
 fi
-.venv/bin/stt run --config configs/demo.yaml "$@"
+.venv/bin/stt run --config "$config" "$@"

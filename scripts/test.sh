@@ -19,6 +19,8 @@ PYTEST=(.venv/bin/python -m pytest -q --durations=15)
 if [[ " $* " != *" --full "* ]]; then
   exec "${PYTEST[@]}" -n 2 --dist loadgroup --no-loadscope-reorder "$@"
 fi
+# The full tier needs the vLLM environment too (tests/test_vllm_engine.py): built once, then a stamp skips it.
+bash scripts/setup-vllm.sh
 # The full tier: the service-stack tests (one PostgreSQL + Prefect server + workers stack for all of them) spend
 # minutes waiting on heartbeats, restarts and workers, so they run in a third process beside the two that run
 # everything else; their output follows the others'.

@@ -19,7 +19,8 @@ class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # transformers: in-process (CPU or one GPU); llama-cpp: in-process on the GGUF weights (fastest on a
-    # CPU); vllm-batch: offline vllm.LLM.generate in the vLLM environment's Python (a subprocess per call);
+    # CPU); vllm-batch: offline vllm.LLM.generate in the vLLM environment's Python (one runner process that
+    # loads the base model once and serves every adapter by path; stt/engines/vllm_batch.py);
     # openai: a /v1/completions endpoint (vllm serve).
     kind: Literal["transformers", "llama-cpp", "vllm-batch", "openai"] = "transformers"
     model: str = "gemma3-270m"

@@ -149,7 +149,7 @@ def pytest_collection_modifyitems(config, items):
 
 # The slowest files, slowest first (process-seconds per file, measured in both tiers on 2 cores, 2026-11-30):
 # handed out longest first, the two processes end close together.
-SLOW_FIRST = ["test_kill_resume.py", "test_self_translate_train_flow.py", "test_stage_keys.py",
+SLOW_FIRST = ["test_vllm_engine.py", "test_kill_resume.py", "test_self_translate_train_flow.py", "test_stage_keys.py",
               "test_llamacpp_engine.py", "test_faults.py", "test_child_engine.py", "test_declared_task.py",
               "test_vllm_runner.py", "test_openai_engine.py", "test_engine.py", "test_translate_flow.py",
               "test_stage_key_table.py", "test_disk_full.py", "test_round_trip.py", "test_study_recompute.py",

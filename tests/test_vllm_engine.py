@@ -210,6 +210,25 @@ def test_base_and_adapter_requests_in_one_call_are_each_exact(translation_reques
     assert [c.text for c in alone[""]] != [c.text for c in alone[str(adapters["full"])]]  # they differ
 
 
+@pytest.mark.parametrize("task", ["gsm8k", "xquad"])
+def test_math_and_qa_evaluation_with_an_adapter_run_through_the_runner(task, adapters):
+    """The tasks' own evaluation code (prompts, stops, answer extraction) on the runner with an adapter, against
+    transformers with the same adapter: the same parsed answers where the greedy outputs agree."""
+    from stt.config import EvalConfig
+    from stt.specs import get_task
+
+    spec = get_task(task)
+    items = spec.test_items(DATA, "de")[:4]
+    config = EvalConfig(limit=4, batch_size=4, max_new_tokens_math=48, max_new_tokens_qa=24)
+    rows = {kind: spec.eval_rows(get_engine(make(adapter=adapters["full"])), items, config, "de")
+            for kind, make in (("vllm", vllm_config), ("tf", tf_config))}
+    same = [v["output"] == t["output"] for v, t in zip(rows["vllm"], rows["tf"], strict=True)]
+    print(f"\n{task}: identical greedy outputs with the adapter, vLLM vs transformers: {sum(same)} of {len(same)}")
+    assert sum(same) >= len(same) // 2
+    assert all(v["prediction"] == t["prediction"] for v, t, s in zip(rows["vllm"], rows["tf"], same, strict=True) if s)
+    assert all(v["completion_tokens"] > 0 for v in rows["vllm"])
+
+
 # -- supervision -------------------------------------------------------------------------------------
 
 

@@ -1,11 +1,11 @@
-"""vLLM readiness without a GPU: the batch runner's vLLM objects, built against the real installed vLLM.
+"""The batch runner's vLLM objects, built against the installed vLLM (full tier: `scripts/test.sh --full` builds
+`.venv-vllm` with `scripts/setup-vllm.sh`).
 
-Runs when the vLLM environment exists (`bash scripts/setup-vllm.sh`: its CUDA wheels install and import
-on a CPU machine). `stt/vllm_runner.py --check-api` builds exactly the objects the runner builds (the
-`LLM` keywords, through `EngineArgs`; the generation and scoring `SamplingParams`; `LoRARequest`) and
-checks the calls and attributes the runner reads (`LLM.generate`'s keywords, `RequestOutput`,
-`CompletionOutput`, `Logprob`), so an API drift fails here instead of on the first GPU run. What stays
-unverified until a GPU run is listed in the README's GPU section.
+`stt/vllm_runner.py --check-api` builds exactly the objects the runner builds (the `LLM` keywords, through
+`EngineArgs`; the generation and scoring `SamplingParams`; `LoRARequest`) and checks the calls and attributes
+the runner reads (`LLM.generate`'s keywords, `RequestOutput`, `CompletionOutput`, `Logprob`), so an API drift
+between the CPU build tested here and the GPU wheel of the same version fails before a run. The runner's
+operations themselves run on the real model in tests/test_vllm_engine.py.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = Path(os.environ.get("STT_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
 RUNNER = ROOT / "stt" / "vllm_runner.py"
 
-pytestmark = pytest.mark.skipif(not VLLM_PYTHON.is_file(),
-                                reason="no vLLM environment here: bash scripts/setup-vllm.sh")
+pytestmark = pytest.mark.full
 
 
 def _pinned() -> str:
@@ -33,6 +32,7 @@ def _pinned() -> str:
 
 
 def test_the_runner_builds_its_vllm_objects_against_the_installed_vllm(tmp_path):
+    assert VLLM_PYTHON.is_file(), f"no vLLM environment at {VLLM_PYTHON}: bash scripts/setup-vllm.sh"
     from stt.models import hf_folder, resolve_model
 
     folder = hf_folder(resolve_model("gemma3-270m"))  # the converted folder vLLM would load on a GPU

@@ -304,9 +304,14 @@ def _call(engine: VLLMBatchEngine, inp: Path, out: Path) -> dict[str, float]:
             raise
 
 
+RUNNER_FIELDS = ("model", "dtype", "device", "vllm_python", "tensor_parallel_size", "gpu_memory_utilization",
+                 "max_model_len", "load_format", "max_lora_rank")
+
+
 def host_key(config: EngineConfig) -> str:
-    """The runner an engine config uses: the same for every adapter of one base model and its settings."""
-    return config.model_copy(update={"adapter": None, "batch_size": 1}).model_dump_json()
+    """The runner an engine config uses: the same for every adapter of one base model and its vLLM settings
+    (batch size, prefix reuse and the other engines' fields do not change what vLLM loads)."""
+    return json.dumps({name: str(getattr(config, name)) for name in RUNNER_FIELDS})
 
 
 def keep_runner(keep: EngineConfig | None) -> None:
