@@ -18,6 +18,7 @@ tree (vLLM's runner, engine core and worker together), sampled every 0.2 s. vLLM
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -49,10 +50,8 @@ class PeakRSS:
         while self.running:
             total = 0
             for p in [self.root, *self.root.children(recursive=True)]:
-                try:
+                with contextlib.suppress(psutil.Error):  # a process that ended between the two calls
                     total += p.memory_info().rss
-                except psutil.Error:
-                    pass
             self.peak = max(self.peak, total)
             time.sleep(0.2)
 
@@ -90,7 +89,7 @@ def one_engine(kind: str, adapter: Path, n_segments: int, n_xnli: int, n_mgsm: i
                         "tokens_per_s": round(tokens / seconds, 1), "texts": [c.text for c in done]}
 
     with_adapter = base.model_copy(update={"adapter": adapter, "reuse_prefix_cache": False, "batch_size": 10})
-    for task, n, key in (("xnli", n_xnli, "xnli"), ("gsm8k", n_mgsm, "mgsm")):
+    for task, n, key in (("mnli", n_xnli, "xnli"), ("gsm8k", n_mgsm, "mgsm")):
         if kind == "vllm-batch":
             engine = load_inline(with_adapter, GenerationParams())  # the same runner process: no reload
             t_load = 0.0
@@ -124,40 +123,56 @@ def main() -> None:
     ap.add_argument("--mgsm", type=int, default=10)
     ap.add_argument("--engine", choices=ENGINES, help="(internal) run one engine in this process")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--summarize", type=Path, help="print the table of an earlier run's --out file")
     args = ap.parse_args()
     if args.engine:
         print(json.dumps(one_engine(args.engine, args.adapter.resolve(), args.segments, args.xnli, args.mgsm)))
         return
-    results = []
-    for kind in ENGINES:
-        done = subprocess.run([sys.executable, __file__, str(args.adapter), "--engine", kind, "--segments",
-                               str(args.segments), "--xnli", str(args.xnli), "--mgsm", str(args.mgsm)],
-                              capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"{kind} failed:\n{done.stderr[-3000:]}")
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    if args.summarize:
+        results = json.loads(args.summarize.read_text())
+    else:
+        results = []
+        for kind in ENGINES:
+            done = subprocess.run([sys.executable, __file__, str(args.adapter), "--engine", kind, "--segments",
+                                   str(args.segments), "--xnli", str(args.xnli), "--mgsm", str(args.mgsm)],
+                                  capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"{kind} failed:\n{done.stderr[-3000:]}")
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=1))
+    summarize(results)
+
+
+def summarize(results: list[dict]) -> None:
+    """Speeds as ratios to transformers (the first engine), and how far each engine's answers are from its."""
     ref = results[0]
     for r in results:
-        r["translate"]["identical_to_transformers"] = sum(
-            a == b for a, b in zip(r["translate"]["texts"], ref["translate"]["texts"], strict=True))
+        t = r["translate"]
+        t["identical_to_transformers"] = sum(a == b for a, b in zip(t["texts"], ref["translate"]["texts"],
+                                                                       strict=True))
+        t["ratio_to_transformers"] = round(t["tokens_per_s"] / ref["translate"]["tokens_per_s"], 2)
         for key in ("xnli", "mgsm"):
             r[key]["ratio_to_transformers"] = round(r[key]["items_per_s"] / ref[key]["items_per_s"], 2)
-            r[key]["identical_to_transformers"] = sum(
-                a == b for a, b in zip(r[key]["outputs"], ref[key]["outputs"], strict=True))
-        r["translate"]["ratio_to_transformers"] = round(r["translate"]["tokens_per_s"]
-                                                        / ref["translate"]["tokens_per_s"], 2)
-    print("| engine | load s | translate tok/s (x tf) | XNLI+adapter items/s (x tf) | MGSM+adapter items/s (x tf) "
-          "| peak GB |")
-    print("|---|---|---|---|---|---|")
+        r["mgsm"]["identical_to_transformers"] = sum(
+            a == b for a, b in zip(r["mgsm"]["outputs"], ref["mgsm"]["outputs"], strict=True))
+        # XNLI's output is each label's log-likelihood: the same prediction, and the largest difference.
+        mine, theirs = ([json.loads(o) for o in x["xnli"]["outputs"]] for x in (r, ref))
+        r["xnli"]["same_prediction"] = sum(max(a, key=a.get) == max(b, key=b.get) for a, b in zip(mine, theirs,
+                                                                                                  strict=True))
+        r["xnli"]["max_logprob_diff"] = round(max(abs(a[k] - b[k]) for a, b in zip(mine, theirs, strict=True)
+                                                  for k in a), 4)
+    print("| engine | load s | translation tok/s (x transformers) | identical translations "
+          "| XNLI + adapter items/s (x) | same XNLI predictions, largest logprob diff | MGSM + adapter items/s (x) "
+          "| identical MGSM outputs | peak GB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         t, x, m = r["translate"], r["xnli"], r["mgsm"]
         print(f"| {r['engine']} | {r['load_s']} | {t['tokens_per_s']} ({t['ratio_to_transformers']}x) | "
-              f"{x['items_per_s']} ({x['ratio_to_transformers']}x) | {m['items_per_s']} ({m['ratio_to_transformers']}x)"
-              f" | {r['peak_gb']} |")
-    print(json.dumps([{k: ({kk: vv for kk, vv in v.items() if kk not in ("texts", "outputs")}
-                           if isinstance(v, dict) else v) for k, v in r.items()} for r in results], indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=1))
+              f"{t['identical_to_transformers']}/{t['segments']} | "
+              f"{x['items_per_s']} ({x['ratio_to_transformers']}x) | "
+              f"{x['same_prediction']}/{x['items']}, {x['max_logprob_diff']} | {m['items_per_s']} "
+              f"({m['ratio_to_transformers']}x) | {m['identical_to_transformers']}/{m['items']} | {r['peak_gb']} |")
 
 
 if __name__ == "__main__":

