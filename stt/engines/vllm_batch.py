@@ -172,18 +172,17 @@ class VLLMBatchEngine(LocalTokenizer):
         self.stats.seconds += time.perf_counter() - t0
 
 
-
 # -- the runner process ---------------------------------------------------------------------------------
 class _Runner:
     """One `vllm_runner.py --serve` process: its own process group, calls and answers tagged by id."""
 
     def __init__(self, key: str, python: str, backend: str, settings: dict[str, Any], who: str):
         self.key = key
-        folder = Path(tempfile.mkdtemp(prefix="stt-vllm-runner-"))
-        (folder / "settings.json").write_text(json.dumps(settings))
-        self.log_path = folder / "runner.log"
+        self.folder = Path(tempfile.mkdtemp(prefix="stt-vllm-runner-"))
+        (self.folder / "settings.json").write_text(json.dumps(settings))
+        self.log_path = self.folder / "runner.log"  # kept after a failure: the error names it
         # -P: do not put stt/ itself on sys.path (its module names would shadow packages).
-        cmd = [python, "-P", str(RUNNER), "--serve", "--settings", str(folder / "settings.json"),
+        cmd = [python, "-P", str(RUNNER), "--serve", "--settings", str(self.folder / "settings.json"),
                "--backend", backend]
         with open(self.log_path, "wb") as log_file:
             # start_new_session: the runner leads a process group that holds vLLM's own processes too, so
@@ -279,6 +278,7 @@ class _Host:
             runner, self.runner = self.runner, None
         if runner is not None:
             runner.kill()
+            shutil.rmtree(runner.folder, ignore_errors=True)  # a polite stop: nobody needs its log
 
 
 _HOST = _Host()
