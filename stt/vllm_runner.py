@@ -22,7 +22,6 @@ unless the environment sets them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -259,11 +258,13 @@ def serve(settings: dict[str, Any], backend: str) -> int:
 
     Protocol (one JSON object per line): the caller writes {"id", "input", "output", "fault"} on stdin; the
     runner answers {"id": 0, "ready": true, ...} once loaded, then per call {"id", "ok": true, "timings"} or
-    {"id", "error"} on its reply channel (the stdout it started with; vLLM's own prints go to stderr). Every
-    answer carries the id of the call it answers, so a caller never takes another call's answer.
+    {"id", "error", "fatal"} on its reply channel (the stdout it started with; vLLM's own prints go to
+    stderr). Every answer carries the id of the call it answers, so a caller never takes another call's
+    answer. A bad input file is answered and the runner serves on; a failure inside vLLM is answered as
+    fatal and the runner ends (vLLM's state is unknown after it; the caller starts a fresh one).
 
     The runner leads its own process group (its caller starts it so) with vLLM's engine-core and worker
-    processes in it. When its caller dies (stdin reaches EOF, or the parent-death signal arrives) it kills
+    processes in it. When its caller is gone (stdin reaches EOF, or the parent process changes) it kills
     that whole group, so no vLLM process outlives the job that started it.
     """
     import queue
@@ -277,49 +278,51 @@ def serve(settings: dict[str, Any], backend: str) -> int:
         os.killpg(os.getpgrp(), signal.SIGKILL)
 
     signal.signal(signal.SIGTERM, end_group)
-    _parent_death_signal(signal.SIGTERM)
     calls: queue.Queue[dict[str, Any]] = queue.Queue()
+    parent = os.getppid()
 
     def read_calls() -> None:  # a thread: EOF (the caller is gone) ends the group even during a long call
-        for line in sys.stdin:
-            if line.strip():
-                calls.put(json.loads(line))
+        try:
+            for line in sys.stdin:
+                if line.strip():
+                    calls.put(json.loads(line))
+        finally:
+            end_group()
+
+    def watch_parent() -> None:  # a thread: the caller's process gone (reparented) ends the group too
+        while os.getppid() == parent:
+            time.sleep(1.0)
         end_group()
 
     threading.Thread(target=read_calls, daemon=True).start()
+    threading.Thread(target=watch_parent, daemon=True).start()
 
     def reply(message: dict[str, Any]) -> None:
         replies.write(json.dumps(message) + "\n")
 
     if backend == "vllm":
         cpu_defaults()
-        llm = build_llm(settings, [])
+    llm = build_llm(settings, []) if backend == "vllm" else None
     reply({"id": 0, "ready": True, "load_seconds": TIMES.get("load_seconds", 0.0), "pid": os.getpid()})
     while True:
         call = calls.get()
         try:
+            rows = pq.read_table(call["input"]).to_pylist()
+        except Exception as exc:  # noqa: BLE001 - the caller's file: answered, and the runner serves on
+            reply({"id": call["id"], "error": f"{type(exc).__name__}: {exc}", "fatal": False})
+            continue
+        try:
             if call.get("fault") == "hang":  # reliability drills: a call that never answers
                 while True:
                     time.sleep(3600)
-            rows = pq.read_table(call["input"]).to_pylist()
             t0 = time.perf_counter()
             out = run_vllm(rows, settings, llm) if backend == "vllm" else run_transformers(rows, settings)
             _write(out, len(rows), call["output"], backend, t0)
             reply({"id": call["id"], "ok": True, "timings": dict(TIMES)})
         except Exception as exc:  # noqa: BLE001 - the caller raises it with this message
-            reply({"id": call["id"], "error": f"{type(exc).__name__}: {exc}"})
-
-
-def _parent_death_signal(sig: int) -> None:
-    """Ask Linux to send `sig` when the caller dies (SIGKILLed included); elsewhere stdin's EOF does it."""
-    import ctypes
-    import ctypes.util
-
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the caller died before the request: nobody is left to serve
-            os.killpg(os.getpgrp(), 9)
+            reply({"id": call["id"], "error": f"{type(exc).__name__}: {exc}", "fatal": True})
+            replies.flush()
+            end_group()
 
 
 def _write(out: list[dict[str, Any]], n: int, path: str, backend: str, t0: float) -> None:

@@ -273,6 +273,6 @@ class ChildEngine(LocalTokenizer):
 
 
 def supervised(kind: str) -> bool:
-    """Engines that hold a model in this process can run in a child instead (vllm-batch already runs in
-    a subprocess per call; openai holds no model)."""
+    """Engines that hold a model in this process can run in a child instead (vllm-batch runs in its own
+    supervised runner process, stt/engines/vllm_batch.py; openai holds no model)."""
     return kind in ("transformers", "llama-cpp")

@@ -8,10 +8,11 @@ not one per job. It is let go (and its memory, GPU memory included, with it) whe
 of these settings, e.g. before fine-tuning.
 
 Supervised like the child engines: the runner leads its own process group (vLLM's engine-core and worker
-processes are in it); a call that outlasts the job's deadline, or is interrupted, kills the whole group and
-fails with `EngineHung`, which the runners retry; a runner that dies fails the call with `EngineDied`, its
-exit status and the end of its log. If this process dies, the runner sees its stdin close (and the
-parent-death signal) and kills its group itself.
+processes are in it); a call that outlasts the job's deadline kills the whole group and fails with
+`EngineHung`, which the runners retry (an interrupted call, by Prefect's timeout or Ctrl-C, kills it too, and
+the interruption goes on); a runner that dies fails the call with `EngineDied`, its exit status and the end
+of its log; a failure inside vLLM ends the runner, and the next call starts a fresh one. If this process
+dies, the runner sees its stdin close (or its parent change) and kills its group itself.
 """
 
 from __future__ import annotations
@@ -191,6 +192,7 @@ class _Runner:
                                             start_new_session=True)
         self.ids = itertools.count(1)
         self.buffer = b""
+        self.dead = False  # killed (or asked to be): never called again, even before its process is reaped
         t0 = time.monotonic()
         ready = self.answer(0, time.monotonic() + LOAD_TIMEOUT_S, f"loading the model ({who})")
         log.info("vLLM runner %d loaded %s in %.1fs (vLLM's own load %.1fs)", self.process.pid, settings["model"],
@@ -199,13 +201,13 @@ class _Runner:
     def call(self, inp: Path, out: Path, deadline: float | None, who: str) -> dict[str, float]:
         call_id = next(self.ids)
         message = {"id": call_id, "input": str(inp), "output": str(out), "fault": os.environ.get("STT_VLLM_FAULT", "")}
-        try:
+        with contextlib.suppress(OSError):  # it died: answer() reports how
             self.process.stdin.write((json.dumps(message) + "\n").encode())
             self.process.stdin.flush()
-        except (BrokenPipeError, OSError):
-            pass  # it died: answer() reports how
         reply = self.answer(call_id, deadline, who)
         if "error" in reply:
+            if reply.get("fatal"):
+                self.kill()  # vLLM failed inside: the runner ended itself; the next call starts a fresh one
             raise RunnerError(f"vLLM batch runner failed: {reply['error']}")
         return {k: float(v) for k, v in reply.get("timings", {}).items()}
 
@@ -226,13 +228,15 @@ class _Runner:
 
     def _line(self, deadline: float | None, doing: str) -> bytes:
         fd = self.process.stdout.fileno()
+        poller = select.poll()  # not select.select: a busy process may hold file descriptors above 1024
+        poller.register(fd, select.POLLIN)
         while b"\n" not in self.buffer:
             if deadline is not None and time.monotonic() > deadline:
                 pid = self.process.pid
                 self.kill()
                 raise EngineHung(f"the vLLM runner (process {pid}) did not answer while {doing} before its "
                                  f"deadline; its process group was killed (log: {self.log_path})")
-            ready, _, _ = select.select([fd], [], [], POLL_S)
+            ready = poller.poll(POLL_S * 1000)
             chunk = os.read(fd, 65536) if ready else None
             if chunk == b"" or (chunk is None and self.process.poll() is not None):
                 code = self.process.wait()
@@ -256,6 +260,7 @@ class _Runner:
 
     def kill(self) -> None:
         """End the runner and every process of its group (vLLM's engine core and workers)."""
+        self.dead = True
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -273,35 +278,41 @@ class _Host:
         self.lock = threading.Lock()
         self.runner: _Runner | None = None
 
-    def stop(self) -> None:
-        with self.lock:
-            runner, self.runner = self.runner, None
+    def drop(self) -> None:
+        """End the runner (its whole group) and forget it; the caller holds the lock."""
+        runner, self.runner = self.runner, None
         if runner is not None:
             runner.kill()
-            shutil.rmtree(runner.folder, ignore_errors=True)  # a polite stop: nobody needs its log
+            shutil.rmtree(runner.folder, ignore_errors=True)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.drop()
 
 
 _HOST = _Host()
 
 
 def _call(engine: VLLMBatchEngine, inp: Path, out: Path) -> dict[str, float]:
-    key = engine.runner_key
-    with _HOST.lock:
-        if _HOST.runner is not None and _HOST.runner.key != key:
-            _HOST.runner.kill()  # other settings: one model at a time
-            _HOST.runner = None
-        if _HOST.runner is None or _HOST.runner.process.poll() is not None:
+    key, deadline = engine.runner_key, current_deadline()
+    # The wait for a runner busy with another job's call counts against this job's deadline too.
+    wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+    if not _HOST.lock.acquire(timeout=wait):
+        raise EngineHung(f"the {engine._who} was busy with another job's call until this job's deadline")
+    try:
+        runner = _HOST.runner
+        if runner is not None and (runner.key != key or runner.dead or runner.process.poll() is not None):
+            _HOST.drop()  # other settings (one model at a time), or a runner that ended: its whole group goes
+        if _HOST.runner is None:
             _HOST.runner = _Runner(key, engine.python, engine.backend, engine.settings(), engine._who)
         runner = _HOST.runner
         try:
-            return runner.call(inp, out, current_deadline(), engine._who)
-        except (EngineHung, EngineDied):
-            _HOST.runner = None  # killed: the next call (a retry) starts a fresh one
-            raise
-        except BaseException:
-            if runner.process.poll() is not None:
-                _HOST.runner = None
-            raise
+            return runner.call(inp, out, deadline, engine._who)
+        finally:
+            if runner.dead:
+                _HOST.drop()  # killed (deadline, interrupt, death, a fatal error): a retry starts a fresh one
+    finally:
+        _HOST.lock.release()
 
 
 RUNNER_FIELDS = ("model", "dtype", "device", "vllm_python", "tensor_parallel_size", "gpu_memory_utilization",
@@ -316,12 +327,17 @@ def host_key(config: EngineConfig) -> str:
 
 def keep_runner(keep: EngineConfig | None) -> None:
     """Before a job: let the runner go unless the job's engine (`keep`) runs on the same base model and
-    settings (an adapter's evaluation after the base model's keeps it)."""
-    runner = _HOST.runner
-    if runner is None:
+    settings (an adapter's evaluation after the base model's keeps it). A runner in the middle of another
+    thread's call is in use, and stays."""
+    if not _HOST.lock.acquire(blocking=False):
         return
-    if keep is None or keep.kind != "vllm-batch" or json.loads(runner.key)[2] != host_key(keep):
-        stop_runner()
+    try:
+        runner = _HOST.runner
+        if runner is not None and (keep is None or keep.kind != "vllm-batch"
+                                   or json.loads(runner.key)[2] != host_key(keep)):
+            _HOST.drop()
+    finally:
+        _HOST.lock.release()
 
 
 def stop_runner() -> None:
