@@ -129,10 +129,14 @@ def test_endpoint_scores_the_same_continuation_tokens_as_the_engine_in_process(s
 
 
 @pytest.mark.full  # a second server process; the default tier checks the adapter on llama.cpp in-process
-def test_an_adapter_served_by_the_endpoint_moves_scores_as_far_as_in_transformers(server, tiny_adapter, tmp_path):
+def test_an_adapter_served_by_the_endpoint_moves_scores_as_far_as_in_process(server, tiny_adapter, tmp_path):
     """A user serving an adapter from llama-cpp-python's server (`--lora_path`, under the name the engine asks
-    for) gets the adapter's whole effect: each pair's shift is transformers' shift within 15% plus twice the
-    engines' own difference on the base model, as in-process (tests/test_llamacpp_engine.py)."""
+    for) gets the adapter's whole effect: each pair's shift is the shift of the same GGUF adapter in the
+    in-process llama.cpp engine, within a tenth of a nat per nat of shift plus twice the two paths' own
+    difference on the base model. The endpoint bugs this guards against (scoring under the base model's name;
+    a continuation one token short) moved scores by tens of nats. How close llama.cpp's LoRA comes to
+    transformers' is tests/test_llamacpp_engine.py's (and issue 35's) question: on an AVX-512 machine
+    (2026-12-02) one trained tiny adapter left the server's first pair 18% from transformers' shift."""
     import numpy as np
 
     from stt.engines import get_engine
@@ -152,13 +156,13 @@ def test_an_adapter_served_by_the_endpoint_moves_scores_as_far_as_in_transformer
     base = np.array([s.logprob for s in _engine(server).loglikelihood(ADAPTER_PAIRS)])
 
     def local(adapter):
-        config = EngineConfig(adapter=adapter, reuse_prefix_cache=False)
+        config = EngineConfig(kind="llama-cpp", adapter=adapter, reuse_prefix_cache=False)
         return np.array([s.logprob for s in get_engine(config).loglikelihood(ADAPTER_PAIRS)])
 
-    torch_base, torch_lora = local(None), local(tiny_adapter)
-    shift, torch_shift = lora - base, torch_lora - torch_base
-    assert (np.abs(torch_shift) > 5).all()
-    engine_difference = np.abs(base - torch_base)
-    assert (np.abs(shift - torch_shift) <= 0.15 * np.abs(torch_shift) + 2 * engine_difference).all(), \
-        (shift, torch_shift)
-    assert shift.sum() / torch_shift.sum() == pytest.approx(1.0, abs=0.1)
+    local_base, local_lora = local(None), local(tiny_adapter)
+    shift, local_shift = lora - base, local_lora - local_base
+    print(f"\nshift served {np.round(shift, 2)}, in process {np.round(local_shift, 2)}")
+    assert (np.abs(local_shift) > 5).all()
+    path_difference = np.abs(base - local_base)
+    assert (np.abs(shift - local_shift) <= 0.1 * np.abs(local_shift) + 2 * path_difference).all(), \
+        (shift, local_shift)
