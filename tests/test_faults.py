@@ -175,4 +175,7 @@ def test_model_jobs_of_one_process_take_the_slot_one_after_another_without_idle_
     pairs = list(itertools.pairwise(holds))
     assert all(end <= nxt for (_, end), (nxt, _) in pairs), "two jobs held the slot at once"
     gaps = [round(nxt - end, 2) for (_, end), (nxt, _) in pairs]
-    assert max(gaps) < 0.5, f"the slot sat idle between jobs: {gaps} s"
+    # The fault this guards against idles the slot for the server's retry-after: 10-20 s per job. A bound far
+    # below that and far above scheduling noise: one gap of 2.3 s was seen on a loaded full tier (2026-12-02,
+    # the vLLM tests beside it), against 0.06 s for the others.
+    assert max(gaps) < 5, f"the slot sat idle between jobs: {gaps} s"
