@@ -66,12 +66,19 @@ def evaluate_key(task: str, language: str, engine_config: EngineConfig, config: 
     items = items if items is not None else test_items(task, data_dir, language, config)
     return _key(task, language, resolve_model(engine_config.model).weights_sha256,
                 adapter_fingerprint(engine_config.adapter), markers.stage_key(items=items), config,
-                engine_signature(engine_config))
+                engine_signature(_running(engine_config, config)))
+
+
+def _running(engine_config: EngineConfig, config: EvalConfig) -> EngineConfig:
+    """The engine config an evaluation runs with: the evaluation's batch size (which is in the key through
+    engine_signature where it changes outputs, on llama.cpp)."""
+    return engine_config.model_copy(update={"batch_size": config.batch_size})
 
 
 def _key(task: str, language: str, weights: str, adapter_sha: str | None, data_sha: str, config: EvalConfig,
          engine: dict[str, Any]) -> str:
-    # Batch size changes speed, not what is scored; the rest changes the predictions.
+    # The batch size is in the engine's signature where it changes outputs (llama.cpp); the rest changes the
+    # predictions.
     settings = config.model_dump(mode="json", exclude={"batch_size", "include_english", "adapters_on_english",
                                                        "quality_limit",
                                                        "translate_test", "bootstrap_resamples", "bootstrap_seed",
@@ -140,14 +147,14 @@ def evaluate(task: str, language: str, engine_config: EngineConfig, config: Eval
     model = resolve_model(engine_config.model)
     adapter_sha = adapter_fingerprint(engine_config.adapter)
     data_sha = markers.stage_key(items=items)
-    signature = engine_signature(engine_config)
+    signature = engine_signature(_running(engine_config, config))
     key = _key(task, language, model.weights_sha256, adapter_sha, data_sha, config, signature)
     out_folder = Path(out_folder)
     done = markers.read_done(out_folder, key)
     if done:
         return {**done, "folder": str(out_folder), "reused": True}
     markers.clear(out_folder, ["predictions.parquet"])
-    engine = get_engine(engine_config.model_copy(update={"batch_size": config.batch_size}))
+    engine = get_engine(_running(engine_config, config))
     t0 = time.perf_counter()
     with faults.unit(f"eval:{label}-{language}"):
         rows = spec.eval_rows(engine, items, config, output_language)

@@ -2,7 +2,8 @@
 
     STT_FAULTS="transient=de-*:1"          the first call of each matching unit fails (retries survive it)
     STT_FAULTS="permanent=th-00002"        every call of that unit fails (the run ends, other shards kept)
-    STT_FAULTS="hang=de-00000"             calls of that unit never answer (an interruptible Python wait)
+    STT_FAULTS="hang=de-00000"             calls of that unit never answer (an interruptible Python wait,
+                                           in the engine's process: the child's under engine.process: child)
     STT_FAULTS="hang-native=eval:*"        calls of that unit block inside a C call, as a stuck llama.cpp,
                                            torch or CUDA call does: only a killed process ends them
                                            (engine.process: child)
@@ -34,6 +35,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+IN_ENGINE_PROCESS = False  # set in a supervised engine process (stt.engines.child)
 _UNIT: contextvars.ContextVar[str] = contextvars.ContextVar("stt_unit", default="")
 _CALLS: dict[str, int] = {}
 _LOCK = threading.Lock()
@@ -69,9 +71,26 @@ def native_hang(name: str, raw: str | None = None) -> None:
     if pattern and fnmatch.fnmatch(name or "-", pattern):
         import ctypes
 
+        _say_hang("hang-native", name)
         libc = ctypes.CDLL(None)
         while True:
             libc.sleep(3600)
+
+
+def _say_hang(kind: str, name: str) -> None:
+    import logging
+
+    logging.getLogger(__name__).warning("STT_FAULTS %s: %s hangs here, in process %d", kind, name or "-", os.getpid())
+
+
+def python_hang(name: str, raw: str | None = None) -> None:
+    """Wait for good (in Python, so a thread timeout or an interruption could end it in-process) when
+    STT_FAULTS (or `raw`) names this unit under hang."""
+    pattern = _spec(raw).get("hang")
+    if pattern and fnmatch.fnmatch(name or "-", pattern):
+        _say_hang("hang", name)
+        while True:
+            time.sleep(0.1)
 
 
 def _spec(raw: str | None = None) -> dict[str, str]:
@@ -108,6 +127,8 @@ def die(point: str) -> None:
     import sys
 
     print(f"STT_KILL_AT: killing pid {os.getpid()} at {point}", file=sys.stderr, flush=True)
+    if IN_ENGINE_PROCESS:  # the run's process goes too, as when the machine takes the job away
+        os.kill(os.getppid(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -119,8 +140,8 @@ def crash_point(point: str) -> None:
 
 def check(operation: str, native: bool = True) -> None:
     """Called before each engine call: raise, hang or pass, as STT_FAULTS says for the current unit.
-    `native`: the engine runs in this process, so a hang-native fault blocks here (a child engine blocks in
-    its own process instead)."""
+    `native`: the engine runs in this process, so hang and hang-native faults block here (a child engine
+    blocks in its own process instead: the call carries STT_FAULTS there)."""
     spec = _spec()
     name = _UNIT.get() or "-"
     if native:
@@ -129,9 +150,8 @@ def check(operation: str, native: bool = True) -> None:
         _CALLS[name] = _CALLS.get(name, 0) + 1
         call = _CALLS[name]
     where = f"{operation} in {name} (call {call})"
-    if "hang" in spec and fnmatch.fnmatch(name, spec["hang"]):
-        while True:  # never answers; an interruptible sleep, so a task timeout can end it
-            time.sleep(0.1)
+    if native:  # an engine in another process hangs there (the call carries STT_FAULTS)
+        python_hang(name)
     if "permanent" in spec and fnmatch.fnmatch(name, spec["permanent"]):
         raise PermanentEngineError(f"injected permanent fault: {where}")
     if "transient" in spec:

@@ -282,9 +282,11 @@ def _copy_twin(twins: Sequence[Path], out_folder: Path, key: str) -> dict[str, A
 
 
 def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainConfig = TrainConfig(),  # noqa: B008
-             device: str = "auto", twins: Sequence[Path] = ()) -> dict[str, Any]:
+             device: str = "auto", twins: Sequence[Path] = (), supervised: bool = False) -> dict[str, Any]:
     """Train (or reuse) a LoRA adapter on one training set; returns the adapter's manifest. `twins`: other
-    adapter folders; one done under the same key is copied instead of training again."""
+    adapter folders; one done under the same key is copied instead of training again. `supervised`: the
+    training itself runs in the engine process (stt.engines.child.run_supervised), under the caller's
+    deadline, so a training step stuck in native code is ended there; a reuse or a copy does not start it."""
     set_folder, out_folder = Path(set_folder), Path(out_folder)
     set_info = _set_info(set_folder)
     model = resolve_model(model_name)
@@ -295,6 +297,13 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     copied = _copy_twin(twins, out_folder, key)
     if copied:
         return {**copied, "folder": str(out_folder), "reused": True}
+    if supervised:
+        from stt.engines.child import run_supervised
+
+        return run_supervised("stt.finetune:finetune",
+                              {"model_name": model_name, "set_folder": set_folder, "out_folder": out_folder,
+                               "config": config, "device": device, "twins": tuple(twins)},
+                              f"fine-tuning {out_folder.name}", unit=f"finetune:{out_folder.name}")
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import (

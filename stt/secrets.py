@@ -8,9 +8,11 @@ messages), together with any `user:password@` in a URL.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+from collections.abc import Iterator
 
 # Environment variables whose values are secrets (or URLs that carry one).
 SECRET_ENV = ("STT_OPENAI_API_KEY", "OPENAI_API_KEY", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING",
@@ -39,19 +41,53 @@ def redact(text: str) -> str:
     return text
 
 
+def scrub(exc: BaseException) -> BaseException:
+    """Redact the messages of `exc` and of every exception in its chain, in place: a traceback's text, a
+    Prefect state's message ("... encountered an exception: <message>") and a CLI error are all made from
+    them. Notes (`add_note`) too."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        with contextlib.suppress(Exception):  # an exception type whose args cannot be set keeps them
+            e.args = tuple(redact(a) if isinstance(a, str) else a for a in e.args)
+        notes = getattr(e, "__notes__", None)
+        if isinstance(notes, list):
+            notes[:] = [redact(n) if isinstance(n, str) else n for n in notes]
+        todo += [e.__cause__, e.__context__]
+    return exc
+
+
+@contextlib.contextmanager
+def scrubbed() -> Iterator[None]:
+    """Exceptions leaving the block have their messages redacted (`scrub`): around the body of a Prefect
+    task, so the state message Prefect builds from the exception holds no secret."""
+    try:
+        yield
+    except BaseException as exc:
+        scrub(exc)
+        raise
+
+
 def has_credentials(url: str) -> bool:
     return bool(_USERINFO.match(url.strip()))
 
 
 def install_log_redaction() -> None:
     """Mask secrets in every log record of the process, whichever logger or handler it goes to
-    (Prefect's API log handler included): the record factory redacts the message as it is made."""
+    (Prefect's API log handler included): the record factory redacts the message as it is made, and the
+    exception of a record logged with its traceback (`scrub`), so the formatted traceback is clean too."""
     previous = logging.getLogRecordFactory()
     if getattr(previous, "stt_redacting", False):
         return
 
     def factory(*args: object, **kwargs: object) -> logging.LogRecord:
         record = previous(*args, **kwargs)
+        if record.exc_info and isinstance(record.exc_info, tuple) and record.exc_info[1] is not None:
+            scrub(record.exc_info[1])
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a malformed record is the logging module's to report

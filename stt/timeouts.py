@@ -41,5 +41,8 @@ def training_s(steps: int, config: TimeoutConfig) -> float:
 
 
 def task_options(timeout_s: float, config: TimeoutConfig) -> dict[str, object]:
+    """A model task's timeout and retries; an engine process killed for memory is not retried."""
+    from stt.engines.child import prefect_retry_condition
+
     return {"timeout_seconds": timeout_s, "retries": config.retries,
-            "retry_delay_seconds": list(config.retry_delays_s) or 0}
+            "retry_delay_seconds": list(config.retry_delays_s) or 0, "retry_condition_fn": prefect_retry_condition}

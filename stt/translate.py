@@ -238,8 +238,17 @@ BACK_SCHEMA = pa.schema([
 def generate_shard(job: ShardJob, config: TranslateConfig, progress: Any = None) -> dict[str, Any]:
     """Run the model on every segment of one shard; write the raw generations (and, with round-trip
     filtering, the back-translations of the cleaned translations). Needs the model. A part already on
-    disk under its key is not generated again (a shard killed between the two resumes with the second)."""
-    with faults.unit(job.shard):
+    disk under its key is not generated again (a shard killed between the two resumes with the second).
+
+    Every caller (the stage runner, the Prefect translate flow, `stt translate --no-prefect`) runs it under
+    a deadline per model call: the shard's timeout, unless the caller set one."""
+    from stt.engines.child import call_budget, deadline
+    from stt.timeouts import generation_s
+
+    budget = call_budget()
+    if budget is None:
+        budget = generation_s(job.rows, config.generation, config.timeouts, round_trip=bool(job.back_key))
+    with faults.unit(job.shard), deadline(budget):
         result = existing_generation(job) if _forward_complete(job) else _generate_forward(job, config, progress)
         if job.back_key and not _back_complete(job):
             result["back"] = _generate_back(job, config, progress)
@@ -506,14 +515,13 @@ def run_shard(job: ShardJob, config: TranslateConfig, retry: bool = False) -> di
 
 def _with_retries(fn: Any) -> Any:
     """The plain runner's counterpart of the Prefect task's retries: an engine error that is transient
-    (an injected one, an endpoint's, a CUDA hiccup's) is retried twice; anything else fails at once."""
+    (an injected one, an endpoint's, a hung or crashed engine process) is retried twice; anything else, an
+    engine process ended by the out-of-memory killer included, fails at once."""
     import tenacity
 
-    from stt.engines.child import EngineDied, EngineHung
-    from stt.engines.openai_engine import EndpointError
+    from stt.engines.child import worth_retrying
 
-    transient = (faults.TransientEngineError, EndpointError, EngineHung, EngineDied)
-    return tenacity.retry(retry=tenacity.retry_if_exception_type(transient),
+    return tenacity.retry(retry=tenacity.retry_if_exception(worth_retrying),
                           stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_exponential(min=0.5, max=10),
                           reraise=True,
                           before_sleep=lambda s: log.warning("retrying after %s", s.outcome.exception()))(fn)

@@ -267,6 +267,14 @@ def models_cmd() -> None:
         typer.echo(f"{name:14} {m.description} (package {m.package})")
 
 
+def _leave(code: int) -> None:
+    """Exit now, worker threads or not. `os._exit` skips multiprocessing's cleanup, so the engine process
+    (and a vLLM runner's group) is killed first rather than left to the parent-death signal."""
+    if "stt.engines" in sys.modules:
+        sys.modules["stt.engines"].kill_engine_processes()
+    os._exit(code)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     """Ctrl-C: let Prefect mark the run crashed, then leave even if worker threads are still busy."""
     def hard_exit() -> None:
@@ -274,7 +282,7 @@ def _interrupt(signum: int, frame: object) -> None:
         typer.echo("interrupted: rerun the same command to resume (finished shards are kept)", err=True)
         sys.stderr.flush()
         # Safe: every output file is written to a temp name and renamed into place.
-        os._exit(130)
+        _leave(130)
 
     threading.Thread(target=hard_exit, daemon=True).start()
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -290,7 +298,7 @@ def main() -> None:
         sys.stderr.flush()
         # Hard exit: worker threads (a shard mid-generation, Prefect retries) would otherwise keep the
         # process alive. Safe, because every output file is written to a temp name and renamed.
-        os._exit(130)
+        _leave(130)
 
 
 if __name__ == "__main__":

@@ -156,3 +156,183 @@ def test_under_prefect_a_native_hang_is_ended_by_the_task_timeout(prefect_server
     # child process the task would wait on the C call for good), each attempt's process killed.
     assert time.monotonic() - t0 < 2 * (8 + 30) + 30
     assert len(started) == 2 and all(_gone(p) for p in started)
+
+
+# -- issue 35: a tagged protocol, per-call deadlines, deaths reported, no orphans ------------------------------
+def test_a_call_whose_caller_stops_reading_kills_the_process_and_the_next_call_gets_its_own_answer(started):
+    """A progress callback that raises leaves the child with a request nobody reads. Untagged, the next
+    caller read that stale answer (a generation returned for a scoring call)."""
+    engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=1, process="child"))
+    inline = get_engine(EngineConfig(kind="llama-cpp", batch_size=1, process="inline"))
+
+    def observer_fails(done: int, total: int) -> None:
+        raise RuntimeError("the progress observer failed")
+
+    with pytest.raises(RuntimeError, match="observer failed"):
+        engine.generate(REQUESTS, observer_fails)  # batch 1: progress comes before the second request's answer
+    assert len(started) == 1 and _gone(started[0])  # the request was abandoned: its process went with it
+    scores = engine.loglikelihood(PAIRS)
+    assert [s.logprob for s in scores] == [s.logprob for s in inline.loglikelihood(PAIRS)]
+    assert len(started) == 2
+
+
+def test_the_deadline_counts_the_calls_own_time_not_its_wait_behind_another_call(monkeypatch, started):
+    """A caller queued behind a hung call: measured from the caller's start, its deadline passed while it
+    waited, and the fresh process that replaced the hung one was killed before it could answer."""
+    import threading
+
+    engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=2, process="child"))
+    expected = engine.generate(REQUESTS[:1])[0].text  # started and loaded
+    monkeypatch.setenv("STT_FAULTS", "hang-native=eval:stuck")
+    hung: list[Exception] = []
+    answers: list[str] = []
+
+    def stuck() -> None:
+        with faults.unit("eval:stuck"), deadline(30), pytest.raises(EngineHung) as failure:
+            engine.generate(REQUESTS[:1])
+        hung.append(failure.value)
+
+    def queued() -> None:
+        time.sleep(1)  # behind the stuck call, which holds the engine for 30 s
+        # 25 s for its own call (a fresh process's first call took up to 20 s on a loaded 2-core machine)
+        with faults.unit("eval:fine"), deadline(25):
+            answers.append(engine.generate(REQUESTS[:1])[0].text)
+
+    threads = [threading.Thread(target=stuck), threading.Thread(target=queued)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(hung) == 1 and answers == [expected]
+    assert len(started) == 2 and _gone(started[0]) and engine.pid == started[1]
+
+
+def test_a_process_killed_from_outside_is_reported_with_its_signal_and_an_oom_kill_is_named_and_not_retried(
+        monkeypatch, tmp_path, started):
+    import signal
+    import threading
+
+    from stt.translate import _with_retries
+
+    engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=2, process="child"))
+    engine.generate(REQUESTS[:1])
+    monkeypatch.setenv("STT_FAULTS", "hang-native=eval:stuck")
+
+    def kill_soon(bump_oom: bool) -> None:
+        time.sleep(1.5)
+        if bump_oom:  # what the kernel's OOM killer does: count the kill in memory.events, then SIGKILL
+            events.write_text("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n")
+        os.kill(started[-1], signal.SIGKILL)
+
+    events = tmp_path / "memory.events"
+    events.write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    monkeypatch.setattr(child_module, "_OOM_EVENTS", events)
+    threading.Thread(target=kill_soon, args=(False,)).start()
+    with faults.unit("eval:stuck"), pytest.raises(child_module.EngineDied, match="killed by SIGKILL") as died:
+        engine.generate(REQUESTS)
+    assert not isinstance(died.value, child_module.EngineOutOfMemory)
+    assert "out-of-memory killer sends" in str(died.value)
+
+    calls = []
+
+    def call() -> None:
+        calls.append(1)
+        threading.Thread(target=kill_soon, args=(True,)).start()
+        with faults.unit("eval:stuck"):
+            engine.generate(REQUESTS)
+
+    with pytest.raises(child_module.EngineOutOfMemory, match="out-of-memory killer ended it .*1 -> 2"):
+        _with_retries(call)()
+    assert calls == [1]  # not retried: the same call needs the same memory
+    monkeypatch.delenv("STT_FAULTS")
+    assert engine.generate(REQUESTS[:1])  # and the next call is served by a fresh process
+
+
+def test_a_process_that_fails_to_start_is_recovered_by_the_next_call(monkeypatch, started):
+    from multiprocessing.context import SpawnProcess
+
+    real_start, failures = SpawnProcess.start, []
+
+    def start_once_failing(self):
+        if not failures:
+            failures.append(1)
+            raise OSError("Resource temporarily unavailable (fork)")
+        real_start(self)
+
+    monkeypatch.setattr(SpawnProcess, "start", start_once_failing)
+    engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=2, process="child"))
+    with pytest.raises(OSError, match="Resource temporarily unavailable"):
+        engine.generate(REQUESTS[:1])
+    assert engine.generate(REQUESTS[:1]) and len(started) == 1
+
+
+CALLER = """
+import os
+from stt import faults
+from stt.config import EngineConfig
+from stt.engines import Request, get_engine
+
+if __name__ == "__main__":  # the engine process (spawned) imports this file too
+    os.environ["STT_FAULTS"] = "hang-native=eval:stuck"
+    engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=1, process="child"))
+    with faults.unit("warm"):
+        engine.generate([Request("Hello", 2, ())])
+    print(engine.pid, flush=True)
+    with faults.unit("eval:stuck"):
+        engine.generate([Request("Hello", 2, ())])  # blocks in C in the engine process, for good
+"""
+
+
+def test_no_engine_process_outlives_its_parents_sigkill_while_stuck_in_native_code(tmp_path):
+    """The run's process SIGKILLed (the OOM killer, a kill trial, a lost worker) while its engine process is
+    inside a native call: the kernel's parent-death signal ends the engine process too."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "caller.py"
+    script.write_text(CALLER)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        engine_pid = int(parent.stdout.readline())
+        time.sleep(2)  # into the stuck call
+        assert not _gone(engine_pid)
+    finally:
+        parent.kill()
+        parent.wait()
+    assert parent.returncode == -signal.SIGKILL
+    for _ in range(100):  # at most 20 s
+        if _gone(engine_pid):
+            break
+        time.sleep(0.2)
+    assert _gone(engine_pid), f"engine process {engine_pid} outlived its parent's SIGKILL"
+
+
+def test_a_native_hang_in_fine_tuning_ends_at_its_deadline(tmp_path, monkeypatch, started):
+    """Fine-tuning runs in the engine process (engine.process: child), so a training step stuck in C is
+    ended at the job's deadline like a stuck model call; without the fault the same training finishes."""
+    import pyarrow as pa
+
+    from stt.config import TrainConfig
+    from stt.files import write_parquet_atomic
+    from stt.finetune import finetune
+    from stt.markers import mark_done
+    from stt.trainsets import SET_SCHEMA
+
+    rows = [{"id": f"x:{i}", "source_id": f"x:{i}", "language": "en", "variant": "english",
+             "prompt": f"Question: What is {i} plus {i}?\nAnswer:", "target": f" {2 * i}", "fields": "{}"}
+            for i in range(4)]
+    write_parquet_atomic(pa.Table.from_pylist(rows, schema=SET_SCHEMA), tmp_path / "set" / "data.parquet")
+    mark_done(tmp_path / "set", "test-set", ["data.parquet"])
+    config = TrainConfig(rank=2, alpha=4, max_steps=1, batch_size=4, max_length=48)
+    monkeypatch.setenv("STT_FAULTS", "hang-native=finetune:*")
+    t0 = time.monotonic()
+    with deadline(5), pytest.raises(EngineHung, match="fine-tuning adapter.*within its 5 s deadline"):
+        finetune("gemma3-270m", tmp_path / "set", tmp_path / "adapter", config, "cpu", supervised=True)
+    assert time.monotonic() - t0 < 5 + 30 and len(started) == 1 and _gone(started[0])
+    assert not (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    monkeypatch.delenv("STT_FAULTS")
+    with deadline(300):
+        done = finetune("gemma3-270m", tmp_path / "set", tmp_path / "adapter", config, "cpu", supervised=True)
+    assert done["metrics"]["steps"] == 1 and len(started) == 2 and not _gone(started[1])
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

@@ -99,7 +99,10 @@ def test_a_users_own_dataset_runs_end_to_end_from_the_command_line(tmp_path):
     # Translated training rows keep the user's labels (mapped), joined to the English rows by id.
     english = {f"claims:train:{i}": WORDS[r[2]] for i, r in enumerate(_xnli_dev_en(4))}
     translated = pd.read_parquet(out / "claims" / "translate", columns=["id", "label", "passage", "claim"])
-    assert len(translated) > 0
+    # Each of the 4 English examples is either kept (translated) or set aside with a reason, none lost.
+    rejects = sorted((out / "claims" / "translate" / "_rejects").glob("*.parquet"))
+    set_aside = sum(len(pd.read_parquet(p)) for p in rejects)
+    assert len(set(translated["id"])) + set_aside == 4 and len(translated) > 0
     assert all(english[i] == label for i, label in zip(translated["id"], translated["label"], strict=True))
     training = pd.read_parquet(out / "claims" / "sets" / "self-translate-train-de" / "data.parquet")
     assert Counter(training["variant"]) == {"english": 4, "translated": len(translated)}

@@ -16,7 +16,8 @@ from stt.config import EngineConfig, RunConfig
 from stt.errors import ConfigError
 
 ROOT = Path(__file__).parents[1]
-SOURCES = sorted(p for d in ("stt", "tasks", "flows", "scripts", "benchmarks") for p in (ROOT / d).rglob("*.py"))
+SCANNED = ("stt", "stt_app", "scripts", "benchmarks")  # every folder of the project's own code
+SOURCES = sorted(p for d in SCANNED for p in (ROOT / d).rglob("*.py"))
 # What would unpickle data (arbitrary code) if it read a file from shared storage.
 UNSAFE = [r"\bimport pickle\b", r"\bpickle\.loads?\(", r"\bcloudpickle\b", r"\bimport dill\b", r"joblib\.load\(",
           r"read_pickle\(", r"allow_pickle\s*=\s*True", r"trust_remote_code\s*=\s*True"]
@@ -37,7 +38,15 @@ def test_the_scanner_catches_each_unsafe_call():
 
 
 def test_no_source_file_unpickles_or_runs_remote_code():
-    assert len(SOURCES) > 40
+    # Each scanned folder exists and is scanned (a renamed folder would silently drop out of the scan), and
+    # no Python file of the project outside tests/ is left out.
+    for folder in SCANNED:
+        assert any(p.is_relative_to(ROOT / folder) for p in SOURCES), folder
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True)
+    tracked = {ROOT / line for line in listed.stdout.split() if not line.startswith("tests/")}
+    assert tracked and tracked - set(SOURCES) == set()
     offenders = {str(p.relative_to(ROOT)): _unsafe_lines(p.read_text()) for p in SOURCES
                  if p.name != "test_security.py"}
     assert {k: v for k, v in offenders.items() if v} == {}
@@ -130,3 +139,64 @@ def test_outputs_cannot_escape_the_run_folder(tmp_path):
     (tmp_path / "run" / "gsm8k" / "sets").symlink_to(outside)
     with pytest.raises(ConfigError, match="outside the run folder"):
         plan_task(config, "gsm8k")
+
+
+def test_endpoint_errors_are_redacted_whatever_builds_them(monkeypatch):
+    """The retry path built EndpointError from a URL and a reason without redacting; the adapter-loading
+    ConfigError quoted the server's response text."""
+    from stt.engines.openai_engine import EndpointError
+
+    monkeypatch.setenv("STT_OPENAI_API_KEY", "sk-live-5678-abcd")
+    error = EndpointError("https://bob:hunter22@gpu-host/v1/completions failed 3 times, last: key sk-live-5678-abcd")
+    assert str(error) == "https://bob:***@gpu-host/v1/completions failed 3 times, last: key ***"
+
+
+def test_a_traceback_in_the_log_is_redacted_along_its_whole_chain(monkeypatch):
+    import sys
+
+    from stt.secrets import install_log_redaction
+
+    monkeypatch.setenv("STT_OPENAI_API_KEY", "sk-live-5678-abcd")
+    install_log_redaction()
+    try:
+        try:
+            raise ConnectionError("https://bob:hunter22@gpu-host/v1 refused the key sk-live-5678-abcd")
+        except ConnectionError as cause:
+            raise RuntimeError("the endpoint failed (sk-live-5678-abcd)") from cause
+    except RuntimeError:
+        record = logging.getLogger("stt.test").makeRecord("stt.test", logging.ERROR, __file__, 1, "call failed",
+                                                          (), sys.exc_info())
+    text = logging.Formatter().format(record)
+    assert "hunter22" not in text and "sk-live-5678-abcd" not in text
+    assert "https://bob:***@gpu-host/v1 refused the key ***" in text and "the endpoint failed (***)" in text
+
+
+def test_a_prefect_tasks_failure_state_holds_no_secret(prefect_server, monkeypatch):
+    """Prefect builds a failed task run's state message from the exception (shown in the UI and the flow's
+    error); every task body of the application runs under `scrubbed()`."""
+    import ast
+
+    from prefect import task
+
+    from stt.secrets import scrubbed
+
+    monkeypatch.setenv("STT_OPENAI_API_KEY", "sk-live-5678-abcd")
+
+    @task(retries=0)
+    def failing() -> None:
+        with scrubbed():
+            raise RuntimeError("the endpoint refused sk-live-5678-abcd")
+
+    state = failing(return_state=True)
+    assert state.is_failed() and "the endpoint refused ***" in state.message
+    assert "sk-live-5678-abcd" not in state.message
+
+    # Each @task function of stt_app holds a `with scrubbed()` (its whole model work inside).
+    unscrubbed = []
+    for path in sorted((ROOT / "stt_app").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            is_task = isinstance(node, ast.FunctionDef) and any("task" in ast.unparse(d).split("(")[0]
+                                                                for d in node.decorator_list)
+            if is_task and "scrubbed()" not in ast.unparse(node):
+                unscrubbed.append(f"{path.name}:{node.name}")
+    assert unscrubbed == []

@@ -143,6 +143,14 @@ def test_evaluation_key_holds_the_engine_and_not_the_batch_size():
     }
     assert len(set(keys.values())) == len(keys)
     assert evaluate_key("mnli", "de", cpu, EvalConfig(limit=2, batch_size=1), DATA) == keys["cpu"]
+    assert evaluate_key("mnli", "de", cpu.model_copy(update={"batch_size": 3}), config, DATA) == keys["cpu"]
+    # llama.cpp's batch shapes change its sums (benchmarks/RESULTS.md): there the engine's batch is in the key.
+    # Evaluations run with eval.batch_size, so that is the batch in their key (engine.batch_size translates).
+    llama = EngineConfig(kind="llama-cpp", batch_size=4)
+    assert evaluate_key("mnli", "de", llama, config, DATA) != \
+        evaluate_key("mnli", "de", llama, EvalConfig(limit=2, batch_size=1), DATA)
+    assert evaluate_key("mnli", "de", llama, config, DATA) == \
+        evaluate_key("mnli", "de", llama.model_copy(update={"batch_size": 2}), config, DATA)
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # what "auto" must resolve to on this machine

@@ -14,7 +14,7 @@ from stt.errors import ConfigError
 from stt.models import resolve_model
 
 __all__ = ["Completion", "Engine", "EngineStats", "Request", "Score", "engine_signature", "generator_signature",
-           "get_engine", "give_memory_back", "loaded_engines", "release_engines"]
+           "get_engine", "give_memory_back", "kill_engine_processes", "loaded_engines", "release_engines"]
 
 _ENGINES: dict[str, Engine] = {}
 _LOAD_LOCK = threading.Lock()
@@ -85,6 +85,17 @@ def release_engines(keep: EngineConfig | None = None) -> None:
         give_memory_back()
 
 
+def kill_engine_processes() -> None:
+    """Kill this process's engine process and vLLM runner group now, without waiting for a caller's lock:
+    for a parent about to leave by `os._exit` (which skips multiprocessing's cleanup). They would die with
+    it anyway (parent-death signal, the runner's watchdog); this makes it immediate."""
+    from stt.engines.child import kill_engine_process
+
+    kill_engine_process()
+    if "stt.engines.vllm_batch" in sys.modules:
+        sys.modules["stt.engines.vllm_batch"].kill_runner_now()
+
+
 def give_memory_back() -> None:
     """Free what a finished model job let go of and hand it back to the operating system.
 
@@ -107,8 +118,9 @@ def engine_signature(engine_config: EngineConfig) -> dict[str, Any]:
     """The engine settings that change what a model writes or how a continuation scores.
 
     Engines differ in numerics (fp32 on the CPU, bf16 on a GPU, vLLM kernels, a server's build), so
-    predictions made by one are never reused for a config that names another. Batch size and
-    concurrency change speed only.
+    predictions made by one are never reused for a config that names another. On llama.cpp the batch
+    size changes outputs too (its batch shapes change the order of its sums: benchmarks/RESULTS.md), so it
+    is part of the signature there; elsewhere batch size and concurrency change speed only.
     """
     device = engine_config.device
     if engine_config.kind == "transformers" and device == "auto":
@@ -118,6 +130,8 @@ def engine_signature(engine_config: EngineConfig) -> dict[str, Any]:
         # Merged into the weights (in fp32) is the same function as peft's separate LoRA path to rounding, not
         # the same bits.
         out["lora"] = "merged" if merges_adapter(resolved_dtype(engine_config.dtype, device)) else "applied"
+    if engine_config.kind == "llama-cpp":
+        out["batch_size"] = engine_config.batch_size
     if engine_config.kind == "vllm-batch":
         from stt.engines.vllm_batch import vllm_dtype
 

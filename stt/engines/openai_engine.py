@@ -39,7 +39,11 @@ def _headers() -> dict[str, str]:
 
 
 class EndpointError(RuntimeError):
-    """An endpoint kept failing after every retry."""
+    """An endpoint kept failing after every retry. Its message is redacted whatever built it (URLs with
+    credentials, a server's echo of the key)."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 class _Retryable(Exception):  # noqa: N818 - a reason to try again, not an error the user sees
@@ -154,10 +158,10 @@ class OpenAIEngine(LocalTokenizer):
             r = httpx.post(f"{url}/load_lora_adapter", json={"lora_name": name, "lora_path": self.adapter},
                            timeout=300, headers=_headers())
             if r.status_code >= 400:
-                raise ConfigError(
+                raise ConfigError(redact(
                     f"{url} cannot load LoRA adapter {self.adapter} ({r.status_code}: {r.text[:200]}): start "
                     f"`vllm serve --enable-lora` with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, or pass "
-                    f"--lora-modules {name}={self.adapter}")
+                    f"--lora-modules {name}={self.adapter}"))
 
     def _first_model(self) -> str:
         last: Exception | None = None
@@ -168,8 +172,8 @@ class OpenAIEngine(LocalTokenizer):
                 return r.json()["data"][0]["id"]
             except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
                 last = exc
-        raise ConfigError(f"no OpenAI-compatible endpoint answers at {', '.join(self.urls)} ({last}); "
-                          "start `vllm serve <model>` or set engine.base_urls")
+        raise ConfigError(redact(f"no OpenAI-compatible endpoint answers at {', '.join(self.urls)} ({last}); "
+                                 "start `vllm serve <model>` or set engine.base_urls"))
 
     async def _all(self, bodies: list[dict[str, Any]], progress: ProgressFn | None) -> list[dict[str, Any]]:
         sem = asyncio.Semaphore(self.config.concurrency)

@@ -8,7 +8,8 @@ not one per job. It is let go (and its memory, GPU memory included, with it) whe
 of these settings, e.g. before fine-tuning.
 
 Supervised like the child engines: the runner leads its own process group (vLLM's engine-core and worker
-processes are in it); a call that outlasts the job's deadline kills the whole group and fails with
+processes are in it); a call that outlasts its deadline (the job's timeout, counted from when the call is sent)
+kills the whole group and fails with
 `EngineHung`, which the runners retry (an interrupted call, by Prefect's timeout or Ctrl-C, kills it too, and
 the interruption goes on); a runner that dies fails the call with `EngineDied`, its exit status and the end
 of its log; a failure inside vLLM ends the runner, and the next call starts a fresh one. If this process
@@ -38,7 +39,7 @@ import pyarrow.parquet as pq
 
 from stt.config import EngineConfig, GenerationParams
 from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score, first_stop
-from stt.engines.child import LOAD_TIMEOUT_S, POLL_S, EngineDied, EngineHung, current_deadline
+from stt.engines.child import LOAD_TIMEOUT_S, POLL_S, EngineDied, EngineHung, call_budget, death, oom_kills
 from stt.engines.tokenizer import LocalTokenizer
 from stt.errors import ConfigError
 from stt.models import ResolvedModel, hf_folder
@@ -198,8 +199,10 @@ class _Runner:
         log.info("vLLM runner %d loaded %s in %.1fs (vLLM's own load %.1fs)", self.process.pid, settings["model"],
                  time.monotonic() - t0, ready.get("load_seconds", 0.0))
 
-    def call(self, inp: Path, out: Path, deadline: float | None, who: str) -> dict[str, float]:
+    def call(self, inp: Path, out: Path, budget: float | None, who: str) -> dict[str, float]:
+        """One batch; its deadline (`budget` seconds) starts when it is sent."""
         call_id = next(self.ids)
+        deadline = None if budget is None else time.monotonic() + budget
         message = {"id": call_id, "input": str(inp), "output": str(out), "fault": os.environ.get("STT_VLLM_FAULT", "")}
         with contextlib.suppress(OSError):  # it died: answer() reports how
             self.process.stdin.write((json.dumps(message) + "\n").encode())
@@ -230,20 +233,21 @@ class _Runner:
         fd = self.process.stdout.fileno()
         poller = select.poll()  # not select.select: a busy process may hold file descriptors above 1024
         poller.register(fd, select.POLLIN)
+        oom_before = oom_kills()
         while b"\n" not in self.buffer:
-            if deadline is not None and time.monotonic() > deadline:
-                pid = self.process.pid
-                self.kill()
-                raise EngineHung(f"the vLLM runner (process {pid}) did not answer while {doing} before its "
-                                 f"deadline; its process group was killed (log: {self.log_path})")
             ready = poller.poll(POLL_S * 1000)
             chunk = os.read(fd, 65536) if ready else None
             if chunk == b"" or (chunk is None and self.process.poll() is not None):
                 code = self.process.wait()
                 self.kill()
-                raise EngineDied(f"the vLLM runner ended with exit code {code} while {doing}"
-                                 f"{' (killed by signal ' + str(-code) + ')' if code < 0 else ''}: "
-                                 f"{self.last_error()} (log: {self.log_path})")
+                died = death("vLLM runner", self.process.pid, code, doing, oom_before)
+                raise type(died)(f"{died}: {self.last_error()} (log: {self.log_path})")
+            # Checked after the read: an answer already in the pipe at the deadline is taken, not thrown away.
+            if chunk is None and deadline is not None and time.monotonic() > deadline:
+                pid = self.process.pid
+                self.kill()
+                raise EngineHung(f"the vLLM runner (process {pid}) did not answer while {doing} before its "
+                                 f"deadline; its process group was killed (log: {self.log_path})")
             self.buffer += chunk or b""
         line, self.buffer = self.buffer.split(b"\n", 1)
         return line
@@ -294,11 +298,12 @@ _HOST = _Host()
 
 
 def _call(engine: VLLMBatchEngine, inp: Path, out: Path) -> dict[str, float]:
-    key, deadline = engine.runner_key, current_deadline()
-    # The wait for a runner busy with another job's call counts against this job's deadline too.
-    wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
-    if not _HOST.lock.acquire(timeout=wait):
-        raise EngineHung(f"the {engine._who} was busy with another job's call until this job's deadline")
+    key, budget = engine.runner_key, call_budget()
+    # A call's deadline is its own time once sent: the wait for a runner busy with another job's call and
+    # the runner's start do not count (a hung call ahead is killed at its own deadline). Short waits, so a
+    # Prefect timeout or Ctrl-C can interrupt a queued caller.
+    while not _HOST.lock.acquire(timeout=POLL_S):
+        pass
     try:
         runner = _HOST.runner
         if runner is not None and (runner.key != key or runner.dead or runner.process.poll() is not None):
@@ -307,7 +312,7 @@ def _call(engine: VLLMBatchEngine, inp: Path, out: Path) -> dict[str, float]:
             _HOST.runner = _Runner(key, engine.python, engine.backend, engine.settings(), engine._who)
         runner = _HOST.runner
         try:
-            return runner.call(inp, out, deadline, engine._who)
+            return runner.call(inp, out, budget, engine._who)
         finally:
             if runner.dead:
                 _HOST.drop()  # killed (deadline, interrupt, death, a fatal error): a retry starts a fresh one
@@ -338,6 +343,14 @@ def keep_runner(keep: EngineConfig | None) -> None:
             _HOST.drop()
     finally:
         _HOST.lock.release()
+
+
+def kill_runner_now() -> None:
+    """Kill the runner's group without the lock (the parent is leaving)."""
+    runner = _HOST.runner
+    if runner is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(runner.process.pid, signal.SIGKILL)
 
 
 def stop_runner() -> None:

@@ -37,8 +37,10 @@ class Finetune(StageDef):
         try:
             # Another adapter of the task done under the same key is copied, not trained again.
             twins = [plan.adapter_dir(b.name) for b in plan.adapters if b.name != a.name]
+            # engine.process child: the training runs in the engine process, ended at the job's deadline.
             return finetune(config.engine.model, plan.set_dir(a.set_name), plan.adapter_dir(a.name),
-                            pipeline.adapter_train_config(config, plan, a), config.engine.device, twins=twins)
+                            pipeline.adapter_train_config(config, plan, a), config.engine.device, twins=twins,
+                            supervised=config.engine.process == "child")
         finally:
             give_memory_back()  # the model, its activations and the optimizer: 2 GB a later job never reuses
 

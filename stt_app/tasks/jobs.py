@@ -12,6 +12,7 @@ from prefect import get_run_logger, task
 from stt import jobs
 from stt.config import RunConfig
 from stt.markers import stage_key
+from stt.secrets import scrubbed
 from stt.timeouts import task_options
 from stt_app.tasks.model_slot import model_slot
 
@@ -20,7 +21,8 @@ from stt_app.tasks.model_slot import model_slot
       result_serializer="json")
 def run_job(config: RunConfig, job: jobs.Job) -> dict[str, Any]:
     t0 = time.perf_counter()
-    with model_slot() if jobs.uses_model(job) else nullcontext():  # one model-holding job per machine at a time
+    # scrubbed: the state message Prefect makes of a failure holds no secret
+    with scrubbed(), model_slot() if jobs.uses_model(job) else nullcontext():  # one model job per machine at a time
         info = jobs.summary(jobs.run(config, job))
     get_run_logger().info("%s done in %.1fs: %s", job.id, time.perf_counter() - t0, jobs.brief(job, info))
     return info

@@ -29,14 +29,19 @@ def say_once_how_timeouts_end(logger: logging.Logger | logging.LoggerAdapter, en
 
 
 def timeout_note(engine: EngineConfig) -> str:
+    training = ("fine-tuning runs in a child process ended at its job's timeout" if engine.process == "child" else
+                "fine-tuning runs in this process (engine.process inline: a native hang there is not ended)")
     if engine.kind == "vllm-batch":
         return ("model jobs call vLLM in its runner's process group: a job's timeout kills the runner with vLLM's "
-                "engine-core and worker processes, a call stuck in native code included, and the job is retried")
+                "engine-core and worker processes, a call stuck in native code included, and the job is retried; "
+                + training)
     if engine.kind == "openai":
         return ("model jobs call an endpoint: a request is ended by engine.timeout_s and retried "
-                "(engine.max_retries); the server's own processes are the server's")
+                "(engine.max_retries); the server's own processes are the server's; " + training)
     if engine.process == "child":
-        return ("model jobs run their engine in a child process: a job's timeout ends it, a call stuck in native "
-                "code included, and the job is retried")
+        return ("model jobs run their engine, and fine-tuning, in a child process: a call that outlasts the job's "
+                "timeout (counted from when it is sent) ends it, a call stuck in native code included, and the job "
+                "is retried; the process dies with this one")
     return ("engine.process is inline: a model job's timeout takes effect when a call into the model returns; a "
-            "call stuck in native code is not ended (engine.process: child ends it at the deadline)")
+            "call stuck in native code, in inference or in fine-tuning, is not ended (engine.process: child ends "
+            "it at the deadline)")

@@ -18,6 +18,7 @@ from stt.engines import release_engines
 from stt.evaluate import evaluate as evaluate_lib
 from stt.evaluate import evaluate_key
 from stt.report import write_report
+from stt.secrets import scrubbed
 from stt_app.tasks.model_slot import model_slot
 
 
@@ -35,7 +36,7 @@ def cached_on(key: str, folder: Path) -> dict[str, Any]:
       persist_result=True, result_serializer="json")
 def evaluate(task_name: str, language: str, engine: EngineConfig, config: EvalConfig, data_dir: str,
              out_folder: str, label: str) -> dict[str, Any]:
-    with model_slot():
+    with scrubbed(), model_slot():  # scrubbed: the state message Prefect makes of a failure holds no secret
         release_engines(keep=engine.model_copy(update={"batch_size": config.batch_size}))
         info = evaluate_lib(task_name, language, engine, config, Path(data_dir), Path(out_folder), label)
     t = info["throughput"]
@@ -52,5 +53,6 @@ def evaluate_options(task_name: str, language: str, engine: EngineConfig, config
 @task(name="report", retries=1, retry_delay_seconds=5)
 def report(root: str, evaluations: list[dict[str, Any]], quality_results: list[dict[str, Any]],
            config: dict[str, Any], notes: list[str]) -> dict[str, Any]:
-    out = write_report(Path(root), evaluations, quality_results, config, notes)
+    with scrubbed():
+        out = write_report(Path(root), evaluations, quality_results, config, notes)
     return {k: v for k, v in out.items() if k != "table"} | {"table": out["table"].to_dict(orient="records")}

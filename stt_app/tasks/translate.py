@@ -10,6 +10,7 @@ from prefect.context import TaskRunContext
 
 from stt import translate as lib
 from stt.config import TranslateConfig
+from stt.secrets import scrubbed
 from stt_app.tasks.model_slot import ensure_model_slot, model_slot, model_slot_name
 
 __all__ = ["ensure_model_slot", "generate_shard", "model_slot_name", "validate_shard"]
@@ -44,7 +45,7 @@ def generate_shard(job: dict[str, Any], config: TranslateConfig) -> dict[str, An
         rate = done / (time.perf_counter() - t0)
         logger.info("%s: %d/%d segments generated, %.2f segments/s", shard.shard, done, total, rate)
 
-    with model_slot():
+    with scrubbed(), model_slot():  # scrubbed: the state message Prefect makes of a failure holds no secret
         result = lib.generate_shard(shard, config, progress)
     logger.info("%s: %d segments, %d tokens in %.1fs (%.1f tokens/s)", shard.shard, result["segments"],
                 result["completion_tokens"], result["seconds"],
@@ -55,7 +56,8 @@ def generate_shard(job: dict[str, Any], config: TranslateConfig) -> dict[str, An
 @task(name="validate-shard", task_run_name="validate {job[shard]}", retries=1, retry_delay_seconds=5)
 def validate_shard(job: dict[str, Any], config: TranslateConfig, generated: dict[str, Any]) -> dict[str, Any]:
     # `generated` is only here so Prefect orders this task after the generation of the same shard.
-    entry = lib.validate_shard(lib.job_from_dict(job), config)
+    with scrubbed():
+        entry = lib.validate_shard(lib.job_from_dict(job), config)
     get_run_logger().info("%s: %d rows accepted, %d rejected %s", entry["shard"], entry["rows"],
                           entry["rejects"], entry["reject_reasons"] or "")
     return entry
