@@ -5,6 +5,7 @@ next call served by a fresh process."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -121,7 +122,8 @@ def _eval_config(tmp_path, floor_s: float) -> RunConfig:
 
 
 @pytest.mark.full  # the default tier ends a native hang at a deadline above; this adds the runner's retries
-def test_the_plain_runner_ends_a_native_hang_at_the_jobs_timeout_and_retries_it(tmp_path, monkeypatch, started):
+def test_the_plain_runner_ends_a_native_hang_at_the_jobs_timeout_and_retries_it(tmp_path, monkeypatch, started,
+                                                                                caplog):
     from stt import jobs
     from stt.translate import _with_retries
 
@@ -130,11 +132,16 @@ def test_the_plain_runner_ends_a_native_hang_at_the_jobs_timeout_and_retries_it(
     assert jobs.timeout_s(config, base) == 6  # floor + 2 items x 8 tokens at a million tokens/s, rounded
     monkeypatch.setenv("STT_FAULTS", "hang-native=eval:base-de")
     t0 = time.monotonic()
-    with pytest.raises(EngineHung, match="did not answer while generate before its deadline"):
+    with caplog.at_level(logging.WARNING), \
+            pytest.raises(EngineHung, match="did not answer while generate within its 6 s deadline"):
         _with_retries(jobs.run)(config, base)
-    # Three attempts (the plain runner retries twice), each ended at the job's 6 s, plus loads and waits.
+    # Three attempts (the plain runner retries twice), each ended 6 s after its call was sent, plus loads.
     assert time.monotonic() - t0 < 3 * (6 + 30)
     assert len(started) == 3 and all(_gone(p) for p in started)  # a fresh process per attempt, each killed
+    # Each attempt reached the stuck call in its own process (the line comes back through the pipe): the
+    # deadline was the call's, not spent on starting the process.
+    hangs = [r.getMessage() for r in caplog.records if "hangs here" in r.getMessage()]
+    assert hangs == [f"STT_FAULTS hang-native: eval:base-de hangs here, in process {p}" for p in started]
     monkeypatch.delenv("STT_FAULTS")
     # Nothing stuck: the same job finishes (with the default timeouts: they are not part of any key).
     done = jobs.run(config.model_copy(update={"timeouts": TimeoutConfig()}), base)
@@ -142,20 +149,24 @@ def test_the_plain_runner_ends_a_native_hang_at_the_jobs_timeout_and_retries_it(
 
 
 @pytest.mark.full  # Prefect's task timeout, retries and a real test server: the default tier covers the deadline
-def test_under_prefect_a_native_hang_is_ended_by_the_task_timeout(prefect_server, tmp_path, monkeypatch, started):
+def test_under_prefect_a_native_hang_is_ended_by_the_task_timeout(prefect_server, tmp_path, monkeypatch, started,
+                                                                  caplog):
     from stt_app.flows.evaluate import evaluate_model
 
     monkeypatch.setenv("STT_FAULTS", "hang-native=eval:base-de")
     engine = EngineConfig(kind="llama-cpp", batch_size=2, process="child")
     limits = TimeoutConfig(floor_s=8, min_tokens_per_s=1e6, retries=1, retry_delays_s=(0.5,))
     t0 = time.monotonic()
-    with pytest.raises(Exception, match=r"timed out after 8\.0 second"):
+    with caplog.at_level(logging.WARNING), pytest.raises(Exception, match=r"timed out after 8\.0 second"):
         evaluate_model("gsm8k", ["de"], engine, EvalConfig(limit=2, batch_size=2, max_new_tokens_math=8),
                        out_dir=str(tmp_path / "eval"), timeouts=limits)
     # Two attempts (one retry), each interrupted at 8 s although its engine call never returns (without a
-    # child process the task would wait on the C call for good), each attempt's process killed.
+    # child process the task would wait on the C call for good), each attempt's process killed, and each
+    # had reached the stuck call (its process's line came back through the pipe).
     assert time.monotonic() - t0 < 2 * (8 + 30) + 30
     assert len(started) == 2 and all(_gone(p) for p in started)
+    hangs = [r.getMessage() for r in caplog.records if "hangs here" in r.getMessage()]
+    assert hangs == [f"STT_FAULTS hang-native: eval:base-de hangs here, in process {p}" for p in started]
 
 
 # -- issue 35: a tagged protocol, per-call deadlines, deaths reported, no orphans ------------------------------
@@ -336,3 +347,16 @@ def test_a_native_hang_in_fine_tuning_ends_at_its_deadline(tmp_path, monkeypatch
         done = finetune("gemma3-270m", tmp_path / "set", tmp_path / "adapter", config, "cpu", supervised=True)
     assert done["metrics"]["steps"] == 1 and len(started) == 2 and not _gone(started[1])
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_prefect_retries_every_failure_but_an_out_of_memory_kill():
+    """Prefect's retry_condition_fn receives the failed attempt as a state holding the exception."""
+    from prefect.states import Failed
+
+    from stt.engines.child import EngineOutOfMemory, prefect_retry_condition
+    from stt.timeouts import task_options
+
+    assert task_options(10, TimeoutConfig())["retry_condition_fn"] is prefect_retry_condition
+    assert prefect_retry_condition(None, None, Failed(data=EngineHung("hung")))
+    assert prefect_retry_condition(None, None, Failed(data=RuntimeError("anything else")))
+    assert not prefect_retry_condition(None, None, Failed(data=EngineOutOfMemory("killed for memory")))

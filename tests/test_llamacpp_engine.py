@@ -97,25 +97,103 @@ ADAPTER_PAIRS = [("Question: What is 3 plus 3?\nAnswer:", " 6"), ("Question: Wha
                  ("Question: What is 5 plus 5?\nAnswer:", " 10"),
                  ("Question: What is 12 plus 7?\nAnswer:", " 19 apples")]
 
+# Per token, in nats, on the F32 GGUF: what llama.cpp's CPU arithmetic leaves against fp32 transformers. With
+# every weight equal it keeps two steps in 16 bits, GELU (a table indexed by the fp16 input, fp16 output; compiled
+# in) and the F16 KV cache: 0.0068 nats at most over 1,755 tokens x 4 models in benchmarks/lora_parity_f32.py
+# (mean 0.0007; 1e-5 with both in fp32). An adapter at 0.9 of its strength misses by far more.
+F32_TOKEN_TOLERANCE = 0.02
+PREFIX = "".join(f"Question: What is {i} plus {i}?\nAnswer: {2 * i}\n" for i in range(1, 6))
+ITEMS = [f"Question: What is {a} plus {b}?\nAnswer: {a + b}\n" for a, b in ((7, 7), (3, 3), (12, 7))]
 
-def test_a_lora_adapter_moves_scores_as_far_as_in_transformers(tiny_adapter):
-    """Not merely applied: the shift the adapter causes is transformers' shift, pair by pair, within 15% plus
-    twice the engines' own difference on the base model (Q4 kernels with 8-bit activations vs fp32), and the
-    same on a rerun. Half an adapter, or one applied to part of the computation, misses by tens of nats."""
-    def scores(kind, adapter):
-        config = EngineConfig(kind=kind, adapter=adapter, reuse_prefix_cache=False)
-        return np.array([s.logprob for s in get_engine(config).loglikelihood(ADAPTER_PAIRS)])
 
-    base, lora = scores("llama-cpp", None), scores("llama-cpp", tiny_adapter)
-    torch_base, torch_lora = scores("transformers", None), scores("transformers", tiny_adapter)
-    shift, torch_shift = lora - base, torch_lora - torch_base
-    assert (np.abs(torch_shift) > 5).all()  # the adapter acts on every pair (else the check says nothing)
-    engine_difference = np.abs(base - torch_base)
-    assert (engine_difference < 0.5).all()
-    assert (np.abs(shift - torch_shift) <= 0.15 * np.abs(torch_shift) + 2 * engine_difference).all(), \
-        (shift, torch_shift)
-    assert shift.sum() / torch_shift.sum() == pytest.approx(1.0, abs=0.1)
-    assert (scores("llama-cpp", tiny_adapter) == lora).all()  # a rerun gives the same scores
+def _scaled_adapter(adapter, factor: float, folder):
+    """A copy of a peft adapter with every LoRA B times `factor`: the adapter's delta at that strength."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(adapter, folder)
+    weights = load_file(adapter / "adapter_model.safetensors")
+    save_file({k: v * factor if "lora_B" in k else v for k, v in weights.items()},
+              folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def _llama_token_logprobs(model, adapter, prefix: list[int], owns: list[list[int]], shared: bool) -> np.ndarray:
+    """Log-probability of each item's own tokens after its first, the items in one batch of sequences. `shared`:
+    the prefix decoded once into sequence 0 and its cells copied into each item's sequence, as generation does."""
+    from stt.engines.llamacpp_engine import LlamaCppEngine
+
+    engine = LlamaCppEngine(model, EngineConfig(kind="llama-cpp", adapter=adapter, batch_size=len(owns),
+                                                n_ctx=512, reuse_prefix_cache=shared))
+    entries, rows = [], []
+    if shared:
+        engine._set_prefix(prefix)
+    for seq, own in enumerate(owns, start=1):
+        start = engine._copy_prefix(seq) if shared else 0
+        rows.append(len(entries) + (0 if shared else len(prefix)))  # the row of the item's first token
+        entries += [(t, start + k, seq, True) for k, t in enumerate(own if shared else prefix + own)]
+    engine._decode(entries)
+    return np.concatenate([[engine._log_softmax(engine._logits(row + k))[own[k + 1]] for k in range(len(own) - 1)]
+                           for row, own in zip(rows, owns, strict=True)])
+
+
+def _torch_token_logprobs(model, prefix: list[int], owns: list[list[int]]) -> np.ndarray:
+    import torch
+
+    out = []
+    for own in owns:
+        with torch.no_grad():
+            lp = model(torch.tensor([prefix + own])).logits[0].double().log_softmax(-1)
+        out.append([lp[len(prefix) + k, own[k + 1]].item() for k in range(len(own) - 1)])
+    return np.concatenate(out)
+
+
+def test_a_lora_adapter_scores_every_token_as_in_transformers(tiny_adapter, tmp_path):
+    """On the same weights in float32 (stt.gguf_f32), llama.cpp with the converted adapter gives every token the
+    log-probability transformers gives it with peft's adapter (unmerged), within what llama.cpp's arithmetic
+    leaves on the base model, with and without the shared prefix; and the engine's own scoring (loglikelihood)
+    agrees. Negative control: the adapter at 0.9 of its strength is out of that tolerance by a wide margin, so
+    a partly applied adapter or a wrong LoRA scale cannot pass. (On the shipped Q4_K_M weights the engines differ
+    by ~0.1 nats per token already: benchmarks/RESULTS.md, "LoRA on llama.cpp".)"""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from stt.engines.llamacpp_engine import LlamaCppEngine
+    from stt.gguf_f32 import f32_gguf
+    from stt.models import hf_folder
+
+    q4 = resolve_model("gemma3-270m")
+    f32 = f32_gguf(q4)
+    folder = hf_folder(q4)
+    torch_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
+                                            str(tiny_adapter)).eval()
+    engine = LlamaCppEngine(f32, EngineConfig(kind="llama-cpp", n_ctx=512, reuse_prefix_cache=False))
+    prefix = engine.tokenizer(PREFIX)["input_ids"]
+    owns = [engine.tokenizer(item, add_special_tokens=False)["input_ids"] for item in ITEMS]
+    with torch_model.disable_adapter():
+        torch_base = _torch_token_logprobs(torch_model, prefix, owns)
+    torch_lora = _torch_token_logprobs(torch_model, prefix, owns)
+    assert np.abs(torch_lora - torch_base).mean() > 1.0  # the adapter moves these tokens (else this says nothing)
+
+    base = _llama_token_logprobs(f32, None, prefix, owns, shared=False)
+    assert np.abs(base - torch_base).max() < F32_TOKEN_TOLERANCE, np.abs(base - torch_base).max()
+    for shared in (False, True):
+        lora = _llama_token_logprobs(f32, tiny_adapter, prefix, owns, shared)
+        assert np.abs(lora - torch_lora).max() < F32_TOKEN_TOLERANCE, (shared, np.abs(lora - torch_lora).max())
+    partial = _llama_token_logprobs(f32, _scaled_adapter(tiny_adapter, 0.9, tmp_path / "x0.9"), prefix, owns, False)
+    assert np.abs(partial - torch_lora).max() > 5 * F32_TOKEN_TOLERANCE, np.abs(partial - torch_lora).max()
+
+    # The engine's scoring path, one score per pair (sums over the continuation's tokens).
+    scored = LlamaCppEngine(f32, EngineConfig(kind="llama-cpp", adapter=tiny_adapter, n_ctx=512,
+                                              reuse_prefix_cache=False)).loglikelihood(ADAPTER_PAIRS)
+    for (context, continuation), score in zip(ADAPTER_PAIRS, scored, strict=True):
+        whole, n = engine.split_pair(context, continuation)
+        with torch.no_grad():
+            lp = torch_model(torch.tensor([whole])).logits[0].double().log_softmax(-1)
+        expected = sum(lp[t - 1, whole[t]].item() for t in range(n, len(whole)))
+        assert score.logprob == pytest.approx(expected, abs=F32_TOKEN_TOLERANCE * (len(whole) - n))
 
 
 def test_a_shared_prefix_runs_with_the_adapter_too(tiny_adapter):

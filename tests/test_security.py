@@ -156,18 +156,20 @@ def test_a_traceback_in_the_log_is_redacted_along_its_whole_chain(monkeypatch):
 
     from stt.secrets import install_log_redaction
 
-    monkeypatch.setenv("STT_OPENAI_API_KEY", "sk-live-5678-abcd")
+    # Built at run time: a traceback also quotes the source line that raised, and that must not hold them.
+    key, password = "sk-live-" + "5678-abcd", "hunter" + "22"
+    monkeypatch.setenv("STT_OPENAI_API_KEY", key)
     install_log_redaction()
     try:
         try:
-            raise ConnectionError("https://bob:hunter22@gpu-host/v1 refused the key sk-live-5678-abcd")
+            raise ConnectionError(f"https://bob:{password}@gpu-host/v1 refused the key {key}")
         except ConnectionError as cause:
-            raise RuntimeError("the endpoint failed (sk-live-5678-abcd)") from cause
+            raise RuntimeError(f"the endpoint failed ({key})") from cause
     except RuntimeError:
         record = logging.getLogger("stt.test").makeRecord("stt.test", logging.ERROR, __file__, 1, "call failed",
                                                           (), sys.exc_info())
     text = logging.Formatter().format(record)
-    assert "hunter22" not in text and "sk-live-5678-abcd" not in text
+    assert password not in text and key not in text
     assert "https://bob:***@gpu-host/v1 refused the key ***" in text and "the endpoint failed (***)" in text
 
 

@@ -2,6 +2,8 @@
 
 The runner is the same file the vLLM environment executes; `--backend transformers` swaps only the
 generation call, so the files, the subprocess and the error reporting are what a GPU run goes through.
+These tests hold the runner's plumbing to the in-process engine; vLLM itself (its outputs against
+transformers', its LoRA, its hung and killed runners) is tested in tests/test_vllm_engine.py (full tier).
 """
 
 import sys

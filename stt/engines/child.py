@@ -245,10 +245,13 @@ def _serve(conn: Any, parent_pid: int) -> None:
             elif operation == "run":
                 _, _, target, kwargs, unit, fault_spec = message
                 module, _, name = target.partition(":")
-                with faults.unit(unit):
-                    faults.native_hang(unit, fault_spec)  # reliability drills: a training step stuck in C
-                    result = getattr(importlib.import_module(module), name)(**kwargs)
-                give_memory_back()  # the model, its activations and the optimizer: gone before the next job
+                try:
+                    with faults.unit(unit):
+                        faults.native_hang(unit, fault_spec)  # reliability drills: a training step stuck in C
+                        faults.python_hang(unit, fault_spec)
+                        result = getattr(importlib.import_module(module), name)(**kwargs)
+                finally:
+                    give_memory_back()  # the model, its activations and the optimizer: gone before the next job
                 conn.send(("result", request, result, None))
             else:
                 _, _, name, payload, unit, batch_size, fault_spec = message
@@ -287,9 +290,9 @@ _ERRORS: dict[str, type[Exception]] = {"ConfigError": ConfigError, "DataError": 
 
 class _Host:
     """This process's one engine process. It holds one model at a time and swaps it when another engine
-    config calls: starting a process costs 8-10 s on the CPU (imports), loading a GGUF model in a running
-    one about 1 s, so jobs that follow each other reuse the process. A kill (a deadline passed, an abandoned
-    request) ends it; the next call starts a fresh one."""
+    config calls: starting a process costs seconds (imports: 8-10 s with torch on a slow CPU), loading a
+    GGUF model in a running one about 1 s, so jobs that follow each other reuse the process. A kill (a
+    deadline passed, an abandoned request) ends it; the next call starts a fresh one."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()  # one request at a time on the pipe
