@@ -360,3 +360,21 @@ def test_prefect_retries_every_failure_but_an_out_of_memory_kill():
     assert prefect_retry_condition(None, None, Failed(data=EngineHung("hung")))
     assert prefect_retry_condition(None, None, Failed(data=RuntimeError("anything else")))
     assert not prefect_retry_condition(None, None, Failed(data=EngineOutOfMemory("killed for memory")))
+
+
+def test_plain_translate_ends_a_native_hang_at_the_shards_timeout(tmp_path, monkeypatch, started):
+    """`stt translate --no-prefect` (stt.translate.run_translate) set no deadline: a stuck call held it for
+    good. Each shard's calls now get the shard's timeout, as under the translate flow."""
+    from stt.config import GenerationParams, TranslateConfig
+    from stt.translate import run_translate
+
+    config = TranslateConfig(task="gsm8k", languages=("de",), limit=1, shard_size=1, out_dir=tmp_path / "out",
+                             engine=EngineConfig(kind="llama-cpp", batch_size=2, process="child"),
+                             generation=GenerationParams(max_new_tokens_cap=8),
+                             timeouts=TimeoutConfig(floor_s=5, min_tokens_per_s=1e6))
+    monkeypatch.setenv("STT_FAULTS", "hang-native=de-00000")
+    t0 = time.monotonic()
+    with pytest.raises(EngineHung, match="within its 5 s deadline"):
+        run_translate(config)
+    assert time.monotonic() - t0 < 3 * (5 + 30)  # three attempts (the plain runner's retries)
+    assert len(started) == 3 and all(_gone(p) for p in started)
