@@ -54,6 +54,16 @@ def scrub(exc: BaseException) -> BaseException:
         seen.add(id(e))
         with contextlib.suppress(Exception):  # an exception type whose args cannot be set keeps them
             e.args = tuple(redact(a) if isinstance(a, str) else a for a in e.args)
+        # Messages some types build from attributes instead of args (OSError's strerror and file names,
+        # CalledProcessError's command and output).
+        for name in ("strerror", "filename", "filename2", "cmd", "output", "stderr"):
+            value = getattr(e, name, None)
+            if isinstance(value, str):
+                with contextlib.suppress(Exception):
+                    setattr(e, name, redact(value))
+            elif isinstance(value, list | tuple) and name == "cmd":
+                with contextlib.suppress(Exception):
+                    setattr(e, name, [redact(str(v)) for v in value])
         notes = getattr(e, "__notes__", None)
         if isinstance(notes, list):
             notes[:] = [redact(n) if isinstance(n, str) else n for n in notes]

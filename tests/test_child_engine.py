@@ -33,11 +33,39 @@ def _rss_mb(pid: int) -> int:
 
 
 def _gone(pid: int) -> bool:
+    """Ended: no such process, or a zombie (dead, waiting for a parent that may never reap it)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
         return True
-    return False
+
+
+class _HangSeen(logging.Handler):
+    """Set when an engine process says (through the pipe) that it reached an STT_FAULTS hang."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.event, self.lines = threading.Event(), []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "hangs here" in record.getMessage():
+            self.lines.append(record.getMessage())
+            self.event.set()
+
+
+@pytest.fixture
+def hang_seen():
+    handler = _HangSeen()
+    logger = logging.getLogger("stt.faults")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 @pytest.fixture
@@ -187,7 +215,7 @@ def test_a_call_whose_caller_stops_reading_kills_the_process_and_the_next_call_g
     assert len(started) == 2
 
 
-def test_the_deadline_counts_the_calls_own_time_not_its_wait_behind_another_call(monkeypatch, started):
+def test_the_deadline_counts_the_calls_own_time_not_its_wait_behind_another_call(monkeypatch, started, hang_seen):
     """A caller queued behind a hung call: measured from the caller's start, its deadline passed while it
     waited, and the fresh process that replaced the hung one was killed before it could answer."""
     import threading
@@ -204,7 +232,7 @@ def test_the_deadline_counts_the_calls_own_time_not_its_wait_behind_another_call
         hung.append(failure.value)
 
     def queued() -> None:
-        time.sleep(1)  # behind the stuck call, which holds the engine for 30 s
+        assert hang_seen.event.wait(60)  # behind the stuck call (in C now), which holds the engine for 30 s
         # 25 s for its own call (a fresh process's first call took up to 20 s on a loaded 2-core machine)
         with faults.unit("eval:fine"), deadline(25):
             answers.append(engine.generate(REQUESTS[:1])[0].text)
@@ -219,7 +247,7 @@ def test_the_deadline_counts_the_calls_own_time_not_its_wait_behind_another_call
 
 
 def test_a_process_killed_from_outside_is_reported_with_its_signal_and_an_oom_kill_is_named_and_not_retried(
-        monkeypatch, tmp_path, started):
+        monkeypatch, tmp_path, started, hang_seen):
     import signal
     import threading
 
@@ -230,7 +258,8 @@ def test_a_process_killed_from_outside_is_reported_with_its_signal_and_an_oom_ki
     monkeypatch.setenv("STT_FAULTS", "hang-native=eval:stuck")
 
     def kill_soon(bump_oom: bool) -> None:
-        time.sleep(1.5)
+        assert hang_seen.event.wait(60)  # the call is stuck in C in the engine process
+        hang_seen.event.clear()
         if bump_oom:  # what the kernel's OOM killer does: count the kill in memory.events, then SIGKILL
             events.write_text("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n")
         os.kill(started[-1], signal.SIGKILL)
@@ -239,7 +268,8 @@ def test_a_process_killed_from_outside_is_reported_with_its_signal_and_an_oom_ki
     events.write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
     monkeypatch.setattr(child_module, "_OOM_EVENTS", events)
     threading.Thread(target=kill_soon, args=(False,)).start()
-    with faults.unit("eval:stuck"), pytest.raises(child_module.EngineDied, match="killed by SIGKILL") as died:
+    with faults.unit("eval:stuck"), deadline(60), \
+            pytest.raises(child_module.EngineDied, match="killed by SIGKILL") as died:
         engine.generate(REQUESTS)
     assert not isinstance(died.value, child_module.EngineOutOfMemory)
     assert "out-of-memory killer sends" in str(died.value)
@@ -249,7 +279,7 @@ def test_a_process_killed_from_outside_is_reported_with_its_signal_and_an_oom_ki
     def call() -> None:
         calls.append(1)
         threading.Thread(target=kill_soon, args=(True,)).start()
-        with faults.unit("eval:stuck"):
+        with faults.unit("eval:stuck"), deadline(60):
             engine.generate(REQUESTS)
 
     with pytest.raises(child_module.EngineOutOfMemory, match="out-of-memory killer ended it .*1 -> 2"):
@@ -303,8 +333,11 @@ def test_no_engine_process_outlives_its_parents_sigkill_while_stuck_in_native_co
 
     script = tmp_path / "caller.py"
     script.write_text(CALLER)
+    import select
+
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
+        assert select.select([parent.stdout], [], [], 180)[0], "the caller never reported its engine process"
         engine_pid = int(parent.stdout.readline())
         time.sleep(2)  # into the stuck call
         assert not _gone(engine_pid)
@@ -319,7 +352,7 @@ def test_no_engine_process_outlives_its_parents_sigkill_while_stuck_in_native_co
     assert _gone(engine_pid), f"engine process {engine_pid} outlived its parent's SIGKILL"
 
 
-def test_a_native_hang_in_fine_tuning_ends_at_its_deadline(tmp_path, monkeypatch, started):
+def test_a_native_hang_in_fine_tuning_ends_at_its_deadline(tmp_path, monkeypatch, started, hang_seen):
     """Fine-tuning runs in the engine process (engine.process: child), so a training step stuck in C is
     ended at the job's deadline like a stuck model call; without the fault the same training finishes."""
     import pyarrow as pa
@@ -340,7 +373,9 @@ def test_a_native_hang_in_fine_tuning_ends_at_its_deadline(tmp_path, monkeypatch
     t0 = time.monotonic()
     with deadline(5), pytest.raises(EngineHung, match="fine-tuning adapter.*within its 5 s deadline"):
         finetune("gemma3-270m", tmp_path / "set", tmp_path / "adapter", config, "cpu", supervised=True)
-    assert time.monotonic() - t0 < 5 + 30 and len(started) == 1 and _gone(started[0])
+    assert time.monotonic() - t0 < 5 + 60 and len(started) == 1 and _gone(started[0])
+    # The training itself was stuck (the engine process said so), not its start: the deadline is the run's.
+    assert hang_seen.lines == [f"STT_FAULTS hang-native: finetune:adapter hangs here, in process {started[0]}"]
     assert not (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     monkeypatch.delenv("STT_FAULTS")
     with deadline(300):

@@ -44,6 +44,8 @@ def test_no_source_file_unpickles_or_runs_remote_code():
         assert any(p.is_relative_to(ROOT / folder) for p in SOURCES), folder
     import subprocess
 
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: the list of tracked files is git's")
     listed = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True)
     tracked = {ROOT / line for line in listed.stdout.split() if not line.startswith("tests/")}
     assert tracked and tracked - set(SOURCES) == set()

@@ -8,7 +8,7 @@ child when the call's deadline passes (or when Prefect's timeout interrupts the 
 engine classes as the in-process path, so outputs are the same. Fine-tuning runs there too (`run_supervised`).
 
 One engine process per parent, kept between jobs: it holds one model at a time and swaps it when an engine
-of another config calls (starting a process costs 8-10 s on the CPU, swapping a GGUF model about 1 s).
+of another config calls (starting a process costs seconds of imports, swapping a GGUF model about 1 s).
 Releasing an engine lets its model go in the child, and the operating system gets that memory back.
 
 The child never outlives its parent: it runs in its own process group (a terminal's Ctrl-C reaches the
@@ -64,7 +64,7 @@ UNLOAD_TIMEOUT_S = 60.0
 # Functions a parent may run in the engine process (`run_supervised`): named, not pickled code.
 RUNNABLE = frozenset({"stt.finetune:finetune"})
 _BUDGET: contextvars.ContextVar[float | None] = contextvars.ContextVar("stt_engine_call_budget", default=None)
-_OOM_EVENTS = Path("/sys/fs/cgroup/memory.events")  # cgroup v2: oom_kill counts the OOM killer's kills
+_OOM_EVENTS: Path | None = None  # where the OOM killer's kill count is read; None: this process's cgroup
 
 
 class EngineHung(RuntimeError):
@@ -175,22 +175,47 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def oom_kills() -> int | None:
-    """The out-of-memory killer's kills so far in this cgroup (None where cgroup v2 does not say)."""
+def _oom_counter_files() -> list[Path]:
+    """The files that count the OOM killer's kills in this process's memory cgroup: cgroup v2's
+    memory.events, cgroup v1's memory.oom_control (both hold an `oom_kill N` line)."""
+    if _OOM_EVENTS is not None:
+        return [_OOM_EVENTS]
     try:
-        for line in _OOM_EVENTS.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == "oom_kill":
-                return int(value)
-    except (OSError, ValueError):
-        return None
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    files = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        where = path.lstrip("/")
+        if controllers == "":  # the v2 hierarchy (mounted at /sys/fs/cgroup, or /sys/fs/cgroup/unified beside v1)
+            files += [Path("/sys/fs/cgroup") / where / "memory.events",
+                      Path("/sys/fs/cgroup/unified") / where / "memory.events"]
+        elif "memory" in controllers.split(","):
+            files.append(Path("/sys/fs/cgroup/memory") / where / "memory.oom_control")
+    return files
+
+
+def oom_kills() -> int | None:
+    """The out-of-memory killer's kills so far in this process's memory cgroup (None where no counter can
+    be read: a death then reads as a plain EngineDied, retried)."""
+    for path in _oom_counter_files():
+        try:
+            for line in path.read_text().splitlines():
+                name, _, value = line.partition(" ")
+                if name == "oom_kill":
+                    return int(value)
+        except (OSError, ValueError):
+            continue
     return None
 
 
 def death(who: str, pid: int, code: int | None, doing: str, oom_before: int | None) -> EngineDied:
     """The error for a process that ended without answering: its exit status or signal, and the OOM killer
     named when the cgroup counted a kill meanwhile."""
-    if code is not None and code < 0:
+    if code is None:
+        how = "ended (its exit status not yet known)"
+    elif code < 0:
         try:
             how = f"was killed by {signal.Signals(-code).name}"
         except ValueError:
@@ -216,6 +241,7 @@ def _serve(conn: Any, parent_pid: int) -> None:
     from stt.engines import give_memory_back, load_inline
 
     current: list[int] = [0]
+    conn = _LockedConn(conn)  # the log handler may send from another thread than the main loop
     handler = _PipeLogHandler(conn, current)
     stt_log = logging.getLogger("stt")
     stt_log.addHandler(handler)
@@ -267,6 +293,21 @@ def _serve(conn: Any, parent_pid: int) -> None:
             if operation == "load":
                 engine = None
             conn.send(("error", request, type(exc).__name__, str(exc)))
+
+
+class _LockedConn:
+    """The child's end of the pipe, one message at a time (a message over the pipe's buffer is written in
+    pieces: two threads' sends would interleave)."""
+
+    def __init__(self, conn: Any):
+        self.conn, self.lock = conn, threading.Lock()
+
+    def send(self, message: Any) -> None:
+        with self.lock:
+            self.conn.send(message)
+
+    def recv(self) -> Any:
+        return self.conn.recv()
 
 
 def _progress_to(conn: Any, request: int) -> ProgressFn:
@@ -324,9 +365,13 @@ class _Host:
         if process is not None and process.pid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(process.pid, signal.SIGKILL)  # not yet its own group leader: the process alone
+            if process.exitcode is None:  # not reaped yet, so the pid is still its own
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(process.pid, signal.SIGKILL)  # not yet its own group leader: the process alone
             process.join(timeout=10)
+            if process.exitcode is None:
+                log.warning("engine process %d did not end within 10 s of SIGKILL (stuck in the kernel, e.g. a "
+                            "GPU driver call); a fresh process starts beside it", process.pid)
         if conn is not None:
             with contextlib.suppress(OSError):
                 conn.close()
@@ -355,36 +400,35 @@ class _Host:
                 conn.send((message[0], request_id, *message[1:]))
             until = None if budget is None else time.monotonic() + budget
             while True:
-                if not conn.poll(POLL_S):
-                    if not process.is_alive():
-                        process.join(timeout=1)
-                        raise death(who, process.pid, process.exitcode, doing, oom_before)
-                    if until is not None and time.monotonic() > until:  # checked after the poll: an answer
-                        # already in the pipe at the deadline is read, not thrown away
-                        raise EngineHung(f"the {who} (process {process.pid}) did not answer while {doing} within "
-                                         f"its {budget:g} s deadline; the process was killed")
-                    continue
-                try:
-                    reply = conn.recv()
-                except (EOFError, OSError):
-                    process.join(timeout=5)
-                    raise death(who, process.pid, process.exitcode, doing, oom_before) from None
-                kind, rid = reply[0], reply[1]
-                if rid != request_id:
-                    raise EngineDesync(f"the {who} (process {process.pid}) answered request {rid} while request "
-                                       f"{request_id} ({doing}) waited; the process was killed")
-                if kind == "progress":
-                    if progress:
-                        progress(reply[2], reply[3])
-                    continue
-                if kind == "log":
-                    logging.getLogger(reply[3]).log(reply[2], "%s", reply[4])
-                    continue
-                answered = True
-                if kind == "error":
-                    raise _ERRORS.get(reply[2], RuntimeError)(
-                        reply[3] if reply[2] in _ERRORS else f"{reply[2]} in the engine process: {reply[3]}")
-                return reply
+                if conn.poll(POLL_S):
+                    try:
+                        reply = conn.recv()
+                    except (EOFError, OSError):
+                        process.join(timeout=5)
+                        raise death(who, process.pid, process.exitcode, doing, oom_before) from None
+                    kind, rid = reply[0], reply[1]
+                    if kind == "log":  # a log line, whichever request it came during
+                        logging.getLogger(reply[3]).log(reply[2], "%s", reply[4])
+                    elif rid != request_id:
+                        raise EngineDesync(f"the {who} (process {process.pid}) answered request {rid} while "
+                                           f"request {request_id} ({doing}) waited; the process was killed")
+                    elif kind == "progress":
+                        if progress:
+                            progress(reply[2], reply[3])
+                    else:
+                        answered = True
+                        if kind == "error":
+                            raise _ERRORS.get(reply[2], RuntimeError)(
+                                reply[3] if reply[2] in _ERRORS else f"{reply[2]} in the engine process: {reply[3]}")
+                        return reply
+                elif not process.is_alive():
+                    process.join(timeout=1)
+                    raise death(who, process.pid, process.exitcode, doing, oom_before)
+                # Every pass, after reading: a final answer already in the pipe at the deadline is taken, and a
+                # stream of progress or log lines cannot hold the call past it.
+                if until is not None and time.monotonic() > until:
+                    raise EngineHung(f"the {who} (process {process.pid}) did not answer while {doing} within "
+                                     f"its {budget:g} s deadline; the process was killed")
         finally:
             if not answered:
                 # Hung, dead, desynchronised, or interrupted (a Prefect timeout, Ctrl-C, a progress callback
@@ -433,7 +477,10 @@ def run_supervised(target: str, kwargs: dict[str, Any], who: str, unit: str = ""
     if target not in RUNNABLE:
         raise ValueError(f"{target} is not runnable in the engine process (RUNNABLE: {sorted(RUNNABLE)})")
     with _locked():
-        _HOST.ensure()
+        if _HOST.process is None:
+            # A fresh process: its start (imports) is not the run's time, so wait for it to answer first.
+            _HOST.start()
+            _HOST.request(("unload",), LOAD_TIMEOUT_S, None, "starting", f"engine process ({who})")
         _HOST.loaded = None
         reply = _HOST.request(("run", target, kwargs, unit or faults.current_unit(), os.environ.get("STT_FAULTS", "")),
                               call_budget(), None, who, "engine process")
