@@ -10,6 +10,7 @@ Each test has a time limit sized to its tier, so a hang fails with the test's na
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -174,3 +175,56 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for name, seconds in sorted(per_file.items(), key=lambda kv: -kv[1]):
         terminalreporter.write_line(f"{seconds:8.1f}  {name}")
     terminalreporter.write_line(f"{sum(per_file.values()):8.1f}  in all (process-seconds; wall time is less with -n 2)")
+
+
+# -- engine processes (tests/test_child_engine.py, tests/test_faults.py) -------------------------------------
+def engine_gone(pid: int) -> bool:
+    """Ended: no such process, or a zombie (dead, waiting for a parent that may never reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+
+
+class _HangSeen(logging.Handler):
+    """Set when an engine process says (through the pipe) that it reached an STT_FAULTS hang."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.event, self.lines = threading.Event(), []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "hangs here" in record.getMessage():
+            self.lines.append(record.getMessage())
+            self.event.set()
+
+
+@pytest.fixture
+def hang_seen():
+    handler = _HangSeen()
+    logger = logging.getLogger("stt.faults")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+@pytest.fixture
+def started(monkeypatch) -> list[int]:
+    """The process ids of the engine processes started in the test, in order."""
+    from stt.engines import child
+
+    pids: list[int] = []
+    start = child._Host.start
+
+    def recorded(self):
+        start(self)
+        pids.append(self.process.pid)
+
+    monkeypatch.setattr(child._Host, "start", recorded)
+    return pids

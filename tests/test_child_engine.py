@@ -19,6 +19,7 @@ from stt.engines import child as child_module
 from stt.engines.child import ChildEngine, EngineHung, deadline, stop_engine_process
 
 from .conftest import DATA
+from .conftest import engine_gone as _gone
 
 pytestmark = pytest.mark.model
 
@@ -30,56 +31,6 @@ PAIRS = [("Question: What is 3 plus 3?\nAnswer:", " 6"), ("Premise: A man walks.
 def _rss_mb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         return int(status.read().split("VmRSS:")[1].split()[0]) // 1024
-
-
-def _gone(pid: int) -> bool:
-    """Ended: no such process, or a zombie (dead, waiting for a parent that may never reap it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return True
-
-
-class _HangSeen(logging.Handler):
-    """Set when an engine process says (through the pipe) that it reached an STT_FAULTS hang."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        import threading
-
-        self.event, self.lines = threading.Event(), []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "hangs here" in record.getMessage():
-            self.lines.append(record.getMessage())
-            self.event.set()
-
-
-@pytest.fixture
-def hang_seen():
-    handler = _HangSeen()
-    logger = logging.getLogger("stt.faults")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
-@pytest.fixture
-def started(monkeypatch) -> list[int]:
-    """The process ids of the engine processes started in the test, in order."""
-    pids: list[int] = []
-    start = child_module._Host.start
-
-    def recorded(self):
-        start(self)
-        pids.append(self.process.pid)
-
-    monkeypatch.setattr(child_module._Host, "start", recorded)
-    return pids
 
 
 @pytest.fixture(autouse=True)

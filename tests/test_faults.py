@@ -13,6 +13,8 @@ from stt.engines import get_engine
 from stt.translate import run_translate
 from stt_app.flows.translate import ShardsFailed, translate
 
+from .conftest import engine_gone
+
 pytestmark = pytest.mark.model
 DATA = resolve_data_dir()
 
@@ -49,20 +51,12 @@ def test_transient_faults_are_survived_and_a_permanent_one_fails_only_its_shard(
                                "th-00001": "generated"}
 
 
-def test_a_hung_engine_is_ended_by_the_timeout_and_retried(prefect_server, tmp_path, monkeypatch, caplog):
+def test_a_hung_engine_is_ended_by_the_timeout_and_retried(prefect_server, tmp_path, monkeypatch, caplog, started):
     """The hang is in the engine's process (engine.process: child, the default): Prefect's timeout interrupts
     the task's wait, which kills that process; the retry gets a fresh one."""
     from stt.engines import Request
     from stt.engines import child as child_module
 
-    started: list[int] = []
-    start = child_module._Host.start
-
-    def recorded(self):
-        start(self)
-        started.append(self.process.pid)
-
-    monkeypatch.setattr(child_module._Host, "start", recorded)
     child_module.stop_engine_process()
     out = tmp_path / "out"
     config = _config(out, languages=("de",), limit=1, floor_s=20, min_tokens_per_s=1e6)
@@ -91,20 +85,10 @@ def test_a_hung_engine_is_ended_by_the_timeout_and_retried(prefect_server, tmp_p
     # The first attempt hung in the engine process (its log line came back through the pipe, with its pid),
     # not here; that process and the retry's were killed.
     assert f"STT_FAULTS hang: de-00000 hangs here, in process {started[0]}" in messages
-    assert len(started) == 2 and all(_gone(pid) for pid in started)
+    assert len(started) == 2 and all(engine_gone(pid) for pid in started)
     monkeypatch.delenv("STT_FAULTS")
     # Timeouts are not part of any key: the rerun (with room for a slow machine) redoes the same shard.
     assert translate(config.model_copy(update={"timeouts": TimeoutConfig()}))["shards"] == {"de-00000": "generated"}
-
-
-def _gone(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def test_the_plain_runner_retries_transient_faults(tmp_path, monkeypatch):
