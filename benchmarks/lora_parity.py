@@ -9,6 +9,10 @@
     python benchmarks/lora_parity.py OUT_DIR [--nli-items 200] [--mgsm-items 40] [--steps 30]
 
 Adapters are trained here (seeded) on real English data; the figures go to OUT_DIR/lora_parity.json.
+
+Part 1 is superseded by benchmarks/lora_parity_f32.py (issue 35): one prompt of 40 tokens, and its shift ratios
+with and without the shared prefix are sums over different tokens (all 40, then the 16 after the prefix), so they
+do not compare the two paths. The newer script compares per token, on the same tokens, on F32 weights as well.
 """
 
 from __future__ import annotations

@@ -9,18 +9,20 @@ The tensors are dequantised with `gguf.quants.dequantize`, the function transfor
 stt.models.convert_gguf), so the values equal those in stt's Hugging Face folder, up to Gemma's norm weights,
 which transformers stores as `w - 1` and applies as `1 + w` (a float32 round trip: at most one ulp). Metadata
 and tensor names are copied as they are; the file type says all-F32. Converted once per weights hash and cached
-in `~/.cache/stt/gguf-f32/`.
+in `~/.cache/stt/gguf-f32/`, beside a note naming the source, so that what needs the weights as a Hugging Face
+folder (the LoRA converter) uses the source's folder instead of converting 1 GB again (`source_model`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
-from stt.files import exclusive
+from stt.files import exclusive, write_text_atomic
 from stt.models import ResolvedModel, cache_dir, resolve_model
 
 log = logging.getLogger(__name__)
@@ -59,10 +61,14 @@ def write_f32_gguf(source: Path, target: Path) -> Path:
     return target
 
 
+def _note(gguf: Path) -> Path:
+    return gguf.with_suffix(".source.json")
+
+
 def f32_gguf(model: ResolvedModel) -> ResolvedModel:
     """`model` (a GGUF) with every tensor in float32, converted once per weights hash and cached."""
     target = cache_dir() / "gguf-f32" / f"{model.weights_sha256[:16]}-f32.gguf"
-    if not target.is_file():
+    if not target.is_file() or not _note(target).is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         with exclusive(target.parent / f".{target.name}.lock"):  # two processes must not write one file
             if not target.is_file():
@@ -73,4 +79,17 @@ def f32_gguf(model: ResolvedModel) -> ResolvedModel:
                 finally:
                     tmp.unlink(missing_ok=True)
                 log.info("wrote %s (%s in float32)", target, model.path)
+            write_text_atomic(_note(target), json.dumps({"source": model.model_id, "path": str(model.path),
+                                                         "weights_sha256": model.weights_sha256}))
     return resolve_model(str(target))
+
+
+def source_model(model: ResolvedModel) -> ResolvedModel | None:
+    """The quantised model an F32 GGUF of ours was made from (None for any other model)."""
+    note = _note(model.path)
+    if not model.is_gguf or model.path.parent != cache_dir() / "gguf-f32" or not note.is_file():
+        return None
+    source = json.loads(note.read_text())
+    # By id: a short name resolves to its package's file, a path to itself; the hash proves it is the same one.
+    resolved = resolve_model(source["source"])
+    return resolved if resolved.weights_sha256 == source["weights_sha256"] else None

@@ -3,7 +3,9 @@
 llama.cpp's own `convert_lora_to_gguf.py` does the conversion; it ships in llama-cpp-python's source
 distribution (vendor/llama.cpp), which `scripts/setup.sh` downloads once into stt's cache. Only the
 conversion scripts are extracted; nothing is copied into this repository. Each adapter is converted
-once per content hash (cached in `~/.cache/stt/lora/`), so a retrained adapter is converted again.
+once per content hash (cached in `~/.cache/stt/lora/`), so a retrained adapter is converted again. The LoRA
+tensors are written in F32 (`--outtype f32`), whatever the base's type: the adapter's values as peft saved them.
+An F32 GGUF of a quantised model (stt.gguf_f32) shares its source's Hugging Face folder and converted adapters.
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ def adapter_gguf(adapter: str | Path, base: ResolvedModel) -> Path:
     weights = adapter / "adapter_model.safetensors"
     if not weights.is_file():
         raise ConfigError(f"adapter folder {adapter} has no adapter_model.safetensors (a peft LoRA adapter)")
+    from stt.gguf_f32 import source_model
+
+    # The converter reads the base's config and tensor names only: the same for an F32 copy and its source.
+    base = source_model(base) or base
     key = f"{file_sha256(weights)[:16]}-{base.weights_sha256[:12]}"
     out = cache_dir() / "lora" / f"{key}.gguf"
     if out.is_file():

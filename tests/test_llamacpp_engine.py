@@ -97,11 +97,12 @@ ADAPTER_PAIRS = [("Question: What is 3 plus 3?\nAnswer:", " 6"), ("Question: Wha
                  ("Question: What is 5 plus 5?\nAnswer:", " 10"),
                  ("Question: What is 12 plus 7?\nAnswer:", " 19 apples")]
 
-# Per token, in nats, on the F32 GGUF: what llama.cpp's CPU arithmetic leaves against fp32 transformers. With
-# every weight equal it keeps two steps in 16 bits, GELU (a table indexed by the fp16 input, fp16 output; compiled
-# in) and the F16 KV cache: 0.0068 nats at most over 1,755 tokens x 4 models in benchmarks/lora_parity_f32.py
-# (mean 0.0007; 1e-5 with both in fp32). An adapter at 0.9 of its strength misses by far more.
-F32_TOKEN_TOLERANCE = 0.02
+# Per token, in nats, on the F32 GGUF: what llama.cpp's CPU arithmetic leaves against fp32 transformers with every
+# weight equal. It keeps two steps in 16 bits: GELU (a table indexed by the fp16 input, compiled in) and the F16 KV
+# cache. benchmarks/lora_parity_f32.py: mean 0.0010, max 0.030 over 1,102 tokens of 3 trained adapters (both in
+# fp32: under 1e-4). An adapter at 0.9 of its strength misses by a mean of 0.03-0.37 there.
+F32_MEAN_TOLERANCE = 0.005
+F32_MAX_TOLERANCE = 0.05
 PREFIX = "".join(f"Question: What is {i} plus {i}?\nAnswer: {2 * i}\n" for i in range(1, 6))
 ITEMS = [f"Question: What is {a} plus {b}?\nAnswer: {a + b}\n" for a, b in ((7, 7), (3, 3), (12, 7))]
 
@@ -149,13 +150,23 @@ def _torch_token_logprobs(model, prefix: list[int], owns: list[list[int]]) -> np
     return np.concatenate(out)
 
 
-def test_a_lora_adapter_scores_every_token_as_in_transformers(tiny_adapter, tmp_path):
+@pytest.fixture(scope="module")
+def mild_adapter(tmp_path_factory):
+    """The tiny adapter's one step at a tenth of its learning rate: it moves these tokens by 0.8 nats on average,
+    as the benchmark's trained adapters do (0.3-2.8). The tiny adapter itself drives them to -25 nats, where
+    llama.cpp's 16-bit steps, a relative error, cost 0.014 nats a token (max 0.037)."""
+    from .conftest import train_tiny_adapter
+
+    return train_tiny_adapter(tmp_path_factory.mktemp("mild-adapter"), learning_rate=0.005)
+
+
+def test_a_lora_adapter_scores_every_token_as_in_transformers(mild_adapter, tmp_path):
     """On the same weights in float32 (stt.gguf_f32), llama.cpp with the converted adapter gives every token the
     log-probability transformers gives it with peft's adapter (unmerged), within what llama.cpp's arithmetic
-    leaves on the base model, with and without the shared prefix; and the engine's own scoring (loglikelihood)
+    leaves on the base model, with and without the shared prefix; the engine's own scoring (loglikelihood)
     agrees. Negative control: the adapter at 0.9 of its strength is out of that tolerance by a wide margin, so
     a partly applied adapter or a wrong LoRA scale cannot pass. (On the shipped Q4_K_M weights the engines differ
-    by ~0.1 nats per token already: benchmarks/RESULTS.md, "LoRA on llama.cpp".)"""
+    by 0.04 nats a token on the base model already: benchmarks/RESULTS.md, "LoRA on llama.cpp".)"""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -165,35 +176,43 @@ def test_a_lora_adapter_scores_every_token_as_in_transformers(tiny_adapter, tmp_
     from stt.models import hf_folder
 
     q4 = resolve_model("gemma3-270m")
-    f32 = f32_gguf(q4)
-    folder = hf_folder(q4)
-    torch_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
-                                            str(tiny_adapter)).eval()
-    engine = LlamaCppEngine(f32, EngineConfig(kind="llama-cpp", n_ctx=512, reuse_prefix_cache=False))
-    prefix = engine.tokenizer(PREFIX)["input_ids"]
-    owns = [engine.tokenizer(item, add_special_tokens=False)["input_ids"] for item in ITEMS]
+    f32 = f32_gguf(q4)  # converted once, cached in ~/.cache/stt/gguf-f32
+    torch_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(hf_folder(q4), dtype=torch.float32),
+                                            str(mild_adapter)).eval()
+    scorer = LlamaCppEngine(f32, EngineConfig(kind="llama-cpp", adapter=mild_adapter, n_ctx=512,
+                                              reuse_prefix_cache=False))
+    prefix = scorer.tokenizer(PREFIX)["input_ids"]
+    owns = [scorer.tokenizer(item, add_special_tokens=False)["input_ids"] for item in ITEMS]
     with torch_model.disable_adapter():
         torch_base = _torch_token_logprobs(torch_model, prefix, owns)
     torch_lora = _torch_token_logprobs(torch_model, prefix, owns)
-    assert np.abs(torch_lora - torch_base).mean() > 1.0  # the adapter moves these tokens (else this says nothing)
+    assert np.abs(torch_lora - torch_base).mean() > 0.3  # the adapter moves these tokens (else this says nothing)
+
+    def difference(ours: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+        d = np.abs(ours - reference)
+        return float(d.mean()), float(d.max())
+
+    def within(ours: np.ndarray, reference: np.ndarray) -> bool:
+        mean, top = difference(ours, reference)
+        return mean < F32_MEAN_TOLERANCE and top < F32_MAX_TOLERANCE
 
     base = _llama_token_logprobs(f32, None, prefix, owns, shared=False)
-    assert np.abs(base - torch_base).max() < F32_TOKEN_TOLERANCE, np.abs(base - torch_base).max()
+    assert within(base, torch_base), difference(base, torch_base)
     for shared in (False, True):
-        lora = _llama_token_logprobs(f32, tiny_adapter, prefix, owns, shared)
-        assert np.abs(lora - torch_lora).max() < F32_TOKEN_TOLERANCE, (shared, np.abs(lora - torch_lora).max())
-    partial = _llama_token_logprobs(f32, _scaled_adapter(tiny_adapter, 0.9, tmp_path / "x0.9"), prefix, owns, False)
-    assert np.abs(partial - torch_lora).max() > 5 * F32_TOKEN_TOLERANCE, np.abs(partial - torch_lora).max()
+        lora = _llama_token_logprobs(f32, mild_adapter, prefix, owns, shared)
+        assert within(lora, torch_lora), (shared, difference(lora, torch_lora))
+    partial = _llama_token_logprobs(f32, _scaled_adapter(mild_adapter, 0.9, tmp_path / "x0.9"), prefix, owns, False)
+    # Seen: mean 0.175, max 1.15 (the full adapter: 0.0018, 0.020).
+    assert difference(partial, torch_lora)[0] > 10 * F32_MEAN_TOLERANCE, difference(partial, torch_lora)
+    assert difference(partial, torch_lora)[1] > F32_MAX_TOLERANCE, difference(partial, torch_lora)
 
     # The engine's scoring path, one score per pair (sums over the continuation's tokens).
-    scored = LlamaCppEngine(f32, EngineConfig(kind="llama-cpp", adapter=tiny_adapter, n_ctx=512,
-                                              reuse_prefix_cache=False)).loglikelihood(ADAPTER_PAIRS)
-    for (context, continuation), score in zip(ADAPTER_PAIRS, scored, strict=True):
-        whole, n = engine.split_pair(context, continuation)
+    for (context, continuation), score in zip(ADAPTER_PAIRS, scorer.loglikelihood(ADAPTER_PAIRS), strict=True):
+        whole, n = scorer.split_pair(context, continuation)
         with torch.no_grad():
             lp = torch_model(torch.tensor([whole])).logits[0].double().log_softmax(-1)
         expected = sum(lp[t - 1, whole[t]].item() for t in range(n, len(whole)))
-        assert score.logprob == pytest.approx(expected, abs=F32_TOKEN_TOLERANCE * (len(whole) - n))
+        assert score.logprob == pytest.approx(expected, abs=F32_MAX_TOLERANCE)
 
 
 def test_a_shared_prefix_runs_with_the_adapter_too(tiny_adapter):
@@ -207,7 +226,9 @@ def test_a_shared_prefix_runs_with_the_adapter_too(tiny_adapter):
     asserted: on an AVX-512 machine (2026-12-02) this one-step, learning-rate-0.05 adapter left llama.cpp with
     near-ties between " the" and "\n\n" as the first token (llama.cpp scores " the" at -1.9 nats where
     transformers scores -0.23), so the two batch layouts part there, either way round from one trained
-    adapter to the next. That gap between llama.cpp's LoRA and transformers' is issue 35's to settle."""
+    adapter to the next. That gap is the Q4_K_M kernels' (issue 35): on the same weights in F32, llama.cpp's
+    adapter gives transformers' log-probabilities token by token, with the shared prefix or without (the test
+    above; the Q4_K_M paths themselves differ by up to 1 nat a token, benchmarks/RESULTS.md)."""
     prefix = "".join(f"Question: What is {i} plus {i}?\nAnswer: {2 * i}\n" for i in range(1, 6))
     requests = [Request(prefix + f"Question: What is {i} plus {i}?\nAnswer:", 6, ("\n",)) for i in (7, 8, 9)]
     # In this process: the test asks the engine itself which prefix it shares.
