@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Set up (once) and run the tests: real tiny model, real data, real Prefect.
-#   bash scripts/test.sh           the default tier (9 min 17 s on 2 cores, 2026-11-30)
+#   bash scripts/test.sh           the default tier (9 min 38 s on 2 cores, 2026-12-02)
 #   bash scripts/test.sh --full    adds the full tier: PostgreSQL + Prefect server + workers, server and
 #                                  database faults, fan-out and worker kills, every kill point, the
-#                                  model-running stage-key table (23 min 7 s, 2026-11-30)
+#                                  model-running stage-key table, real vLLM (27 min 56 s, 2026-12-02)
 # Other arguments go to pytest (e.g. `bash scripts/test.sh -k keys`, `-m "not model"`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
