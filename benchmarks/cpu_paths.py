@@ -24,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from translate_throughput import _requests  # noqa: E402  (same segments as the older benchmark)
 
+from stt import jobs  # noqa: E402
 from stt.config import (  # noqa: E402
     EngineConfig,
     EvalConfig,  # noqa: E402
@@ -33,7 +34,6 @@ from stt.config import (  # noqa: E402
 )
 from stt.engines import Request, get_engine, release_engines  # noqa: E402
 from stt.specs import get_task, load_test_set  # noqa: E402
-from stt.translate import run_translate  # noqa: E402
 
 
 def _timed(fn):
@@ -76,7 +76,7 @@ def translation(args: argparse.Namespace, threads: int) -> dict:
     release_engines()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config.model_copy(update={"out_dir": Path(tmp) / "out"})
-        _, s_pipe = _timed(lambda: run_translate(cfg))
+        _, s_pipe = _timed(lambda: jobs.translate(cfg))
     release_engines()
     from stt.models import resolve_model
 

@@ -26,12 +26,12 @@ def _timed(fn):  # noqa: ANN001, ANN202
 
 
 def translate_stage(tmp: Path, args: argparse.Namespace) -> dict:
-    from stt.translate import run_translate
+    from stt import jobs
 
     config = TranslateConfig(task="gsm8k", languages=(args.language,), limit=args.examples, shard_size=4,
                              out_dir=tmp / "translate", engine=EngineConfig(kind="llama-cpp", batch_size=8),
                              generation=GenerationParams(max_new_tokens_cap=96))
-    out, secs = _timed(lambda: run_translate(config))
+    out, secs = _timed(lambda: jobs.translate(config))
     manifest = json.loads((out / "_manifest.json").read_text())
     generate = sum(e["generate_seconds"] for e in manifest["shards"].values())
     tokens = sum(e["completion_tokens"] for e in manifest["shards"].values())

@@ -18,11 +18,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from stt import jobs  # noqa: E402
 from stt.config import EngineConfig, GenerationParams, TranslateConfig  # noqa: E402
 from stt.engines import Request, get_engine  # noqa: E402
 from stt.prompts import build_prompt_builder  # noqa: E402
 from stt.specs import get_task  # noqa: E402
-from stt.translate import load_examples, run_translate  # noqa: E402
+from stt.translate import load_examples  # noqa: E402
 
 
 def _requests(config: TranslateConfig, engine) -> list[Request]:
@@ -96,7 +97,7 @@ def main() -> None:
     differ = sum(a.text != b.text for a, b in zip(out, out2, strict=True))
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config.model_copy(update={"out_dir": Path(tmp) / "out"})
-        _, secs3 = _timed(lambda: run_translate(cfg))
+        _, secs3 = _timed(lambda: jobs.translate(cfg))
     rows.append(("pipeline (plan+generate+validate+write)", secs3, raw_tokens))
     if not args.skip_naive:
         naive_tokens, secs4 = _naive(engine, requests)

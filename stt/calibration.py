@@ -17,7 +17,6 @@ from collections.abc import Sequence
 import numpy as np
 
 CALIBRATION_SEED = 0
-CALIBRATION_VERSION = "prior-matching-crossfit-v1"
 
 
 def fit_biases(logprobs: np.ndarray, iterations: int = 500, tolerance: float = 1e-10) -> np.ndarray:

@@ -22,8 +22,7 @@ from stt.errors import ConfigError, DataError
 from stt.files import file_sha256
 from stt.models import resolve_model
 from stt.specs import get_task, test_items
-from stt.specs.math import MATH_STOPS
-from stt.specs.qa import QA_STOPS
+from stt.specs.answers import NUMBER, SPAN
 from stt.stats import RESAMPLES, SEED, bootstrap_ci
 
 log = logging.getLogger(__name__)
@@ -80,14 +79,13 @@ def _key(task: str, language: str, weights: str, adapter_sha: str | None, data_s
     # The batch size is in the engine's signature where it changes outputs (llama.cpp); the rest changes the
     # predictions.
     settings = config.model_dump(mode="json", exclude={"batch_size", "include_english", "adapters_on_english",
-                                                       "quality_limit",
-                                                       "translate_test", "bootstrap_resamples", "bootstrap_seed",
+                                                       "quality_limit", "bootstrap_resamples", "bootstrap_seed",
                                                        "primary_metric"})
     spec = get_task(task)
     return markers.stage_key(stage="evaluate", task=spec.key_id, language=language, weights=weights,
                              adapter=adapter_sha, data=data_sha, template=spec.template_version, config=settings,
                              engine=engine,
-                            stops={"math": MATH_STOPS, "qa": QA_STOPS}, scoring=_scoring(engine["kind"]))
+                            stops={"math": NUMBER.stops, "qa": SPAN.stops}, scoring=_scoring(engine["kind"]))
 
 
 def _scoring(kind: str) -> str:

@@ -304,22 +304,12 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
                               {"model_name": model_name, "set_folder": set_folder, "out_folder": out_folder,
                                "config": config, "device": device, "twins": tuple(twins)},
                               f"fine-tuning {out_folder.name}", unit=f"finetune:{out_folder.name}")
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import (
-        AutoModelForCausalLM,
-        PrinterCallback,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-        set_seed,
-    )
-    from transformers.utils.logging import disable_progress_bar
+    return _train(model, set_folder, set_info, out_folder, config, device, key)
 
-    from stt.engines.tokenizer import own_tokenizer
 
-    # transformers 5 warns about its own deprecated attribute when peft wraps the model: not actionable here.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+def _train(model: ResolvedModel, set_folder: Path, set_info: dict[str, Any], out_folder: Path, config: TrainConfig,
+           device: str, key: str) -> dict[str, Any]:
+    """Train the adapter of this key (resuming its last complete checkpoint) and write its outputs."""
     # Checkpoints live under the key: a resume only ever continues a run of the same key, and a new key
     # starts clean (stale adapter files and other keys' checkpoints are removed).
     checkpoint_dir = out_folder / "checkpoints" / key[:16]
@@ -330,7 +320,65 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     rows = pq.read_table(set_folder / "data.parquet").to_pylist()
     if not rows:
         raise DataError(f"{set_folder}/data.parquet: no training rows")
+    tokenizer, peft_model, cuda = _peft_model(model, config, device)
+    features, set_aside, shortened = tokenize_pairs(tokenizer, rows, config.max_length)
+    if set_aside:
+        pq.write_table(pa.Table.from_pylist(set_aside), out_folder / "set_aside.parquet")
+        log.warning("%s: %d of %d rows set aside (%s)", set_folder.name, len(set_aside), len(rows),
+                    dict(Counter(r["reason"] for r in set_aside)))
+    if not features:
+        raise DataError(f"{set_folder}: every row is longer than train.max_length={config.max_length} "
+                        "and would lose its answer; raise max_length")
+    total_steps = planned_steps(len(features), config)
+    run = _run_trainer(peft_model, tokenizer, features, config, checkpoint_dir, total_steps, cuda, out_folder.name)
+    peft_model.save_pretrained(out_folder)
 
+    curve = loss_curve(run["log_history"])
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=["step", "epoch", "loss", "learning_rate"])
+    writer.writeheader()
+    writer.writerows(curve)
+    write_text_atomic(out_folder / "loss.csv", table.getvalue())
+    # The Trainer's own training_loss after a resume averages only the resumed steps' losses over all
+    # steps; the mean of the logged per-step losses is right either way (logging_steps=1).
+    train_loss = sum(c["loss"] for c in curve) / len(curve) if curve else None
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    step_times = run["step_times"]
+    metrics = {
+        "steps": run["global_step"], "train_loss": train_loss, "seconds": round(run["seconds"], 2),
+        "seconds_per_step": round(sum(step_times) / len(step_times), 3) if step_times else None,
+        "planned_steps": total_steps, "warmup_steps": math.ceil(config.warmup_ratio * total_steps),
+        "examples": len(features), "rows": len(rows), "set_aside": dict(Counter(r["reason"] for r in set_aside)),
+        "prompts_shortened": shortened, "tokens_per_epoch": sum(len(f["input_ids"]) for f in features),
+        "target_tokens_per_epoch": sum(sum(t != -100 for t in f["labels"]) for f in features),
+        "trainable_params": trainable, "total_params": total,
+        "device": "cuda" if cuda else "cpu", "dtype": "bfloat16" if cuda else "float32",
+        "resumed_from": run["resume"], "loss_curve": curve,
+    }
+    write_text_atomic(out_folder / "metrics.json", json.dumps(metrics, indent=2))
+    write_text_atomic(out_folder / "train_config.json", config.model_dump_json(indent=2))
+    files = [*ADAPTER_FILES, "loss.csv", "metrics.json", "train_config.json"]
+    files += ["set_aside.parquet"] if set_aside else []
+    info = markers.mark_done(out_folder, key, files,
+                            stage="finetune", model_id=model.model_id, weights_sha256=model.weights_sha256,
+                            set_folder=str(set_folder), set_key=set_info["key"], set=set_info.get("set"),
+                            template_version=TEMPLATE_VERSION, config=config.model_dump(mode="json"),
+                            metrics={k: v for k, v in metrics.items() if k != "loss_curve"})
+    log.info("adapter %s: %d steps, loss %.4f, %.1fs", out_folder, run["global_step"], train_loss, run["seconds"])
+    return {**info, "folder": str(out_folder), "reused": False}
+
+
+def _peft_model(model: ResolvedModel, config: TrainConfig, device: str) -> tuple[Any, Any, bool]:
+    """The tokenizer, the base model with fresh LoRA weights (seeded), and whether it is on a GPU."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, set_seed
+    from transformers.utils.logging import disable_progress_bar
+
+    from stt.engines.tokenizer import own_tokenizer
+
+    # transformers 5 warns about its own deprecated attribute when peft wraps the model: not actionable here.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     folder = hf_folder(model)
     tokenizer = own_tokenizer(folder)
@@ -344,21 +392,14 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     # LoRA's A matrices start random: seeded here, or two runs of one key would start (and end) apart.
     # (The Trainer seeds only later, when it is created.)
     set_seed(config.seed)
-    peft_model = get_peft_model(base, lora)
-    trainable, total = peft_model.get_nb_trainable_parameters()
-    features, set_aside, shortened = tokenize_pairs(tokenizer, rows, config.max_length)
-    if set_aside:
-        pq.write_table(pa.Table.from_pylist(set_aside), out_folder / "set_aside.parquet")
-        log.warning("%s: %d of %d rows set aside (%s)", set_folder.name, len(set_aside), len(rows),
-                    dict(Counter(r["reason"] for r in set_aside)))
-    if not features:
-        raise DataError(f"{set_folder}: every row is longer than train.max_length={config.max_length} "
-                        "and would lose its answer; raise max_length")
-    total_steps = planned_steps(len(features), config)
+    return tokenizer, get_peft_model(base, lora), cuda
 
-    args = TrainingArguments(
-        **_sampler_argument(TrainingArguments, config.group_by_length),
-        **_checkpointing_argument(TrainingArguments, config.gradient_checkpointing),
+
+def _training_arguments(arguments_cls: type, config: TrainConfig, checkpoint_dir: Path, total_steps: int,
+                        cuda: bool) -> Any:
+    return arguments_cls(
+        **_sampler_argument(arguments_cls, config.group_by_length),
+        **_checkpointing_argument(arguments_cls, config.gradient_checkpointing),
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation,
@@ -378,8 +419,15 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
+
+
+def _run_trainer(peft_model: Any, tokenizer: Any, features: list[dict[str, Any]], config: TrainConfig,
+                 checkpoint_dir: Path, total_steps: int, cuda: bool, name: str) -> dict[str, Any]:
+    """Train with the Trainer from the last complete checkpoint, if any: steps, log history, time, step times."""
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    args = _training_arguments(TrainingArguments, config, checkpoint_dir, total_steps, cuda)
     step_times: list[float] = []
-    name = out_folder.name
 
     class Record(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001 - Trainer's signature
@@ -418,37 +466,5 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     else:
         trainer.train(resume_from_checkpoint=resume)
         global_step, log_history = trainer.state.global_step, trainer.state.log_history
-    seconds = time.perf_counter() - t0
-    peft_model.save_pretrained(out_folder)
-
-    curve = loss_curve(log_history)
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=["step", "epoch", "loss", "learning_rate"])
-    writer.writeheader()
-    writer.writerows(curve)
-    write_text_atomic(out_folder / "loss.csv", table.getvalue())
-    # The Trainer's own training_loss after a resume averages only the resumed steps' losses over all
-    # steps; the mean of the logged per-step losses is right either way (logging_steps=1).
-    train_loss = sum(c["loss"] for c in curve) / len(curve) if curve else None
-    metrics = {
-        "steps": global_step, "train_loss": train_loss, "seconds": round(seconds, 2),
-        "seconds_per_step": round(sum(step_times) / len(step_times), 3) if step_times else None,
-        "planned_steps": total_steps, "warmup_steps": math.ceil(config.warmup_ratio * total_steps),
-        "examples": len(features), "rows": len(rows), "set_aside": dict(Counter(r["reason"] for r in set_aside)),
-        "prompts_shortened": shortened, "tokens_per_epoch": sum(len(f["input_ids"]) for f in features),
-        "target_tokens_per_epoch": sum(sum(t != -100 for t in f["labels"]) for f in features),
-        "trainable_params": trainable, "total_params": total,
-        "device": "cuda" if cuda else "cpu", "dtype": "bfloat16" if cuda else "float32",
-        "resumed_from": resume, "loss_curve": curve,
-    }
-    write_text_atomic(out_folder / "metrics.json", json.dumps(metrics, indent=2))
-    write_text_atomic(out_folder / "train_config.json", config.model_dump_json(indent=2))
-    files = [*ADAPTER_FILES, "loss.csv", "metrics.json", "train_config.json"]
-    files += ["set_aside.parquet"] if set_aside else []
-    info = markers.mark_done(out_folder, key, files,
-                            stage="finetune", model_id=model.model_id, weights_sha256=model.weights_sha256,
-                            set_folder=str(set_folder), set_key=set_info["key"], set=set_info.get("set"),
-                            template_version=TEMPLATE_VERSION, config=config.model_dump(mode="json"),
-                            metrics={k: v for k, v in metrics.items() if k != "loss_curve"})
-    log.info("adapter %s: %d steps, loss %.4f, %.1fs", out_folder, global_step, train_loss, seconds)
-    return {**info, "folder": str(out_folder), "reused": False}
+    return {"global_step": global_step, "log_history": log_history, "seconds": time.perf_counter() - t0,
+            "step_times": step_times, "resume": resume}

@@ -1,5 +1,6 @@
-"""One plan of stage jobs for a run; every runner executes these jobs and nothing else. The stages are
-modules of `stt/stages/` (each declares its jobs and how to do one), in the order of stt.stages.REGISTRY:
+"""The one runner of stage work. A run, `stt translate` and `stt evaluate` are all plans of stage jobs, and
+every entry point executes them through the functions here. The stages are modules of `stt/stages/` (each
+declares its jobs' inputs and how to do one), in the order of stt.stages.REGISTRY:
 
     translate  one job per (language, shard)       model
     quality    one job per (task, language)         model
@@ -9,14 +10,16 @@ modules of `stt/stages/` (each declares its jobs and how to do one), in the orde
     evaluate   one job per (model, language)        model
     then the report, from the finished evaluations' folders.
 
-A job is plain data (JSON): a Prefect task, a deployment's flow run on another machine and the plain
-loop all receive the same `Job` and call `run(config, job)`. Each job's `key` is its stage's content key
-(the same key the stage writes in its folder's marker), and `is_done` reads that marker and verifies its
-files, so whichever runner did a job, any other sees it done and skips it.
+A job is plain JSON carrying everything it needs (`Job.inputs`, resolved once when the run is planned): a
+Prefect task, a deployment's flow run on another machine and the plain loop all receive the same `Job` and
+call `run(job)`. Each job's `key` is its stage's content key (the same key the stage writes in its folder's
+marker), and `is_done` reads that marker and verifies its files, so whichever runner did a job, any other
+sees it done and skips it. This module owns what is common to every job: the done check, the engine that
+stays loaded, the deadline of its model calls and (without Prefect) its retries.
 
-Runners: `run_plan` below (plain Python, `stt run --no-prefect`), `stt_app.flows.stages` (one Prefect task per
-job, in one flow run) and `stt_app.flows.fanout` (groups of jobs as flow runs of the `run-jobs` deployment
-spread over the gpu work pool's workers).
+Who loops over the jobs: `run_jobs` below (plain Python: `--no-prefect`), `stt_app.flows.run_jobs.run_here`
+(one Prefect task per job, in one flow run) and `stt_app.flows.fanout` (groups of jobs as flow runs of the
+`run-jobs` deployment spread over the gpu work pool's workers).
 """
 
 from __future__ import annotations
@@ -26,20 +29,23 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from stt import pipeline
-from stt.config import RunConfig
+from stt.config import EngineConfig, EvalConfig, RunConfig, TimeoutConfig, TranslateConfig
 from stt.errors import DataError
 from stt.report import write_report
 from stt.runlock import run_lock
 from stt.stages import REGISTRY, Job, StageDef
+from stt.stages.evaluate import STAGE as EVALUATE
+from stt.stages.translate import STAGE as TRANSLATE
 
 log = logging.getLogger(__name__)
 
 Stage = str  # a name in stt.stages.REGISTRY
 STAGES: tuple[Stage, ...] = tuple(REGISTRY)
 MODEL_STAGES = frozenset(name for name, stage in REGISTRY.items() if stage.uses_model)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class JobsFailed(RuntimeError):
@@ -54,25 +60,47 @@ class JobsFailed(RuntimeError):
         self.failed = failed
 
 
+class ShardsFailed(JobsFailed):
+    """Some shards of a translation failed (`stt translate`)."""
+
+    unit = "shard"
+
+
 def _stage(name: str) -> StageDef:
     if name not in REGISTRY:
         raise DataError(f"unknown stage '{name}' (stages: {', '.join(REGISTRY)})")
     return REGISTRY[name]
 
 
+# --- planning: once per run ---------------------------------------------------------------------------------
+
+def plan_run(config: RunConfig, names: tuple[Stage, ...] = STAGES) -> dict[Stage, list[Job]]:
+    """Every job of these stages, in plan order, done or not: the config is planned once, per task."""
+    plans = [pipeline.plan_task(config, task) for task in config.tasks]
+    return {stage: [job for plan in plans for job in _stage(stage).plan_jobs(config, plan)] for stage in names}
+
+
 def stage_jobs(config: RunConfig, stage: Stage) -> list[Job]:
-    """Every job of a stage, in plan order, done or not."""
-    return [job for task in config.tasks for job in _stage(stage).jobs(config, task, pipeline.plan_task(config, task))]
+    """Every job of one stage, in plan order."""
+    return plan_run(config, (stage,))[stage]
 
 
-def stages_of_flow(flow: str) -> tuple[Stage, ...]:
-    """The stages a Prefect stage flow runs, in plan order (StageDef.flow)."""
-    return tuple(name for name, stage in REGISTRY.items() if stage.flow == flow)
+def translate_jobs(config: TranslateConfig) -> list[Job]:
+    """`stt translate`: the shards of one task's training data, a one-stage plan."""
+    return TRANSLATE.plan_translate(config)[1]
+
+
+def evaluate_jobs(task: str, languages: list[str], engine: EngineConfig, config: EvalConfig, data_dir: Path,
+                  out_dir: Path, label: str, limits: TimeoutConfig = TimeoutConfig()) -> list[Job]:  # noqa: B008
+    """`stt evaluate`: one model on a task's test set in these languages, a one-stage plan."""
+    return EVALUATE.plan_evaluate(task, languages, engine, config, data_dir, out_dir, label, limits)
 
 
 def waves(jobs: list[Job]) -> list[list[Job]]:
     return [[j for j in jobs if j.wave == w] for w in sorted({j.wave for j in jobs})]
 
+
+# --- one job ------------------------------------------------------------------------------------------------
 
 def uses_model(job: Job) -> bool:
     return _stage(job.stage).uses_model
@@ -83,42 +111,43 @@ def brief(job: Job, info: dict[str, Any]) -> str:
     return _stage(job.stage).brief(info)
 
 
-def folder(config: RunConfig, job: Job) -> Path:
-    return _stage(job.stage).folder(config, pipeline.plan_task(config, job.task), job)
-
-
-def key(config: RunConfig, job: Job) -> str:
+def key(job: Job) -> str:
     """The stage's content key of this job (as written in its marker)."""
-    return _stage(job.stage).key(config, pipeline.plan_task(config, job.task), job)
+    stage = _stage(job.stage)
+    return stage.key(stage.inputs(job))
 
 
-def is_done(config: RunConfig, job: Job) -> bool:
+def is_done(job: Job) -> bool:
     """The job's outputs are on disk under its current key, every file matching its checksum."""
-    return _stage(job.stage).is_done(config, pipeline.plan_task(config, job.task), job)
+    stage = _stage(job.stage)
+    return stage.is_done(stage.inputs(job), Path(job.folder))
 
 
-def timeout_s(config: RunConfig, job: Job) -> float | None:
+def timeout_s(job: Job) -> float | None:
     """When a model job counts as hung (from its size; see stt.timeouts). None: no limit."""
-    return _stage(job.stage).timeout_s(config, pipeline.plan_task(config, job.task), job)
+    stage = _stage(job.stage)
+    return stage.timeout_s(stage.inputs(job), job.timeouts)
 
 
-def run(config: RunConfig, job: Job) -> dict[str, Any]:
-    """Do one job (idempotent: a finished stage is read back, not redone). Keeps at most the one model
-    the job needs in memory, whichever runner calls it."""
+def run(job: Job) -> dict[str, Any]:
+    """Do one job (idempotent: a finished stage is read back, not redone). Keeps at most the one model the
+    job needs in memory, whichever runner calls it, and ends its model calls at its deadline (engine.process
+    child)."""
     from stt.engines import release_engines
     from stt.engines.child import deadline
 
-    stage, plan = _stage(job.stage), pipeline.plan_task(config, job.task)
+    stage = _stage(job.stage)
+    inputs, folder = stage.inputs(job), Path(job.folder)
     if stage.uses_model:
-        release_engines(keep=stage.engine_kept(config, plan, job))
-    # A child engine (engine.process: child) is killed when the job's model calls outlast its timeout.
-    with deadline(stage.timeout_s(config, plan, job)):
-        return stage.run(config, plan, job)
+        release_engines(keep=stage.engine_kept(inputs))
+    with deadline(stage.timeout_s(inputs, job.timeouts)):
+        return stage.run(inputs, folder)
 
 
-def result(config: RunConfig, job: Job) -> dict[str, Any]:
+def result(job: Job) -> dict[str, Any]:
     """A done job's record, read back from its folder (what `run` returned, for a job another runner did)."""
-    return summary(_stage(job.stage).result(config, pipeline.plan_task(config, job.task), job))
+    stage = _stage(job.stage)
+    return summary(stage.result(stage.inputs(job), Path(job.folder)))
 
 
 def summary(info: dict[str, Any]) -> dict[str, Any]:
@@ -126,28 +155,47 @@ def summary(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in info.items() if k not in ("files", "table")}
 
 
+def retried(fn: F) -> F:
+    """The plain runner's counterpart of the Prefect task's retries: an engine error that is transient
+    (an injected one, an endpoint's, a hung or crashed engine process) is retried twice; anything else, an
+    engine process ended by the out-of-memory killer included, fails at once."""
+    import tenacity
+
+    from stt.engines.child import worth_retrying
+
+    return tenacity.retry(retry=tenacity.retry_if_exception(worth_retrying),
+                          stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_exponential(min=0.5, max=10),
+                          reraise=True,
+                          before_sleep=lambda s: log.warning("retrying after %s", s.outcome.exception()))(fn)
+
+
+# --- the plain runner ---------------------------------------------------------------------------------------
+
+def run_jobs(planned: list[Job], on_job: Callable[[Job, dict[str, Any]], None] | None = None
+             ) -> list[dict[str, Any]]:
+    """The plain-Python runner: the jobs in order, in this process. Transient engine errors are retried (as
+    Prefect's task retries do); anything else stops the run, finished jobs kept."""
+    results: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for k, job in enumerate(planned, 1):
+        t0 = time.perf_counter()
+        info = summary(retried(run)(job))
+        results.append(info)
+        # What a person watching the run reads: the stage, job k of n, its time and the run's so far.
+        log.info("%s %d/%d %s: %s (%.1fs; %s elapsed)", job.stage, k, len(planned), job.name, brief(job, info),
+                 time.perf_counter() - t0, _clock(time.perf_counter() - started))
+        if on_job:
+            on_job(job, info)
+    return results
+
+
 def run_plan(config: RunConfig, names: tuple[Stage, ...] = STAGES,
              on_job: Callable[[Job, dict[str, Any]], None] | None = None) -> dict[str, list[dict[str, Any]]]:
-    """The plain-Python runner: every stage's jobs in plan order, in this process. Transient engine errors
-    are retried (as Prefect's task retries do); anything else stops the run, finished jobs kept."""
-    from stt.translate import _with_retries
-
-    results: dict[str, list[dict[str, Any]]] = {}
-    started = time.perf_counter()
-    for stage in names:
-        results[stage] = []
-        planned = stage_jobs(config, stage)
-        for k, job in enumerate(planned, 1):
-            t0 = time.perf_counter()
-            info = summary(_with_retries(run)(config, job))
-            results[stage].append(info)
-            # What a person watching the run reads: the stage, job k of n, its time and the run's so far.
-            log.info("%s %d/%d %s: %s (%.1fs; %s elapsed)", stage, k, len(planned), job.name, brief(job, info),
-                     time.perf_counter() - t0, _clock(time.perf_counter() - started))
-            if on_job:
-                on_job(job, info)
+    """Every stage's jobs of a run in plan order, in this process."""
     from stt.engines import release_engines
 
+    planned = plan_run(config, names)
+    results = {stage: run_jobs(planned[stage], on_job) for stage in names}
     release_engines()
     return results
 
@@ -165,3 +213,24 @@ def run_pipeline(config: RunConfig) -> dict[str, Any]:
         evaluations, quality = pipeline.collect(config)
         return write_report(config.root, evaluations, quality, json.loads(config.model_dump_json()),
                             pipeline.notes(config))
+
+
+def translate(config: TranslateConfig) -> Path:
+    """`stt translate --no-prefect`: the translate plan of one config, run here. Returns the shards' folder."""
+    from stt.engines import release_engines
+
+    with run_lock(config.out_dir):  # a second run on the same folder fails (or waits) instead of racing
+        run_jobs(translate_jobs(config))
+    release_engines()
+    return Path(config.out_dir)
+
+
+def evaluate(task: str, languages: list[str], engine: EngineConfig, config: EvalConfig, data_dir: Path,
+             out_dir: Path, label: str, limits: TimeoutConfig = TimeoutConfig()  # noqa: B008
+             ) -> list[dict[str, Any]]:
+    """`stt evaluate --no-prefect`: one model's evaluations, run here."""
+    from stt.engines import release_engines
+
+    out = run_jobs(evaluate_jobs(task, languages, engine, config, data_dir, out_dir, label, limits))
+    release_engines()
+    return out

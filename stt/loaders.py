@@ -17,7 +17,6 @@ from stt.errors import DataError
 Example = dict[str, Any]
 
 # XQuAD has 48 articles; QA training uses the first half, the second half is held out for evaluation.
-XQUAD_ARTICLES = 48
 XQUAD_TRAIN_ARTICLES = range(0, 24)
 XQUAD_EVAL_ARTICLES = range(24, 48)
 

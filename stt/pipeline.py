@@ -1,8 +1,8 @@
 """The whole method as a plan of stage calls: translate -> quality -> build sets -> fine-tune -> evaluate -> report.
 
 `plan_task` says which sets, adapters and evaluations a config asks for, and where each lives in the
-run directory; `stt.jobs` turns it into the jobs every runner executes (`run_pipeline` here, the Prefect
-stage flows, the fan-out over workers).
+run directory; each stage of `stt/stages/` turns it into its jobs, which `stt.jobs` runs (the plain runner;
+the Prefect stage flows and the fan-out over workers run the same jobs).
 
     <run_dir>/<task>/translate/            translate stage shards (see stt.translate)
     <run_dir>/<task>/quality/<lang>/       the model's translations of human-translated test items + chrF
@@ -21,21 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from stt import markers
-from stt.config import EngineConfig, RunConfig, SetKind, TrainConfig
+from stt.arms import MODEL_OF_SET
+from stt.config import RunConfig, SetKind
 from stt.errors import ConfigError, DataError
-from stt.evaluate import evaluate
 from stt.specs import get_task
 from stt.trainsets import has_human, set_name, training_source
 from stt.translate import check_config
-from stt.translate_test import translate_test
 
 log = logging.getLogger(__name__)
-
-# Which training set each evaluated model was fine-tuned on.
-MODEL_OF_SET = {"english": "zero-shot", "self-translate-train": "self-translate-train",
-                "self-translate-train-unfiltered": "self-translate-train-unfiltered", "code-switch": "code-switch",
-                "human-translate-train": "human-translate-train", "english-equal-data": "zero-shot-equal-data"}
-
 
 @dataclass(frozen=True)
 class SetJob:
@@ -157,35 +150,6 @@ def plan_task(config: RunConfig, task: str) -> TaskPlan:
     return plan
 
 
-def adapter_train_config(config: RunConfig, plan: TaskPlan, job: AdapterJob) -> TrainConfig:
-    """The training config of one adapter: the run's, with its replicate's seed, and max_steps copied for the
-    equal-steps control."""
-    train = config.train.model_copy(update={"seed": job.seed, "seeds": ()})
-    if not job.steps_like:
-        return train
-    marker = plan.adapter_dir(job.steps_like) / markers.MARKER
-    if not marker.is_file():
-        raise DataError(f"{job.name} trains for as many steps as {job.steps_like}: train that adapter first")
-    steps = json.loads(marker.read_text())["metrics"]["steps"]
-    return train.model_copy(update={"max_steps": steps})
-
-
-def eval_engine(config: RunConfig, plan: TaskPlan, job: EvalJob) -> EngineConfig:
-    adapter = plan.adapter_dir(job.adapter) if job.adapter else None
-    update: dict[str, Any] = {"adapter": adapter, "reuse_prefix_cache": False}
-    if config.engine.kind == "llama-cpp" and not get_task(plan.task).answer_tokens(config.eval):
-        # Label scoring is all prefill, where torch's fp32 beats llama.cpp's Q4 kernels on a CPU (with an
-        # adapter 8.5 vs 4.7 XNLI items/s, benchmarks/RESULTS.md); generation is llama.cpp's. Per task, not
-        # per column: the base model and every adapter of one table are scored by the same engine.
-        update["kind"] = "transformers"
-    return config.engine.model_copy(update=update)
-
-
-def translator_engine(config: RunConfig) -> EngineConfig:
-    """Translate-test's translator: the base model, as in the translate stage."""
-    return config.engine.model_copy(update={"adapter": None})
-
-
 def notes(config: RunConfig) -> list[str]:
     out = []
     for task in config.tasks:
@@ -228,7 +192,7 @@ def collect(config: RunConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any
                                 "trained_for": job.trained_for})
         if get_task(task).reference_field:  # a task without human translations has no quality stage
             for lang in config.languages:
-                quality.append(_finished(plan.quality_dir(lang), "translation quality", "evaluate-stage"))
+                quality.append(_finished(plan.quality_dir(lang), "translation quality", "translate-stage"))
     return evaluations, quality
 
 
@@ -237,12 +201,3 @@ def _finished(folder: Path, what: str, stage: str) -> dict[str, Any]:
     if not marker.is_file():
         raise DataError(f"{what} missing: {folder} has no {markers.MARKER} (run the {stage} flow first)")
     return {**json.loads(marker.read_text()), "folder": str(folder)}
-
-
-def run_job_evaluation(config: RunConfig, plan: TaskPlan, job: EvalJob, data_dir: Path) -> dict[str, Any]:
-    """One evaluation of the plan (plain or translate-test)."""
-    if job.translate_test:
-        return translate_test(plan.task, job.language, translator_engine(config), eval_engine(config, plan, job),
-                              config.eval, config.generation, config.prompt, data_dir, plan.eval_dir(job))
-    return evaluate(plan.task, job.language, eval_engine(config, plan, job), config.eval, data_dir,
-                    plan.eval_dir(job), job.model)

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from stt.arms import COMPARISONS, GAIN_SHOWN, MODEL_COLUMNS, SHOWN
 from stt.errors import DataError
 from stt.evaluate import default_metric, item_scores
 from stt.files import atomic_path, write_parquet_atomic, write_text_atomic
@@ -29,24 +30,6 @@ from stt.stats import (
     seeded_ci,
     seeded_paired,
 )
-
-# Column of the table -> evaluation model label.
-MODEL_COLUMNS = {"base": "base", "zero_shot": "zero-shot", "zero_shot_steps": "zero-shot-equal-steps",
-                 "zero_shot_data": "zero-shot-equal-data",
-                 "stt": "self-translate-train", "stt_unfiltered": "self-translate-train-unfiltered",
-                 "code_switch": "code-switch", "human_tt": "human-translate-train", "translate_test": "translate-test"}
-SHOWN = {"base": "base", "zero_shot": "zero-shot", "zero_shot_steps": "zero-shot (equal steps)",
-         "zero_shot_data": "zero-shot (equal data)",
-         "stt": "self-translate-train", "stt_unfiltered": "STT without round-trip filter",
-         "code_switch": "code-switch", "human_tt": "human translate-train", "translate_test": "translate-test"}
-# Paired comparisons on the same items: (name, new model column, baseline column).
-COMPARISONS = [("gain", "stt", "zero_shot"), ("gain_vs_equal_steps", "stt", "zero_shot_steps"),
-               ("gain_vs_translate_test", "stt", "translate_test"), ("human_gain", "human_tt", "zero_shot"),
-               ("filter_gain", "stt", "stt_unfiltered"), ("gain_vs_equal_data", "stt", "zero_shot_data")]
-GAIN_SHOWN = {"gain": "gain (STT - zero-shot)", "gain_vs_equal_steps": "STT - zero-shot (equal steps)",
-              "gain_vs_translate_test": "STT - translate-test", "human_gain": "human TT - zero-shot",
-              "filter_gain": "STT - STT unfiltered", "gain_vs_equal_data": "STT - zero-shot (equal data)"}
-
 
 ALPHA = 0.05  # family-wise error rate of the declared comparisons (Holm)
 
@@ -148,6 +131,21 @@ def results_table(evaluations: list[dict[str, Any]], quality: list[dict[str, Any
         row[f"{column}_n"] = ci.n
         row.update(_seed_fields(column, ci))
         row["n"] = max(row["n"], ci.n)
+    family = _compare_columns(rows, per_item, resamples, seed)
+    for q in quality:
+        row = rows.get((q["task"], q["language"]))
+        if row is not None:
+            row["chrf"], row["bleu"] = q["scores"]["chrf"], q["scores"]["bleu"]
+            row["bleu_tokenizer"] = q["scores"].get("bleu_tokenizer")
+    return _frame(list(rows.values()), len(family), resamples, seed)
+
+
+def _compare_columns(rows: dict[tuple[str, str], dict[str, Any]],
+                     per_item: dict[tuple[str, str, str], dict[int | None, pd.Series]], resamples: int, seed: int
+                     ) -> list[tuple[dict[str, Any], str]]:
+    """Every declared comparison whose two columns were evaluated, paired on the same items, written into its
+    row with raw and Holm-adjusted p-values (over the whole table); the English `learned` reference beside.
+    Returns the Holm family: (row, comparison) pairs."""
     family: list[tuple[dict[str, Any], str]] = []
     for (task, language), row in rows.items():
         for name, new, baseline in COMPARISONS:
@@ -167,17 +165,17 @@ def results_table(evaluations: list[dict[str, Any]], quality: list[dict[str, Any
             row.update(_seed_fields("learned", d))
     for (row, name), adjusted in zip(family, holm([row[f"{name}_p"] for row, name in family]), strict=True):
         row[f"{name}_p_holm"], row[f"{name}_significant"] = adjusted, adjusted < ALPHA
-    for q in quality:
-        row = rows.get((q["task"], q["language"]))
-        if row is not None:
-            row["chrf"], row["bleu"] = q["scores"]["chrf"], q["scores"]["bleu"]
-            row["bleu_tokenizer"] = q["scores"].get("bleu_tokenizer")
-    df = pd.DataFrame(list(rows.values()))
+    return family
+
+
+def _frame(rows: list[dict[str, Any]], family_size: int, resamples: int, seed: int) -> pd.DataFrame:
+    """The table: every column present (NaN where not evaluated), English first, in the declared order."""
+    df = pd.DataFrame(rows)
     for column in [*MODEL_COLUMNS, *(c for c, *_ in COMPARISONS), "chrf", "bleu"]:
         for suffix in ("", "_lo", "_hi") if column not in ("chrf", "bleu") else ("",):
             if column + suffix not in df:
                 df[column + suffix] = float("nan")
-    df["bootstrap_seed"], df["bootstrap_resamples"], df["comparisons_in_family"] = seed, resamples, len(family)
+    df["bootstrap_seed"], df["bootstrap_resamples"], df["comparisons_in_family"] = seed, resamples, family_size
     df["comparisons"] = json.dumps(COMPARISONS)  # (gain, new column, baseline column): readable without stt
     order = ["task", "language", "metric", "n", *MODEL_COLUMNS, *(c for c, *_ in COMPARISONS), "chrf", "bleu"]
     rest = [c for c in df.columns if c not in order]

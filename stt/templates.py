@@ -46,10 +46,3 @@ def qa_prompt(context: str, question: str) -> str:
 
 def qa_pair(ex: dict[str, Any]) -> Pair:
     return Pair(qa_prompt(ex["context"], ex["question"]), f" {ex['answer_text']}")
-
-
-PAIRS = {"math": math_pair, "nli": nli_pair, "qa": qa_pair}
-
-
-def to_pair(family: str, example: dict[str, Any]) -> Pair:
-    return PAIRS[family](example)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +108,7 @@ def human_examples(task: str, source: Path, language: str) -> list[dict[str, Any
 
 
 def set_name(kind: SetKind, language: str | None) -> str:
-    return "english" if kind == "english" else f"{kind}-{language}"
+    return f"{kind}-{language}" if RECIPES[kind].per_language else kind
 
 
 def _row(spec: TaskSpec, ex: dict[str, Any], language: str, variant: str) -> dict[str, Any]:
@@ -127,12 +129,12 @@ def _switched(spec: TaskSpec, english: dict[str, Any], translated: dict[str, Any
 
 def build_rows(spec: TaskSpec, kind: SetKind, language: str | None, english: list[dict[str, Any]],
                translated: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    recipe = RECIPES[kind]
     rows = [_row(spec, ex, "en", "english") for ex in english]
-    if kind not in ("english", "english-equal-data"):
+    if recipe.target:
         assert language is not None
-        variant = "human" if kind == "human-translate-train" else "translated"  # unfiltered too
-        rows += [_row(spec, ex, language, variant) for ex in translated]
-    if kind == "code-switch":
+        rows += [_row(spec, ex, language, recipe.variant) for ex in translated]
+    if recipe.code_switch:
         by_id = {ex["id"]: ex for ex in english}
         for tr in translated:
             for g in range(len(spec.switch_groups)):
@@ -163,30 +165,77 @@ def unused_english(task: str, source: Path | None, language: str, translate_dir:
     return pool[:k]
 
 
+def _accepted(translate_dir: Path, language: str, side: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    return translated_examples(translate_dir, language)
+
+
+def _unfiltered(translate_dir: Path, language: str, side: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    if not round_trip_enabled(translate_dir):
+        raise ConfigError("the self-translate-train-unfiltered set is the 'without the filter' control of "
+                          "round-trip filtering: enable translate.round_trip (it would equal self-translate-train)")
+    return translated_examples(translate_dir, language, unfiltered=True)
+
+
+def _the_side(translate_dir: Path, language: str, side: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    return side or []
+
+
+SideRows = Callable[[str, Path | None, str, Path], list[dict[str, Any]]]
+TargetRows = Callable[[Path, str, list[dict[str, Any]] | None], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a kind of training set is made of, besides the translated English items."""
+
+    # The target-language rows (from the translate folder, the language and the side rows). None: English only.
+    target: TargetRows | None = None
+    variant: str = "translated"  # the target rows' `variant` column
+    # Rows read from the training file itself, part of the set's key under `side_key`: the human side, or the
+    # English items no other arm uses (the equal-data control, `side_is_english`).
+    side: SideRows | None = None
+    side_key: str = ""
+    side_is_english: bool = False
+    code_switch: bool = False  # each translated example also as mixed copies (one field group switched)
+
+    @property
+    def per_language(self) -> bool:
+        return self.target is not None or self.side is not None
+
+
+RECIPES: dict[str, Recipe] = {
+    "english": Recipe(),
+    "self-translate-train": Recipe(target=_accepted),
+    "self-translate-train-unfiltered": Recipe(target=_unfiltered),
+    "code-switch": Recipe(target=_accepted, code_switch=True),
+    "human-translate-train": Recipe(target=_the_side, variant="human", side=_human_for_accepted, side_key="rows"),
+    "english-equal-data": Recipe(side=unused_english, side_key="extra_english", side_is_english=True),
+}
+
+
+
 def _side_rows(task: str, kind: SetKind, language: str | None, translate_dir: Path, source: Path | None
                ) -> list[dict[str, Any]] | None:
     """The rows a set takes from the training file itself: the human side (human-translate-train) or the
     unused English items (english-equal-data); None for the other kinds. Read once per build."""
-    if kind == "human-translate-train":
-        return _human_for_accepted(task, source, language, translate_dir)
-    if kind == "english-equal-data":
-        return unused_english(task, source, language, translate_dir)
-    return None
+    side = RECIPES[kind].side
+    if side is None:
+        return None
+    assert language is not None
+    return side(task, source, language, translate_dir)
 
 
 def build_key(task: str, kind: SetKind, language: str | None, translate_dir: Path, config: BuildConfig,
               source: Path | None = None, side: list[dict[str, Any]] | None = None) -> str:
     """`side`: _side_rows() when the caller has them already (else read here)."""
+    recipe = RECIPES[kind]
     if side is None:
         side = _side_rows(task, kind, language, translate_dir, source)
-    human = None
-    if kind == "human-translate-train":
-        human = markers.stage_key(rows=side)
-    elif kind == "english-equal-data":
-        human = markers.stage_key(extra_english=side)
+    # The side rows, under the name each recipe has always had in the key.
+    human = None if recipe.side is None else markers.stage_key(**{recipe.side_key: side})
     spec = get_task(task)
     return markers.stage_key(stage="build", task=spec.key_id, kind=kind,
-                             language=language if kind != "english" else None,
+                             language=language if recipe.per_language else None,
                              translate=translate_fingerprint(translate_dir), template=spec.template_version,
                             config=config.model_dump(mode="json"), human=human)
 
@@ -207,20 +256,10 @@ def build_set(task: str, kind: SetKind, language: str | None, translate_dir: Pat
     if done:
         return {**done, "folder": str(folder), "reused": True}
     markers.clear(folder, ["data.parquet"])
-    english = english_examples(translate_dir)
-    if kind == "human-translate-train":
-        translated = side or []
-    elif kind == "self-translate-train-unfiltered":
-        if not round_trip_enabled(translate_dir):
-            raise ConfigError("the self-translate-train-unfiltered set is the 'without the filter' control of "
-                              "round-trip filtering: enable translate.round_trip (it would equal self-translate-train)")
-        translated = translated_examples(translate_dir, language, unfiltered=True)
-    elif kind == "english-equal-data":
-        translated = []
-        english = english + (side or [])
-    else:
-        translated = translated_examples(translate_dir, language) if kind != "english" else []
-    if kind not in ("english", "english-equal-data") and not translated:
+    recipe = RECIPES[kind]
+    english = english_examples(translate_dir) + ((side or []) if recipe.side_is_english else [])
+    translated = recipe.target(translate_dir, language, side) if recipe.target and language else []
+    if recipe.target and not translated:
         raise DataError(f"{translate_dir}: no accepted translations into '{language}' to build {kind} from "
                         "(see _rejects/ for why)")
     rows = build_rows(spec, kind, language, english, translated, config.seed)

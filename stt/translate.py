@@ -1,7 +1,6 @@
-"""The translate stage as plain functions: plan -> generate (model) -> validate + assemble (no model).
+"""The translate stage's work: plan -> generate (model) -> validate + assemble (no model).
 
-Prefect tasks wrap `generate_shard` and `validate_shard`; a plain Python loop over the plan
-(`run_translate`) does the same without Prefect.
+`stt.stages.translate` makes one job of each planned shard; every runner does a job with `run_shard`.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import logging
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from stt.engines import Request, generator_signature, get_engine
 from stt.errors import ConfigError, DataError
 from stt.models import resolve_model
 from stt.prompts import PromptBuilder, build_prompt_builder
-from stt.runlock import run_lock
 from stt.specs import TaskSpec, get_task
 from stt.validate import VALIDATION_VERSION, clean_completion, segment_reasons
 
@@ -240,8 +238,8 @@ def generate_shard(job: ShardJob, config: TranslateConfig, progress: Any = None)
     filtering, the back-translations of the cleaned translations). Needs the model. A part already on
     disk under its key is not generated again (a shard killed between the two resumes with the second).
 
-    Every caller (the stage runner, the Prefect translate flow, `stt translate --no-prefect`) runs it under
-    a deadline per model call: the shard's timeout, unless the caller set one."""
+    Its model calls run under a deadline: the one the runner set for the job (stt.jobs.run), else the
+    shard's timeout."""
     from stt.engines.child import call_budget, deadline
     from stt.timeouts import generation_s
 
@@ -378,52 +376,69 @@ def validate_shard(job: ShardJob, config: TranslateConfig) -> dict[str, Any]:
         back = {r["translation"]: r["back"] for r in pq.read_table(job.back_path).to_pylist()}
     accepted, rejected = [], []
     for ex_id, ex in examples.items():
-        parts: dict[str, list[str]] = {}
-        details, reasons = [], []
-        for r in sorted(by_example.get(ex_id, []), key=lambda r: (r["field"], r["segment"])):
-            text = clean_completion(r["completion"], target_name, config.generation.stop) if r["translate"] \
-                else r["source"]
-            why = segment_reasons(r["source"], text, job.language, r["finish_reason"]) if r["translate"] else []
-            reasons += [f"{w}:{r['field']}" if ":" not in w else w for w in why]
-            parts.setdefault(r["field"], []).append(text)
-            details.append({"field": r["field"], "segment": r["segment"], "source": r["source"], "output": text,
-                            "raw": r["completion"], "reasons": why, "translate": r["translate"]})
-        if not details:
-            reasons.append("no_generations")
-        translated = spec.assemble(ex, parts, job.language)
-        reasons += spec.check(ex, translated, job.language)
-        base = {"id": ex_id, "task": spec.name, "language": job.language, "shard": job.shard}
-        tokens = {"prompt_tokens": sum(r["prompt_tokens"] for r in by_example.get(ex_id, [])),
-                  "completion_tokens": sum(r["completion_tokens"] for r in by_example.get(ex_id, []))}
-        chrf = None
-        if job.back_key:
-            pairs = [(d["source"], back.get(d["output"], "")) for d in details if d["translate"]]
-            chrf = round_trip_chrf([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
-        row = {**base, **translated, **{f"src_{k}": ex[k] for k in spec.translated}, **provenance, **tokens,
-               "segments": len(details), "round_trip_chrf": chrf}
-        filtered = not reasons and chrf is not None and chrf < job.round_trip_min_chrf
-        if filtered:
-            reasons = ["round_trip"]
-        if reasons:
-            reasons = list(dict.fromkeys(reasons))
-            rejected.append({**base, "reason": reasons[0].split(":")[0], "reasons": reasons,
-                             "round_trip_chrf": chrf, "row": json.dumps(row, ensure_ascii=False) if filtered else None,
-                             "source": json.dumps({k: ex[k] for k in spec.translated}, ensure_ascii=False),
-                             "output": json.dumps({k: translated[k] for k in spec.translated}, ensure_ascii=False),
-                             "details": json.dumps(details, ensure_ascii=False),
-                             **{k: provenance[k] for k in ("model_id", "prompt_version", "validation_version",
-                                                           "generation_key")}})
-        else:
+        row, reject = _validated(spec, job, config, ex, by_example.get(ex_id, []), target_name, provenance, back)
+        if reject is None:
             accepted.append(row)
+        else:
+            rejected.append(reject)
     file_meta = {"stt.generation_key": job.generation_key, "stt.validation_version": VALIDATION_VERSION}
     data_file, sha = _write_or_remove(_table(accepted, _output_schema(spec)), out, f"{job.shard}.parquet", file_meta)
     rej_file, rej_sha = _write_or_remove(_table(rejected, REJECT_SCHEMA), out, f"_rejects/{job.shard}.parquet",
                                          file_meta)
-    raw_rows = raw_table.to_pylist()
-    entry = {
-        "language": job.language, "index": job.index, "file": data_file, "rows": len(accepted),
-        "sha256": sha, "rejects_file": rej_file, "rejects": len(rejected),
-        "rejects_sha256": rej_sha, "reject_reasons": dict(Counter(r["reason"] for r in rejected)),
+    entry = _shard_entry(job, out, accepted, rejected, raw_table.to_pylist(), meta, provenance)
+    entry.update(file=data_file, sha256=sha, rejects_file=rej_file, rejects_sha256=rej_sha)
+    shards.update_manifest(out, job.shard, entry)
+    return {"shard": job.shard, **entry}
+
+
+def _validated(spec: TaskSpec, job: ShardJob, config: TranslateConfig, ex: dict[str, Any], raw: list[dict[str, Any]],
+               target_name: str, provenance: dict[str, Any], back: dict[str, str]
+               ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One example of a shard: its translated row, and its reject record (None when it is accepted)."""
+    parts: dict[str, list[str]] = {}
+    details, reasons = [], []
+    for r in sorted(raw, key=lambda r: (r["field"], r["segment"])):
+        text = clean_completion(r["completion"], target_name, config.generation.stop) if r["translate"] \
+            else r["source"]
+        why = segment_reasons(r["source"], text, job.language, r["finish_reason"]) if r["translate"] else []
+        reasons += [f"{w}:{r['field']}" if ":" not in w else w for w in why]
+        parts.setdefault(r["field"], []).append(text)
+        details.append({"field": r["field"], "segment": r["segment"], "source": r["source"], "output": text,
+                        "raw": r["completion"], "reasons": why, "translate": r["translate"]})
+    if not details:
+        reasons.append("no_generations")
+    translated = spec.assemble(ex, parts, job.language)
+    reasons += spec.check(ex, translated, job.language)
+    base = {"id": ex["id"], "task": spec.name, "language": job.language, "shard": job.shard}
+    tokens = {"prompt_tokens": sum(r["prompt_tokens"] for r in raw),
+              "completion_tokens": sum(r["completion_tokens"] for r in raw)}
+    chrf = None
+    if job.back_key:
+        pairs = [(d["source"], back.get(d["output"], "")) for d in details if d["translate"]]
+        chrf = round_trip_chrf([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
+    row = {**base, **translated, **{f"src_{k}": ex[k] for k in spec.translated}, **provenance, **tokens,
+           "segments": len(details), "round_trip_chrf": chrf}
+    filtered = not reasons and chrf is not None and chrf < job.round_trip_min_chrf
+    if filtered:
+        reasons = ["round_trip"]
+    if not reasons:
+        return row, None
+    reasons = list(dict.fromkeys(reasons))
+    return row, {**base, "reason": reasons[0].split(":")[0], "reasons": reasons,
+                 "round_trip_chrf": chrf, "row": json.dumps(row, ensure_ascii=False) if filtered else None,
+                 "source": json.dumps({k: ex[k] for k in spec.translated}, ensure_ascii=False),
+                 "output": json.dumps({k: translated[k] for k in spec.translated}, ensure_ascii=False),
+                 "details": json.dumps(details, ensure_ascii=False),
+                 **{k: provenance[k] for k in ("model_id", "prompt_version", "validation_version", "generation_key")}}
+
+
+def _shard_entry(job: ShardJob, out: Path, accepted: list[dict[str, Any]], rejected: list[dict[str, Any]],
+                 raw_rows: list[dict[str, Any]], meta: dict[str, str], provenance: dict[str, Any]) -> dict[str, Any]:
+    """The shard's manifest entry, its files' names and checksums aside."""
+    entry: dict[str, Any] = {
+        "language": job.language, "index": job.index, "file": None, "rows": len(accepted),
+        "sha256": None, "rejects_file": None, "rejects": len(rejected),
+        "rejects_sha256": None, "reject_reasons": dict(Counter(r["reason"] for r in rejected)),
         "input_file": str(Path(job.input_path).relative_to(out)), "input_sha256": job.input_sha256,
         "input_rows": job.rows, "raw_file": f"_raw/{job.shard}.parquet", "generation_key": job.generation_key,
         "validation_version": VALIDATION_VERSION, "prompt_version": provenance["prompt_version"],
@@ -438,8 +453,7 @@ def validate_shard(job: ShardJob, config: TranslateConfig) -> dict[str, Any]:
                      back_completion_tokens=sum(pq.read_table(job.back_path)["completion_tokens"].to_pylist()),
                      round_trip_chrf_mean=round(sum(scores) / len(scores), 2) if scores else None,
                      round_trip_set_aside=sum(r["reason"] == "round_trip" for r in rejected))
-    shards.update_manifest(out, job.shard, entry)
-    return {"shard": job.shard, **entry}
+    return entry
 
 
 def _write_or_remove(table: pa.Table, out: Path, name: str, meta: dict[str, str]) -> tuple[str | None, str | None]:
@@ -487,21 +501,12 @@ def summarize(out_dir: Path) -> list[dict[str, Any]]:
     return table
 
 
-def run_translate(config: TranslateConfig) -> Path:
-    """The whole stage without Prefect: the same steps the flow runs, in one process."""
-    with run_lock(config.out_dir):
-        plan = plan_translation(config)
-        for job in plan.todo:
-            run_shard(job, config, retry=True)
-    return Path(plan.out_dir)
-
-
 def shard_done(job: ShardJob, config: TranslateConfig) -> bool:
     out = Path(config.out_dir)
     return shard_complete(out, shards.read_manifest(out)["shards"].get(job.shard), job)
 
 
-def run_shard(job: ShardJob, config: TranslateConfig, retry: bool = False) -> dict[str, Any]:
+def run_shard(job: ShardJob, config: TranslateConfig) -> dict[str, Any]:
     """One shard, idempotent: a shard already complete is read back, raw generations on disk are reused.
 
     Done twice (a crashed flow run that had in fact finished, then its resubmission) it is written once:
@@ -509,27 +514,11 @@ def run_shard(job: ShardJob, config: TranslateConfig, retry: bool = False) -> di
     if shard_done(job, config):
         return {"shard": job.shard, **shards.read_manifest(Path(config.out_dir))["shards"][job.shard]}
     if not raw_complete(job):
-        (_with_retries(generate_shard) if retry else generate_shard)(job, config)
+        t0 = time.perf_counter()
+
+        def progress(done: int, total: int) -> None:
+            log.info("%s: %d/%d segments generated, %.2f segments/s", job.shard, done, total,
+                     done / max(time.perf_counter() - t0, 1e-9))
+
+        generate_shard(job, config, progress)
     return validate_shard(job, config)
-
-
-def _with_retries(fn: Any) -> Any:
-    """The plain runner's counterpart of the Prefect task's retries: an engine error that is transient
-    (an injected one, an endpoint's, a hung or crashed engine process) is retried twice; anything else, an
-    engine process ended by the out-of-memory killer included, fails at once."""
-    import tenacity
-
-    from stt.engines.child import worth_retrying
-
-    return tenacity.retry(retry=tenacity.retry_if_exception(worth_retrying),
-                          stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_exponential(min=0.5, max=10),
-                          reraise=True,
-                          before_sleep=lambda s: log.warning("retrying after %s", s.outcome.exception()))(fn)
-
-
-def job_from_dict(d: dict[str, Any]) -> ShardJob:
-    return ShardJob(**d)
-
-
-def job_to_dict(job: ShardJob) -> dict[str, Any]:
-    return asdict(job)

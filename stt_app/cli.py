@@ -14,12 +14,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
 
 from stt.errors import SttError, disk_full, is_disk_full
+
+if TYPE_CHECKING:
+    from stt.config import EngineConfig, EvalConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Self-Translate-Train: a model translates its own English training data.")
@@ -96,7 +99,7 @@ def translate_cmd(
 ) -> None:
     """Translate English training data into the target languages; writes Parquet shards to --out."""
     from stt.config import TranslateConfig, with_overrides
-    from stt.translate import check_config, run_translate, summarize
+    from stt.translate import check_config, summarize
 
     with _reported():
         # The named options are shortcuts for settings of TranslateConfig, whose defaults they show.
@@ -112,7 +115,10 @@ def translate_cmd(
 
             out_dir = Path(translate(config)["out_dir"])
         else:
-            out_dir = run_translate(config)
+            from stt.jobs import translate
+
+            _show_progress()
+            out_dir = translate(config)
     typer.echo("")
     for row in summarize(out_dir):
         typer.echo(f"{row['language']}: {row['rows']}/{row['examples']} rows accepted, {row['rejects']} rejected "
@@ -197,31 +203,13 @@ def evaluate_cmd(
     prefect: Annotated[bool, typer.Option(help="Run as the Prefect flow (--no-prefect: plain Python).")] = True,
 ) -> None:
     """Evaluate a model (optionally with a LoRA adapter) on a task's test set; saves predictions and scores."""
-    from stt.config import EngineConfig, EvalConfig, resolve_data_dir, with_overrides
-    from stt.evaluate import adapter_fingerprint
-    from stt.models import resolve_model
-    from stt.prompts import language_name
-    from stt.specs import get_task
-
     with _reported():
-        get_task(task)
         langs = [x.strip() for x in languages.split(",") if x.strip()]
-        for lang in langs:
-            if lang != "en":
-                language_name(lang)
         # The named options are shortcuts for engine.* and eval.* settings, as --set would give them.
         named = {"engine.model": model, "engine.adapter": adapter, "engine.batch_size": batch_size,
                  "eval.batch_size": batch_size, "eval.limit": limit, "eval.max_new_tokens_math": max_new_tokens,
                  "eval.xnli_split": xnli_split}
-        settings = with_overrides({"engine": {"reuse_prefix_cache": False}, "eval": {}},
-                                  {**named, **_overrides(set_)})
-        unknown = set(settings) - {"engine", "eval"}
-        if unknown:
-            _fail(f"--set {sorted(unknown)[0]}: evaluate takes engine.* and eval.* settings")
-        engine, cfg = EngineConfig.model_validate(settings["engine"]), EvalConfig.model_validate(settings["eval"])
-        resolve_model(engine.model)
-        adapter_fingerprint(engine.adapter)
-        data = resolve_data_dir(data_dir)
+        engine, cfg, data = _evaluate_settings(task, langs, {**named, **_overrides(set_)}, data_dir)
     name = label or ("base" if adapter is None else adapter.name)
     with _reported("evaluate"):
         if prefect:
@@ -229,13 +217,37 @@ def evaluate_cmd(
 
             results = evaluate_model(task, langs, engine, cfg, str(data), str(out), name)
         else:
-            from stt.evaluate import evaluate
+            from stt.jobs import evaluate
 
-            results = [evaluate(task, lang, engine, cfg, data, out / f"{name}-{lang}", name) for lang in langs]
+            _show_progress()
+            results = evaluate(task, langs, engine, cfg, data, out, name)
     hidden = {"ci_level", "bootstrap_resamples", "bootstrap_seed"}
     _print_table([{"model": r["model"], "task": r["task"], "language": r["language"],
                    **{k: v for k, v in r["scores"].items() if k not in hidden},
                    "predictions": str(Path(r["folder"]) / "predictions.parquet")} for r in results])
+
+
+def _evaluate_settings(task: str, langs: list[str], settings: dict[str, object], data_dir: Path | None
+                       ) -> tuple[EngineConfig, EvalConfig, Path]:
+    """`stt evaluate`'s engine and evaluation settings and data folder, each checked before any work."""
+    from stt.config import EngineConfig, EvalConfig, resolve_data_dir, with_overrides
+    from stt.evaluate import adapter_fingerprint
+    from stt.models import resolve_model
+    from stt.prompts import language_name
+    from stt.specs import get_task
+
+    get_task(task)
+    for lang in langs:
+        if lang != "en":
+            language_name(lang)
+    grouped = with_overrides({"engine": {"reuse_prefix_cache": False}, "eval": {}}, settings)
+    unknown = set(grouped) - {"engine", "eval"}
+    if unknown:
+        _fail(f"--set {sorted(unknown)[0]}: evaluate takes engine.* and eval.* settings")
+    engine, cfg = EngineConfig.model_validate(grouped["engine"]), EvalConfig.model_validate(grouped["eval"])
+    resolve_model(engine.model)
+    adapter_fingerprint(engine.adapter)
+    return engine, cfg, resolve_data_dir(data_dir)
 
 
 @app.command("prepare-model")

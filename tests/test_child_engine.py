@@ -104,16 +104,15 @@ def _eval_config(tmp_path, floor_s: float) -> RunConfig:
 def test_the_plain_runner_ends_a_native_hang_at_the_jobs_timeout_and_retries_it(tmp_path, monkeypatch, started,
                                                                                 caplog):
     from stt import jobs
-    from stt.translate import _with_retries
 
     config = _eval_config(tmp_path, floor_s=6)
     [base] = [j for j in jobs.stage_jobs(config, "evaluate") if j.name == "base-de"]
-    assert jobs.timeout_s(config, base) == 6  # floor + 2 items x 8 tokens at a million tokens/s, rounded
+    assert jobs.timeout_s(base) == 6  # floor + 2 items x 8 tokens at a million tokens/s, rounded
     monkeypatch.setenv("STT_FAULTS", "hang-native=eval:base-de")
     t0 = time.monotonic()
     with caplog.at_level(logging.WARNING), \
             pytest.raises(EngineHung, match="did not answer while generate within its 6 s deadline"):
-        _with_retries(jobs.run)(config, base)
+        jobs.retried(jobs.run)(base)
     # Three attempts (the plain runner retries twice), each ended 6 s after its call was sent, plus loads.
     assert time.monotonic() - t0 < 3 * (6 + 30)
     assert len(started) == 3 and all(_gone(p) for p in started)  # a fresh process per attempt, each killed
@@ -123,7 +122,7 @@ def test_the_plain_runner_ends_a_native_hang_at_the_jobs_timeout_and_retries_it(
     assert hangs == [f"STT_FAULTS hang-native: eval:base-de hangs here, in process {p}" for p in started]
     monkeypatch.delenv("STT_FAULTS")
     # Nothing stuck: the same job finishes (with the default timeouts: they are not part of any key).
-    done = jobs.run(config.model_copy(update={"timeouts": TimeoutConfig()}), base)
+    done = jobs.run(base.model_copy(update={"timeouts": TimeoutConfig()}))
     assert done["scores"]["n"] == 2 and not done.get("reused")  # both items scored now, nothing left stale
 
 
@@ -202,7 +201,7 @@ def test_a_process_killed_from_outside_is_reported_with_its_signal_and_an_oom_ki
     import signal
     import threading
 
-    from stt.translate import _with_retries
+    from stt.jobs import retried
 
     engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=2, process="child"))
     engine.generate(REQUESTS[:1])
@@ -234,7 +233,7 @@ def test_a_process_killed_from_outside_is_reported_with_its_signal_and_an_oom_ki
             engine.generate(REQUESTS)
 
     with pytest.raises(child_module.EngineOutOfMemory, match="out-of-memory killer ended it .*1 -> 2"):
-        _with_retries(call)()
+        retried(call)()
     assert calls == [1]  # not retried: the same call needs the same memory
     monkeypatch.delenv("STT_FAULTS")
     assert engine.generate(REQUESTS[:1])  # and the next call is served by a fresh process
@@ -349,10 +348,10 @@ def test_prefect_retries_every_failure_but_an_out_of_memory_kill():
 
 
 def test_plain_translate_ends_a_native_hang_at_the_shards_timeout(tmp_path, monkeypatch, started):
-    """`stt translate --no-prefect` (stt.translate.run_translate) set no deadline: a stuck call held it for
+    """`stt translate --no-prefect` (stt.jobs.translate) set no deadline: a stuck call held it for
     good. Each shard's calls now get the shard's timeout, as under the translate flow."""
+    from stt import jobs
     from stt.config import GenerationParams, TranslateConfig
-    from stt.translate import run_translate
 
     config = TranslateConfig(task="gsm8k", languages=("de",), limit=1, shard_size=1, out_dir=tmp_path / "out",
                              engine=EngineConfig(kind="llama-cpp", batch_size=2, process="child"),
@@ -361,6 +360,6 @@ def test_plain_translate_ends_a_native_hang_at_the_shards_timeout(tmp_path, monk
     monkeypatch.setenv("STT_FAULTS", "hang-native=de-00000")
     t0 = time.monotonic()
     with pytest.raises(EngineHung, match="within its 5 s deadline"):
-        run_translate(config)
+        jobs.translate(config)
     assert time.monotonic() - t0 < 3 * (5 + 30)  # three attempts (the plain runner's retries)
     assert len(started) == 3 and all(_gone(p) for p in started)

@@ -114,8 +114,10 @@ def test_every_stage_runs_in_one_prefect_stage_flow():
     """A stage module names the stage flow that runs it; none is left out of the Prefect runs (the plain runner
     runs every stage of the registry)."""
     from stt import jobs
+    from stt_app.flows.stages import FLOWS, ORDER, _stages_of
 
     flows = ("translate-stage", "build-sets", "finetune", "evaluate-stage")  # stt_app/flows/stages.py
-    covered = [s for f in flows for s in jobs.stages_of_flow(f)]
+    assert ORDER == flows and set(FLOWS) == set(flows)  # the end-to-end flow runs each once, in this order
+    covered = [s for f in flows for s in _stages_of(f)]
     assert sorted(covered) == sorted(jobs.STAGES) == ["build", "evaluate", "finetune", "quality", "translate"]
     assert covered == ["translate", "quality", "build", "finetune", "evaluate"]  # the flows run them in plan order

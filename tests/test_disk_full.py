@@ -8,10 +8,9 @@ import subprocess
 import pandas as pd
 import pytest
 
-from stt import shards
+from stt import jobs, shards
 from stt.config import EngineConfig, GenerationParams, TranslateConfig
 from stt.errors import DiskFull
-from stt.translate import run_translate
 
 pytestmark = pytest.mark.model
 
@@ -38,7 +37,7 @@ def _rows(out):
 
 
 def test_disk_full_is_reported_with_the_folder_and_the_rerun_completes(tmp_path, small_disk):
-    reference = run_translate(_config(tmp_path / "reference"))
+    reference = jobs.translate(_config(tmp_path / "reference"))
     needed = sum(p.stat().st_size for p in reference.rglob("*") if p.is_file())
     filler = small_disk / "filler"
     out = small_disk / "run"
@@ -46,7 +45,7 @@ def test_disk_full_is_reported_with_the_folder_and_the_rerun_completes(tmp_path,
     free = shutil.disk_usage(small_disk).free
     filler.write_bytes(b"\0" * max(0, free - needed // 3))
     with pytest.raises(DiskFull, match=rf"{out}.*no space left on the device while writing"):
-        run_translate(_config(out))
+        jobs.translate(_config(out))
     assert not list(out.rglob("*.tmp")), "a partial temp file was left behind"
     manifest = json.loads((out / "_manifest.json").read_text()) if (out / "_manifest.json").exists() else {"shards": {}}
     for entry in manifest["shards"].values():  # whatever the manifest trusts is intact
@@ -54,5 +53,5 @@ def test_disk_full_is_reported_with_the_folder_and_the_rerun_completes(tmp_path,
             assert name is None or shards.file_ok(out / name, sha)
     assert len(manifest["shards"]) < 2  # it did stop part-way
     filler.unlink()  # space again: the same command finishes the run
-    run_translate(_config(out))
+    jobs.translate(_config(out))
     pd.testing.assert_frame_equal(_rows(out), _rows(reference))

@@ -7,11 +7,11 @@ import logging
 
 import pytest
 
-from stt import faults
+from stt import faults, jobs
 from stt.config import EngineConfig, EvalConfig, GenerationParams, TimeoutConfig, TranslateConfig, resolve_data_dir
 from stt.engines import get_engine
-from stt.translate import run_translate
-from stt_app.flows.translate import ShardsFailed, translate
+from stt.jobs import ShardsFailed
+from stt_app.flows.translate import translate
 
 from .conftest import engine_gone
 
@@ -93,7 +93,7 @@ def test_a_hung_engine_is_ended_by_the_timeout_and_retried(prefect_server, tmp_p
 
 def test_the_plain_runner_retries_transient_faults(tmp_path, monkeypatch):
     monkeypatch.setenv("STT_FAULTS", "transient=*:2")
-    out = run_translate(_config(tmp_path / "out", languages=("de",), limit=1))
+    out = jobs.translate(_config(tmp_path / "out", languages=("de",), limit=1))
     assert faults._CALLS == {"de-00000": 3}
     assert json.loads((out / "_manifest.json").read_text())["shards"]["de-00000"]["input_rows"] == 1
 

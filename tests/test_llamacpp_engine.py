@@ -273,7 +273,8 @@ def test_an_adapter_merged_into_the_weights_scores_as_peft_applies_it(tiny_adapt
 
 def test_runs_on_llama_cpp_generate_on_it_and_score_labels_on_transformers():
     from stt.config import RunConfig
-    from stt.pipeline import eval_engine, plan_task
+    from stt.pipeline import plan_task
+    from stt.stages.evaluate import eval_engine
 
     config = RunConfig(engine=EngineConfig(kind="llama-cpp"), languages=("de",), tasks=("gsm8k", "mnli"))
     for task, kind in (("gsm8k", "llama-cpp"), ("mnli", "transformers")):

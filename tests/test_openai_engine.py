@@ -14,12 +14,12 @@ import time
 import pandas as pd
 import pytest
 
+from stt import jobs
 from stt.config import EngineConfig, GenerationParams, PromptConfig, TranslateConfig
 from stt.engines import Request
 from stt.engines.openai_engine import OpenAIEngine
 from stt.models import resolve_model
 from stt.prompts import build_prompt_builder
-from stt.translate import run_translate
 
 from .conftest import DATA
 from .services.stack import Processes, free_port, wait_healthy
@@ -84,7 +84,7 @@ def test_translate_stage_runs_on_the_endpoint(server, tmp_path):
     config = TranslateConfig(task="gsm8k", languages=("de",), limit=1, out_dir=tmp_path / "out",
                              engine=EngineConfig(kind="openai", model="gemma3-270m", base_urls=(server.url,)),
                              generation=GenerationParams(max_new_tokens_cap=40))
-    out = run_translate(config)
+    out = jobs.translate(config)
     rows = pd.read_parquet(out / "_raw")
     # By hand: GSM8K's first training item is its question (one segment) and a two-line rationale (its
     # calculator annotations and the "#### 72" answer line are not translated).

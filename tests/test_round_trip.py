@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from sacrebleu.metrics import CHRF
 
+from stt import jobs
 from stt import translate as lib
 from stt.config import BuildConfig, EngineConfig, GenerationParams, RoundTripConfig, TranslateConfig
 from stt.errors import ConfigError
@@ -26,7 +27,7 @@ def _config(tmp_path, enabled=True, threshold=40.0):
 
 def test_round_trip_sets_low_rows_aside_with_their_chrf_and_keeps_them_restorable(tmp_path):
     config = _config(tmp_path)
-    out = lib.run_translate(config)
+    out = jobs.translate(config)
     raw = pd.concat(pd.read_parquet(p) for p in sorted((out / "_raw").glob("de-*[0-9].parquet")))
     back = pd.concat(pd.read_parquet(p) for p in sorted((out / "_raw").glob("*.back.parquet")))
     assert len(back) and back["back"].str.len().gt(0).all()
@@ -65,7 +66,7 @@ def test_round_trip_sets_low_rows_aside_with_their_chrf_and_keeps_them_restorabl
     original = lib._generate_back
     lib._generate_back = lambda *a, **k: calls.append(a) or original(*a, **k)
     try:
-        lower = lib.run_translate(_config(tmp_path, threshold=0.0))
+        lower = jobs.translate(_config(tmp_path, threshold=0.0))
     finally:
         lib._generate_back = original
     assert not calls and {p: os.stat(p).st_mtime_ns for p in (out / "_raw").glob("*.parquet")} == mtimes
@@ -73,7 +74,7 @@ def test_round_trip_sets_low_rows_aside_with_their_chrf_and_keeps_them_restorabl
     assert len(everything) == len(accepted) + seen_filtered  # threshold 0: nothing is set aside by the filter
 
     # Back at 40: the unfiltered set puts the set-aside rows back, the filtered one does not.
-    lib.run_translate(config)
+    jobs.translate(config)
     sets = build_set("mnli", "self-translate-train", "de", out, tmp_path / "sets", BuildConfig())
     unfiltered = build_set("mnli", "self-translate-train-unfiltered", "de", out, tmp_path / "sets", BuildConfig())
     assert sets["mixing"] == {"english": 6, "translated": len(accepted)}
@@ -85,6 +86,6 @@ def test_round_trip_sets_low_rows_aside_with_their_chrf_and_keeps_them_restorabl
 def test_unfiltered_set_needs_the_filter_on(tmp_path):
     config = _config(tmp_path, enabled=False)
     config = config.model_copy(update={"limit": 3})
-    out = lib.run_translate(config)
+    out = jobs.translate(config)
     with pytest.raises(ConfigError, match="enable translate.round_trip"):
         build_set("mnli", "self-translate-train-unfiltered", "de", out, tmp_path / "sets", BuildConfig())

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
+from stt import jobs
 from stt.config import RunConfig, TranslateConfig
 from stt.jobs import run_pipeline
 from stt.runlock import LOCK_FILE, RunInUse, run_lock
-from stt.translate import run_translate
 
 HOLD = "import sys, time\nfrom stt.runlock import run_lock\nwith run_lock(sys.argv[1]):\n" \
        "    print('held', flush=True)\n    time.sleep(float(sys.argv[2]))\n"
@@ -29,7 +29,7 @@ def test_a_second_run_on_the_same_folder_fails_naming_the_holder_and_writes_noth
     holder = _holder(out, 60)
     try:
         with pytest.raises(RunInUse, match=rf"in use by another run \(.*\"pid\": {holder.pid}"):
-            run_translate(TranslateConfig(task="gsm8k", languages=("de",), limit=2, out_dir=out))
+            jobs.translate(TranslateConfig(task="gsm8k", languages=("de",), limit=2, out_dir=out))
         assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # no shard, manifest or input written
         with pytest.raises(RunInUse):
             run_pipeline(RunConfig(run_dir=tmp_path / "translate", languages=("de",)))

@@ -58,9 +58,9 @@ def test_every_persisted_prefect_result_is_json():
     from prefect import Flow, Task
 
     checked = 0
-    for module in ("stt_app.tasks.translate", "stt_app.tasks.pipeline", "stt_app.flows.translate",
+    for module in ("stt_app.tasks.jobs", "stt_app.tasks.report", "stt_app.flows.translate",
                    "stt_app.flows.stages", "stt_app.flows.evaluate", "stt_app.flows.self_translate_train",
-                   "stt_app.flows.check_data"):
+                   "stt_app.flows.check_data", "stt_app.flows.run_jobs"):
         for obj in vars(importlib.import_module(module)).values():
             if isinstance(obj, Task | Flow) and obj.persist_result:
                 assert str(obj.result_serializer) == "json", f"{module}.{obj.name}: {obj.result_serializer}"

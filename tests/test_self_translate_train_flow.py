@@ -124,8 +124,8 @@ def test_changing_only_evaluation_reruns_only_evaluation(first, config):
     assert (config.root / "gsm8k" / "quality" / "de" / "_manifest.json").read_text() == quality_before
     preds = pd.read_parquet(config.root / "gsm8k" / "eval" / "zero-shot-de" / "predictions.parquet")
     assert (preds["completion_tokens"] <= 4).all()  # the evaluations did rerun, with the new setting
-    assert again["timings"]["fine-tune"] < first["timings"]["fine-tune"]
-    assert again["timings"]["translate"] < first["timings"]["translate"]
+    assert again["timings"]["finetune"] < first["timings"]["finetune"]
+    assert again["timings"]["translate-stage"] < first["timings"]["translate-stage"]
 
 
 def test_the_flow_ran_exactly_the_jobs_of_the_plan(first, config):

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from stt import markers
 from stt.config import RunConfig
-from stt.jobs import STAGES, Job, key, stage_jobs
+from stt.jobs import STAGES, Job, key, plan_run
 
 from .conftest import DATA
 
@@ -223,7 +223,7 @@ def _stand_in_translation(config: RunConfig, job: Job, job_key: str) -> None:
     from stt.shards import update_manifest
 
     out = config.root / job.task / "translate"
-    shard = job.shard or {}
+    shard = job.inputs["shard"]
     name = f"{job.name}.stand-in.parquet"
     shutil.copyfile(shard["input_path"], out / name)
     update_manifest(out, job.name, {"file": name, "sha256": job_key, "rejects_file": None, "rejects_sha256": None,
@@ -234,9 +234,9 @@ def _stand_in_translation(config: RunConfig, job: Job, job_key: str) -> None:
 def stage_keys(config: RunConfig) -> dict[str, str]:
     """Every job's key, walking the plan in stage order with stand-in outputs for the next stage."""
     keys: dict[str, str] = {}
-    for stage in STAGES:
-        for job in stage_jobs(config, stage):
-            keys[job.id] = job_key = key(config, job)
+    for stage, planned in plan_run(config).items():  # planned once; each key computed when its stage comes
+        for job in planned:
+            keys[job.id] = job_key = key(job)
             if stage == "translate":
                 _stand_in_translation(config, job, job_key)
             elif stage == "build":
@@ -345,13 +345,12 @@ def test_a_changed_upstream_output_reaches_every_later_key(base_keys, made, tmp_
     set_marker = config.root / "mnli" / "sets" / "english" / markers.MARKER
     info = json.loads(set_marker.read_text())
     set_marker.write_text(json.dumps({**info, "key": "another set"}))
-    job = Job(stage="finetune", task="mnli", name="english")
-    assert key(config, job) != base_keys["mnli/finetune/english"]
+    planned = {job.id: job for jobs in plan_run(config, ("finetune", "evaluate")).values() for job in jobs}
+    assert key(planned["mnli/finetune/english"]) != base_keys["mnli/finetune/english"]
     (config.root / "mnli" / "adapters" / "english" / "adapter_model.safetensors").write_text("retrained")
     for name in ("zero-shot-en", "zero-shot-de", "translate-test-de"):
-        assert key(config, Job(stage="evaluate", task="mnli", name=name)) != base_keys[f"mnli/evaluate/{name}"]
-    assert key(config, Job(stage="evaluate", task="mnli", name="self-translate-train-de")) == \
-        base_keys["mnli/evaluate/self-translate-train-de"]
+        assert key(planned[f"mnli/evaluate/{name}"]) != base_keys[f"mnli/evaluate/{name}"]
+    assert key(planned["mnli/evaluate/self-translate-train-de"]) == base_keys["mnli/evaluate/self-translate-train-de"]
 
 
 def test_stand_in_shards_hold_the_planned_rows(base_keys, made, tmp_path):

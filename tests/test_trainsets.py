@@ -7,7 +7,7 @@ import pytest
 from stt.finetune import pad_collator, tokenize_pairs
 from stt.loaders import load_gsm8k
 from stt.specs import get_task
-from stt.templates import math_pair, to_pair
+from stt.templates import math_pair, qa_pair
 from stt.trainsets import build_rows
 
 from .conftest import DATA
@@ -76,7 +76,7 @@ def test_loss_only_on_answer_tokens_and_truncation_keeps_the_answer():
             "answer_text": "Zanzibar"}
     early = {"context": "The treaty was signed in Zanzibar. " + filler, "question": "Where was it signed?",
              "answer_text": "Zanzibar"}
-    rows = [{**vars(to_pair("qa", ex)), "fields": json.dumps(ex)} for ex in (late, early)]
+    rows = [{**vars(qa_pair(ex)), "fields": json.dumps(ex)} for ex in (late, early)]
     features, aside, shortened = tokenize_pairs(tok, rows, max_length=64)
     assert shortened == 1 and len(features) == 1
     [g] = features

@@ -118,7 +118,8 @@ def test_missing_raw_generations_rerun_the_model(first_run, config):
 
 
 def test_a_failing_shard_fails_the_run_but_not_the_others(first_run, config, monkeypatch):
-    from stt_app.flows.translate import ShardsFailed
+    from stt.config import TimeoutConfig
+    from stt.jobs import ShardsFailed
 
     monkeypatch.setattr(lib, "VALIDATION_VERSION", "validate-test-failure")  # make every shard revalidate
     real = lib.validate_shard
@@ -129,8 +130,9 @@ def test_a_failing_shard_fails_the_run_but_not_the_others(first_run, config, mon
         return real(job, cfg)
 
     monkeypatch.setattr(lib, "validate_shard", broken)
+    quick = config.model_copy(update={"timeouts": TimeoutConfig(retry_delays_s=(0.1,))})  # not in any key
     with pytest.raises(ShardsFailed, match=r"1 shard\(s\) failed .*th-00000: .*disk full"):
-        translate(config)
+        translate(quick)
     monkeypatch.setattr(lib, "validate_shard", real)
     result = translate(config)  # the rerun only redoes the failed shard
     assert result["shards"]["th-00000"] == "cached"

@@ -3,8 +3,9 @@
 import pandas as pd
 import pytest
 
+from stt import jobs
 from stt.config import EngineConfig, GenerationParams, TranslateConfig
-from stt.translate import run_translate, summarize
+from stt.translate import summarize
 
 from .conftest import FIXTURES
 
@@ -22,7 +23,7 @@ def test_squad_translation_records_answer_offsets(tmp_path):
     config = TranslateConfig(task="squad", languages=("de",), limit=1, out_dir=tmp_path / "qa",
                              engine=EngineConfig(kind="llama-cpp", batch_size=4),
                              generation=GenerationParams(max_new_tokens_cap=48))
-    out = run_translate(config)
+    out = jobs.translate(config)
     rows, rejects = _check_every_example_accounted_for(out, 1)
     for _, r in rows.iterrows():
         assert r["context"][r["answer_start"] :].startswith(r["answer_text"])
@@ -37,7 +38,7 @@ def test_mnli_translation_keeps_labels(tmp_path):
     config = TranslateConfig(task="mnli", languages=("de",), input_path=FIXTURES / "mnli_train_sample.jsonl",
                              out_dir=tmp_path / "nli", engine=EngineConfig(kind="llama-cpp", batch_size=4),
                              generation=GenerationParams(max_new_tokens_cap=40))
-    out = run_translate(config)
+    out = jobs.translate(config)
     rows, _ = _check_every_example_accounted_for(out, 3)
     labels = {"mnli:train:0": "neutral", "mnli:train:1": "entailment", "mnli:train:2": "contradiction"}
     for _, r in rows.iterrows():

@@ -238,7 +238,7 @@ def _serve(conn: Any, parent_pid: int) -> None:
     runs, until the parent closes the pipe or dies."""
     die_with_parent(parent_pid)
     faults.IN_ENGINE_PROCESS = True  # a drill's kill takes the run's process with it (stt.faults.die)
-    from stt.engines import give_memory_back, load_inline
+    from stt.engines.inline import give_memory_back, load_inline
 
     current: list[int] = [0]
     conn = _LockedConn(conn)  # the log handler may send from another thread than the main loop
@@ -550,9 +550,3 @@ class ChildEngine(LocalTokenizer):
 
     def loglikelihood(self, pairs: Sequence[tuple[str, str]], progress: ProgressFn | None = None) -> list[Score]:
         return self._call("loglikelihood", list(pairs), progress)
-
-
-def supervised(kind: str) -> bool:
-    """Engines that hold a model in this process can run in a child instead (vllm-batch runs in its own
-    supervised runner process, stt/engines/vllm_batch.py; openai holds no model)."""
-    return kind in ("transformers", "llama-cpp")

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from stt.config import EngineConfig, GenerationParams
 from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score, first_stop
 from stt.engines.child import LOAD_TIMEOUT_S, POLL_S, EngineDied, EngineHung, call_budget, death, oom_kills
+from stt.engines.kinds import vllm_dtype
 from stt.engines.tokenizer import LocalTokenizer
 from stt.errors import ConfigError
 from stt.models import ResolvedModel, hf_folder
@@ -66,16 +67,6 @@ def vllm_python(config: EngineConfig) -> str:
     if not (Path(python).is_file() or shutil.which(python)):
         raise ConfigError(f"vLLM python '{python}' not found: run scripts/setup-vllm.sh or fix STT_VLLM_PYTHON")
     return python
-
-
-def vllm_dtype(config: EngineConfig) -> str:
-    """The dtype vLLM runs in: "auto" is float32 on a CPU host (the parity reference, and on CPUs without
-    native bf16 about 3x bf16's speed) and the model's own dtype (bf16 for Gemma 3) on a GPU."""
-    if config.dtype != "auto":
-        return config.dtype
-    from stt.engines import _auto_device
-
-    return "float32" if _auto_device() == "cpu" else "auto"
 
 
 class VLLMBatchEngine(LocalTokenizer):

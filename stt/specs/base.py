@@ -10,13 +10,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from stt import segments
 from stt.badrows import BadRows
 from stt.loaders import Example
 from stt.segments import SplitMode
 from stt.templates import TEMPLATE_VERSION, Pair
+
+if TYPE_CHECKING:
+    from stt.specs.answers import Answer
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,6 @@ class Segment:
 @dataclass(frozen=True)
 class TaskSpec(ABC):
     name: str  # registry key, e.g. "gsm8k"
-    family: str  # "math" | "qa" | "nli" | "label" (a declared classification task)
     translated: dict[str, SplitMode]  # field -> how it is split into segments
     kept: tuple[str, ...]  # copied unchanged (labels, numeric answers, ids)
     # Code-switched training pairs swap these groups between English and the target language
@@ -105,25 +107,37 @@ class TaskSpec(ABC):
     def test_items(self, data_dir: Path, language: str, split: str = "test") -> list[Example]:
         """Every test item in one language (`index`: the same item in every language)."""
 
-    @abstractmethod
-    def eval_rows(self, engine: Any, items: list[Example], config: Any, language: str) -> list[dict[str, Any]]:
-        """The model's answer to each item: prompt, output, prediction, gold, token counts."""
+    # The kind of answer (stt.specs.answers): how answers are made and scored. Set by each task.
+    answer: ClassVar[Answer]
 
     @abstractmethod
+    def prompt(self, example: Example) -> str:
+        """The prompt an item is answered after (the training pair's prompt too)."""
+
+    @abstractmethod
+    def gold(self, example: Example) -> str:
+        """A test item's `gold` in its prediction row."""
+
+    def eval_rows(self, engine: Any, items: list[Example], config: Any, language: str) -> list[dict[str, Any]]:
+        """The model's answer to each item: prompt, output, prediction, gold, token counts."""
+        return self.answer.eval_rows(engine, [self.prompt(it) for it in items], [self.gold(it) for it in items],
+                                     config, language)
+
     def item_scores(self, language: str, rows: list[dict[str, Any]]) -> dict[str, list[float]]:
         """Every per-item metric, recomputed from saved prediction rows."""
+        return self.answer.item_scores(language, rows)
 
     def score_row(self, language: str, row: dict[str, Any]) -> float:
         """The `score` column of a prediction row (the default metric where one row decides it)."""
-        return self.item_scores(language, [row])[self.primary_choices[0]][0]
+        return self.answer.score_row(language, row)
 
     def corpus_scores(self, rows: list[dict[str, Any]]) -> dict[str, float]:
         """Metrics that are not means of per-item scores."""
-        return {}
+        return self.answer.corpus_scores(rows)
 
     def answer_tokens(self, config: Any) -> int:
         """Tokens an answer may take (generation tasks); 0 when answers are scored, not generated."""
-        return 0
+        return self.answer.answer_tokens(config)
 
     # --- translation quality and translate-test -------------------------------------------------------
     # A field of reference_items() that is a single-line human translation of the English item.

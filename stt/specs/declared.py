@@ -33,24 +33,18 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from stt.badrows import BadRows, read_jsonl, read_lines, strict
-from stt.engines.base import Request
 from stt.errors import ConfigError, DataError
 from stt.loaders import Example
-from stt.metrics import extract_final_number
-from stt.numbers import numbers_in, parse_number
 from stt.segments import SplitMode
-from stt.spans import find_span
-from stt.specs import labels as label_scoring
+from stt.specs.answers import KINDS, NUMBER, Answer
 from stt.specs.base import TaskSpec
-from stt.specs.math import MATH_STOPS, number_item_scores
-from stt.specs.qa import QA_STOPS, span_item_scores
 from stt.templates import TEMPLATE_VERSION, Pair
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet")
@@ -82,7 +76,7 @@ class TaskFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    answer: Literal["label", "span", "number"]
+    answer: Literal["label", "span", "number"]  # a kind of stt.specs.answers.KINDS
     fields: dict[str, SplitMode]  # the prompt's fields, translated; a list means each is split into sentences
     label: str = "label"  # the field holding the answer: the label, the answer span or the final number
     labels: dict[str, str] = {}  # answer: label -- a label in the files -> the word the model answers
@@ -118,20 +112,9 @@ class TaskFile(BaseModel):
             raise ValueError("fields: at least one field to translate")
         if self.label in self.fields:
             raise ValueError(f"label: '{self.label}' is also in fields (the answer is its own field)")
-        if self.answer == "label":
-            if len(self.labels) < 2:
-                raise ValueError("labels: at least two")
-            words = list(self.labels.values())
-            if len(set(words)) != len(words):
-                raise ValueError("labels: two labels map to the same word")
-        elif self.labels:
-            raise ValueError(f"labels: only for answer: label (this task's answer is a {self.answer})")
-        if self.answer == "span" and self.context not in self.fields:
-            raise ValueError(f"context: name the field the answer is a span of (one of {', '.join(self.fields)})")
-        if self.answer != "span" and self.context:
-            raise ValueError("context: only for answer: span")
-        if self.rationale and (self.answer != "number" or self.rationale in self.fields):
-            raise ValueError("rationale: only for answer: number, a field that is not in the prompt's fields")
+        problem = KINDS[self.answer].check_definition(self)
+        if problem:
+            raise ValueError(problem)
         for f in self.fields:
             if "{" + f + "}" not in self.prompt:
                 raise ValueError(f"prompt: no {{{f}}} placeholder for field '{f}'")
@@ -206,11 +189,11 @@ class DeclaredTask(TaskSpec):
     definition: TaskFile | None = None
     source: Path = Path()  # the YAML file
     fingerprint: str = ""
-    words: tuple[str, ...] = field(default=())  # answer: label -- the label words, in the file's order
+    answer: Answer = NUMBER  # the answer kind (stt.specs.answers), with a label task's words
 
     @property
-    def kind(self) -> str:
-        return self.definition.answer
+    def words(self) -> tuple[str, ...]:  # answer: label -- the label words, in the file's order
+        return getattr(self.answer, "words", ())
 
     @property
     def key_id(self) -> str:
@@ -226,8 +209,7 @@ class DeclaredTask(TaskSpec):
 
     @property
     def primary_choices(self) -> tuple[str, ...]:  # type: ignore[override]
-        return {"label": label_scoring.LABEL_METRICS, "span": ("f1", "exact_match"),
-                "number": ("accuracy",)}[self.kind]
+        return self.answer.primary_choices
 
     @property
     def reference_field(self) -> str:  # type: ignore[override]
@@ -275,21 +257,10 @@ class DeclaredTask(TaskSpec):
     def _answer(self, value: Any, texts: dict[str, str], reject: Any) -> str | None:
         """The row's answer as the task keeps it, or None (the row set aside, with the reason)."""
         d, text = self.definition, "" if value is None else str(value).strip()
-        if self.kind == "label":
-            if text not in d.labels:
-                reject(f"label '{text[:40]}' is not one of {', '.join(d.labels)} ({self.source.name}: labels)")
-                return None
-            return d.labels[text]
-        if not text:
-            reject(f"field '{d.label}' (the answer) is empty")
-            return None
-        if self.kind == "span" and find_span(texts[d.context], text) is None:
-            reject(f"answer '{text[:40]}' is not in the field '{d.context}'")
-            return None
-        if self.kind == "number" and parse_number(text, "en") is None:
-            reject(f"answer '{text[:40]}' is not a number")
-            return None
-        return text
+        answer, why = self.answer.read(text, texts, d.context, self.source.name)
+        if answer is None:
+            reject({"empty": f"field '{d.label}' (the answer) is empty"}.get(why, why))
+        return answer
 
     # --- TaskSpec --------------------------------------------------------------------------------------
     def default_source(self, data_dir: Path) -> Path:
@@ -301,15 +272,7 @@ class DeclaredTask(TaskSpec):
 
     def check(self, example: Example, translated: Example, language: str) -> list[str]:
         d = self.definition
-        if self.kind == "span":
-            span = find_span(translated[d.context], translated[d.label])
-            if span is None:
-                return ["answer_not_in_context"]
-            translated[d.label] = translated[d.context][span[0]:span[1]]  # the context's own spelling
-        if self.kind == "number":  # every number must survive translation with its value
-            lost = [f for f in self.translated if numbers_in(example[f], "en") - numbers_in(translated[f], language)]
-            return [f"lost_numbers:{f}" for f in lost]
-        return []
+        return self.answer.check(example, translated, list(self.translated), d.label, d.context, language)
 
     def has_human(self, source: Path | None) -> bool:
         return self.definition.human is not None
@@ -328,11 +291,9 @@ class DeclaredTask(TaskSpec):
         return self.definition.prompt.format(**{f: example[f] for f in self.definition.fields})
 
     def pair(self, example: Example) -> Pair:
-        d, answer = self.definition, example[self.definition.label]
-        if self.kind == "number":
-            worked = f" {example[d.rationale].strip()}\n" if d.rationale else " "
-            return Pair(self.prompt(example), f"{worked}The answer is {answer}.")
-        return Pair(self.prompt(example), f" {answer}")
+        d = self.definition
+        return Pair(self.prompt(example), self.answer.target(example[d.label], example[d.rationale] if d.rationale
+                                                             else None))
 
     def test_items(self, data_dir: Path, language: str, split: str = "test") -> list[Example]:
         spec = self.definition.test
@@ -347,40 +308,8 @@ class DeclaredTask(TaskSpec):
             return self.read(self.resolve(d.train, data_dir), d.train, "train")
         return self.read(self.resolve(d.human, data_dir, language), d.human, f"human-{language}")
 
-    def eval_rows(self, engine: Any, items: list[Example], config: Any, language: str) -> list[dict[str, Any]]:
-        prompts = [self.prompt(it) for it in items]
-        if self.kind == "label":
-            return label_scoring.score_rows(engine, items, prompts, self.words, gold=self.definition.label)
-        stops, limit = (MATH_STOPS, config.max_new_tokens_math) if self.kind == "number" else \
-            (QA_STOPS, config.max_new_tokens_qa)
-        outs = engine.generate([Request(p, limit, stops) for p in prompts])
-        rows = []
-        for it, p, o in zip(items, prompts, outs, strict=True):
-            gold = it[self.definition.label]
-            rows.append({"prompt": p, "output": o.text, "prompt_tokens": o.prompt_tokens,
-                         "completion_tokens": o.completion_tokens,
-                         **({"prediction": extract_final_number(o.text, language) or "", "gold": gold}
-                            if self.kind == "number" else
-                            {"prediction": o.text.strip(), "gold": json.dumps([gold], ensure_ascii=False)})})
-        return rows
-
-    def item_scores(self, language: str, rows: list[dict[str, Any]]) -> dict[str, list[float]]:
-        if self.kind == "label":
-            return label_scoring.item_scores(rows, self.words)
-        if self.kind == "number":
-            return number_item_scores(language, rows)
-        return span_item_scores(language, rows)
-
-    def score_row(self, language: str, row: dict[str, Any]) -> float:
-        if self.kind == "label":
-            return float(row["prediction"] == row["gold"])  # raw accuracy: calibration needs every row
-        return super().score_row(language, row)
-
-    def corpus_scores(self, rows: list[dict[str, Any]]) -> dict[str, float]:
-        return label_scoring.corpus_scores(rows, self.words) if self.kind == "label" else {}
-
-    def answer_tokens(self, config: Any) -> int:
-        return {"label": 0, "span": config.max_new_tokens_qa, "number": config.max_new_tokens_math}[self.kind]
+    def gold(self, example: Example) -> str:
+        return self.answer.gold(example[self.definition.label])
 
 
 def load_task_file(path: Path) -> DeclaredTask:
@@ -411,10 +340,11 @@ def _load(path: Path, size: int, mtime_ns: int) -> DeclaredTask:  # size, mtime:
         raise ConfigError(f"{path}: name: '{d.name}' differs from the file's name '{path.stem}' (the run config "
                           "names a task by its file)")
     fingerprint = hashlib.sha256(json.dumps(d.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    answer = KINDS[d.answer].declared(d)
     translated = dict(d.fields)
     kept: tuple[str, ...] = ("id", "source_id")
     groups = [(f,) for f in d.fields]
-    if d.answer == "span":  # the answer is translated with its context, and switched with it
+    if answer.uses_context:  # the answer is translated with its context, and switched with it
         translated[d.label] = "whole"
         groups = [(d.context, d.label), *((f,) for f in d.fields if f != d.context)]
     else:
@@ -422,8 +352,8 @@ def _load(path: Path, size: int, mtime_ns: int) -> DeclaredTask:  # size, mtime:
     if d.rationale:
         translated[d.rationale] = "lines"
         groups.append((d.rationale,))
-    return DeclaredTask(d.name, d.answer, translated, kept, tuple(groups), definition=d, source=path,
-                        fingerprint=fingerprint, words=tuple(d.labels.values()))
+    return DeclaredTask(d.name, translated, kept, tuple(groups), definition=d, source=path,
+                        fingerprint=fingerprint, answer=answer)
 
 
 def task_dirs() -> list[Path]:

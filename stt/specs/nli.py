@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from stt.badrows import BadRows
 from stt.errors import ConfigError
 from stt.loaders import Example, load_mnli, load_xnli_dev
 from stt.segments import SplitMode
 from stt.specs import labels
+from stt.specs.answers import Label
 from stt.specs.base import TaskSpec
 from stt.templates import NLI_LABELS, Pair, nli_pair, nli_prompt
 from stt.testsets import load_xnli
@@ -19,6 +20,7 @@ from stt.testsets import load_xnli
 @dataclass(frozen=True)
 class NLISpec(TaskSpec):
     test_set = "xnli"
+    answer = Label(NLI_LABELS)
     primary_choices = labels.LABEL_METRICS
     reference_field = "hypothesis"
     quality_split = "dev"  # XNLI dev is parallel and human-translated (test items stay unseen)
@@ -57,19 +59,12 @@ class NLISpec(TaskSpec):
     def test_items(self, data_dir: Path, language: str, split: str = "test") -> list[Example]:
         return load_xnli(data_dir, language, split)
 
-    def eval_rows(self, engine: Any, items: list[Example], config: Any, language: str) -> list[dict[str, Any]]:
-        prompts = [nli_prompt(it["premise"], it["hypothesis"]) for it in items]
-        return labels.score_rows(engine, items, prompts, NLI_LABELS)
+    def prompt(self, example: Example) -> str:
+        return nli_prompt(example["premise"], example["hypothesis"])
 
-    def item_scores(self, language: str, rows: list[dict[str, Any]]) -> dict[str, list[float]]:
-        return labels.item_scores(rows, NLI_LABELS)
-
-    def score_row(self, language: str, row: dict[str, Any]) -> float:
-        return float(row["prediction"] == row["gold"])  # raw accuracy: calibration needs every row
-
-    def corpus_scores(self, rows: list[dict[str, Any]]) -> dict[str, float]:
-        return labels.corpus_scores(rows, NLI_LABELS)
+    def gold(self, example: Example) -> str:
+        return example["label"]
 
 
-MNLI = NLISpec("mnli", "nli", {"premise": "sentences", "hypothesis": "sentences"}, ("id", "source_id", "label"),
+MNLI = NLISpec("mnli", {"premise": "sentences", "hypothesis": "sentences"}, ("id", "source_id", "label"),
                (("premise",), ("hypothesis",)))

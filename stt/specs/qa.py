@@ -5,36 +5,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from stt.badrows import BadRows
-from stt.engines.base import Request
 from stt.loaders import XQUAD_TRAIN_ARTICLES, Example, load_squad
-from stt.metrics import CHAR_LEVEL, best_over_golds, char_f1, squad_exact_match, squad_f1
 from stt.spans import find_span
+from stt.specs.answers import SPAN
 from stt.specs.base import TaskSpec
 from stt.templates import Pair, qa_pair, qa_prompt
 from stt.testsets import load_xquad_eval
-
-QA_STOPS = ("\n",)
-
-
-def span_item_scores(language: str, rows: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """Official SQuAD v1.1 F1 and exact match per item, best over the gold answers (a JSON list in `gold`);
-    character F1 too for languages written without spaces."""
-    golds = [json.loads(r["gold"]) for r in rows]
-    out = {"f1": [best_over_golds(squad_f1, r["prediction"], g) for r, g in zip(rows, golds, strict=True)],
-           "exact_match": [best_over_golds(squad_exact_match, r["prediction"], g)
-                           for r, g in zip(rows, golds, strict=True)]}
-    if language in CHAR_LEVEL:
-        out["char_f1"] = [best_over_golds(char_f1, r["prediction"], g) for r, g in zip(rows, golds, strict=True)]
-    return out
 
 
 @dataclass(frozen=True)
 class QASpec(TaskSpec):
     test_set = "xquad"
-    primary_choices = ("f1", "exact_match")
+    answer = SPAN
+    primary_choices = SPAN.primary_choices
     reference_field = "question"
 
     def default_source(self, data_dir: Path) -> Path:
@@ -82,22 +67,15 @@ class QASpec(TaskSpec):
     def test_items(self, data_dir: Path, language: str, split: str = "test") -> list[Example]:
         return load_xquad_eval(data_dir, language)
 
-    def eval_rows(self, engine: Any, items: list[Example], config: Any, language: str) -> list[dict[str, Any]]:
-        prompts = [qa_prompt(it["context"], it["question"]) for it in items]
-        outs = engine.generate([Request(p, config.max_new_tokens_qa, QA_STOPS) for p in prompts])
-        return [{"prompt": p, "output": o.text, "prediction": o.text.strip(),
-                 "gold": json.dumps(it["answers"], ensure_ascii=False), "prompt_tokens": o.prompt_tokens,
-                 "completion_tokens": o.completion_tokens} for it, p, o in zip(items, prompts, outs, strict=True)]
+    def prompt(self, example: Example) -> str:
+        return qa_prompt(example["context"], example["question"])
 
-    def item_scores(self, language: str, rows: list[dict[str, Any]]) -> dict[str, list[float]]:
-        return span_item_scores(language, rows)
-
-    def answer_tokens(self, config: Any) -> int:
-        return config.max_new_tokens_qa
+    def gold(self, example: Example) -> str:
+        return json.dumps(example["answers"], ensure_ascii=False)
 
 
 SQUAD = QASpec(
-    "squad", "qa", {"context": "sentences", "question": "whole", "answer_text": "whole"},
+    "squad", {"context": "sentences", "question": "whole", "answer_text": "whole"},
     ("id", "source_id", "title", "paragraph"),
     (("context", "answer_text", "answer_start"), ("question",)),
 )

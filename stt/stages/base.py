@@ -1,17 +1,27 @@
-"""What a stage is: its jobs, and for each job its folder, key, time limit and how to do it."""
+"""What a stage is: its jobs, planned once with everything each needs, and for each job its key, time limit
+and how to do it.
+
+A stage declares `Inputs`, a pydantic model of everything one job reads (settings, folders of its inputs).
+Planning resolves them once from the run's plan (`plan_jobs`) or from one command's arguments (the stage's
+own planner, e.g. `stt translate`); from then on a job is plain JSON that any runner, on any machine, can do
+without the run's config.
+"""
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from stt import markers, pipeline
-from stt.config import EngineConfig, RunConfig
+from stt import markers
+from stt.config import EngineConfig, RunConfig, TimeoutConfig
 from stt.errors import DataError
+
+if TYPE_CHECKING:
+    from stt.pipeline import TaskPlan
 
 
 class Job(BaseModel):
@@ -22,69 +32,68 @@ class Job(BaseModel):
     stage: str  # a name in stt.stages.REGISTRY
     task: str
     name: str  # shard id, language, set, adapter or evaluation name: unique within (task, stage)
+    folder: str  # where its outputs are (a translate job: the run's translate folder, shared by its shards)
+    inputs: dict[str, Any]  # the stage's Inputs, as JSON
     wave: int = 0  # jobs of a wave start once every job of the earlier waves is done
-    shard: dict[str, Any] | None = None  # translate: the planned shard (stt.translate.ShardJob)
+    timeouts: TimeoutConfig = TimeoutConfig()  # when a model job counts as hung, and its retries
 
     @property
     def id(self) -> str:
         return f"{self.task}/{self.stage}/{self.name}"
 
 
-class StageDef(ABC):
+I = TypeVar("I", bound=BaseModel)  # noqa: E741 - a stage's Inputs
+
+
+class StageDef(ABC, Generic[I]):
     """One stage. A subclass says what is particular to it; the defaults are what most stages do: done when
     its folder holds a marker under the job's current key, whose record is the job's result."""
 
-    name: str = ""
-    uses_model: bool = True  # its jobs load a model (one at a time per worker: the model slot)
+    name: ClassVar[str] = ""
+    Inputs: ClassVar[type[BaseModel]]
+    uses_model: ClassVar[bool] = True  # its jobs load a model (one at a time per worker: the model slot)
     # The Prefect stage flow (and chained deployment) that runs its jobs: translate-stage, build-sets, finetune
     # or evaluate-stage (stt_app/flows/stages.py); a new stage joins one by naming it here.
-    flow: str = ""
+    flow: ClassVar[str] = ""
+
+    def job(self, task: str, name: str, folder: Path, inputs: I, timeouts: TimeoutConfig, wave: int = 0) -> Job:
+        return Job(stage=self.name, task=task, name=name, folder=str(folder), wave=wave, timeouts=timeouts,
+                   inputs=inputs.model_dump(mode="json"))
+
+    def inputs(self, job: Job) -> I:
+        return self.Inputs.model_validate(job.inputs)  # type: ignore[return-value]
 
     @abstractmethod
-    def jobs(self, config: RunConfig, task: str, plan: pipeline.TaskPlan) -> list[Job]:
-        ...
+    def plan_jobs(self, config: RunConfig, plan: TaskPlan) -> list[Job]:
+        """The stage's jobs of one task of a run, their inputs resolved from the plan."""
 
     @abstractmethod
-    def folder(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> Path:
-        ...
-
-    @abstractmethod
-    def key(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> str:
+    def key(self, i: I) -> str:
         """The content key of the job's output (as written in its marker): everything that changes it."""
-        ...
 
     @abstractmethod
-    def run(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> dict[str, Any]:
+    def run(self, i: I, folder: Path) -> dict[str, Any]:
         """Do the job (idempotent: a finished output is read back, not redone)."""
-        ...
 
-    def is_done(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> bool:
+    def is_done(self, i: I, folder: Path) -> bool:
         try:
-            key = self.key(config, plan, job)
+            key = self.key(i)
         except DataError:  # an upstream output is missing (e.g. its set is not built): not done
             return False
-        return markers.read_done(self.folder(config, plan, job), key) is not None
+        return markers.read_done(folder, key) is not None
 
-    def result(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> dict[str, Any]:
-        out = self.folder(config, plan, job)
-        return {**json.loads((out / markers.MARKER).read_text()), "folder": str(out)}
+    def result(self, i: I, folder: Path) -> dict[str, Any]:
+        return {**json.loads((folder / markers.MARKER).read_text()), "folder": str(folder)}
 
     def brief(self, info: dict[str, Any]) -> str:
         """One line on a finished job for the logs, from its result."""
         return f"{info.get('rows')} rows -> {info.get('folder')}"
 
-    def timeout_s(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> float | None:
+    def timeout_s(self, i: I, timeouts: TimeoutConfig) -> float | None:
         """When the job counts as hung (stt.timeouts); None: no limit."""
         return None
 
-    def engine_kept(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> EngineConfig | None:
+    def engine_kept(self, i: I) -> EngineConfig | None:
         """The loaded model the job can reuse; every other one is let go before it starts."""
         return None
 
-
-def find(items: Any, job: Job, what: str) -> Any:
-    """The planned item (set, adapter, evaluation) a job names."""
-    for item in items:
-        if item.name == job.name:
-            return item
-    raise DataError(f"{job.id}: no {what} '{job.name}' in this config's plan (was the config changed?)")

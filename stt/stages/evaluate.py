@@ -1,53 +1,114 @@
-"""Evaluate: every model (base, adapters, controls, seeds) on the test sets, per language."""
+"""Evaluate: every model (base, adapters, controls, seeds) on the test sets, per language.
+
+The same jobs serve a run (`plan_jobs`: every model of the plan) and `stt evaluate` (`plan_evaluate`: one
+model, or one adapter, in the languages asked for).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stt import markers, pipeline, timeouts
-from stt.config import EngineConfig, RunConfig
+from pydantic import BaseModel, ConfigDict
+
+from stt import markers, timeouts
+from stt.config import EngineConfig, EvalConfig, GenerationParams, PromptConfig, RunConfig, TimeoutConfig
 from stt.errors import DataError
-from stt.stages.base import Job, StageDef, find
+from stt.specs import get_task
+from stt.stages.base import Job, StageDef
+
+if TYPE_CHECKING:
+    from stt.pipeline import EvalJob, TaskPlan
 
 
-class Evaluate(StageDef):
+class TranslateTest(BaseModel):
+    """Translate-test: the base model translates the test inputs into English first, then the model answers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    translator: EngineConfig
+    generation: GenerationParams
+    prompt: PromptConfig
+
+
+class Inputs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: str
+    language: str
+    label: str  # the model's name in the outputs (base, zero-shot, self-translate-train, ...)
+    engine: EngineConfig  # with the adapter, if any
+    eval: EvalConfig
+    data_dir: Path
+    translate_test: TranslateTest | None = None
+
+
+def eval_engine(config: RunConfig, plan: TaskPlan, job: EvalJob) -> EngineConfig:
+    adapter = plan.adapter_dir(job.adapter) if job.adapter else None
+    update: dict[str, Any] = {"adapter": adapter, "reuse_prefix_cache": False}
+    if config.engine.kind == "llama-cpp" and not get_task(plan.task).answer_tokens(config.eval):
+        # Label scoring is all prefill, where torch's fp32 beats llama.cpp's Q4 kernels on a CPU (with an
+        # adapter 8.5 vs 4.7 XNLI items/s, benchmarks/RESULTS.md); generation is llama.cpp's. Per task, not
+        # per column: the base model and every adapter of one table are scored by the same engine.
+        update["kind"] = "transformers"
+    return config.engine.model_copy(update=update)
+
+
+class Evaluate(StageDef[Inputs]):
     name = "evaluate"
+    Inputs = Inputs
     flow = "evaluate-stage"
 
-    def jobs(self, config: RunConfig, task: str, plan: pipeline.TaskPlan) -> list[Job]:
-        return [Job(stage=self.name, task=task, name=e.name) for e in plan.evals]
+    def plan_jobs(self, config: RunConfig, plan: TaskPlan) -> list[Job]:
+        data_dir = config.resolved_data_dir()
+        # Translate-test's translator: the base model, as in the translate stage.
+        tt = TranslateTest(translator=config.engine.model_copy(update={"adapter": None}),
+                           generation=config.generation, prompt=config.prompt)
+        return [self.job(plan.task, e.name, plan.eval_dir(e),
+                         Inputs(task=plan.task, language=e.language, label=e.model, engine=eval_engine(config, plan, e),
+                                eval=config.eval, data_dir=data_dir, translate_test=tt if e.translate_test else None),
+                         config.timeouts) for e in plan.evals]
 
-    def folder(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> Path:
-        return plan.eval_dir(find(plan.evals, job, "evaluation"))
+    def plan_evaluate(self, task: str, languages: list[str], engine: EngineConfig, config: EvalConfig,
+                      data_dir: Path, out_dir: Path, label: str, limits: TimeoutConfig) -> list[Job]:
+        """One model (with its adapter, if any) on a task's test set in these languages: `stt evaluate`."""
+        return [self.job(task, f"{label}-{lang}", out_dir / f"{label}-{lang}",
+                         Inputs(task=task, language=lang, label=label, engine=engine, eval=config, data_dir=data_dir),
+                         limits) for lang in languages]
 
-    def key(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> str:
+    def key(self, i: Inputs) -> str:
         from stt.evaluate import evaluate_key
         from stt.translate_test import translate_test_key
 
-        e, data_dir = find(plan.evals, job, "evaluation"), config.resolved_data_dir()
-        if e.translate_test:
-            return translate_test_key(job.task, e.language, pipeline.translator_engine(config),
-                                      pipeline.eval_engine(config, plan, e), config.eval, config.generation,
-                                      config.prompt, data_dir)
-        return evaluate_key(job.task, e.language, pipeline.eval_engine(config, plan, e), config.eval, data_dir)
+        if i.translate_test:
+            t = i.translate_test
+            return translate_test_key(i.task, i.language, t.translator, i.engine, i.eval, t.generation, t.prompt,
+                                      i.data_dir)
+        return evaluate_key(i.task, i.language, i.engine, i.eval, i.data_dir)
 
-    def is_done(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> bool:
-        if not find(plan.evals, job, "evaluation").translate_test:
-            return super().is_done(config, plan, job)
+    def is_done(self, i: Inputs, folder: Path) -> bool:
+        if not i.translate_test:
+            return super().is_done(i, folder)
         # Translate-test's marker holds the key of its answers; the run key says which inputs made them.
         try:
-            key = self.key(config, plan, job)
+            key = self.key(i)
         except DataError:  # an upstream output is missing: not done
             return False
-        marker = self.folder(config, plan, job) / markers.MARKER
+        marker = folder / markers.MARKER
         info = json.loads(marker.read_text()) if marker.is_file() else {}
-        return info.get("run_key") == key and markers.read_done(marker.parent, info["key"]) is not None
+        return info.get("run_key") == key and markers.read_done(folder, info["key"]) is not None
 
-    def run(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> dict[str, Any]:
-        return pipeline.run_job_evaluation(config, plan, find(plan.evals, job, "evaluation"),
-                                           config.resolved_data_dir())
+    def run(self, i: Inputs, folder: Path) -> dict[str, Any]:
+        if i.translate_test:
+            from stt.translate_test import translate_test
+
+            t = i.translate_test
+            return translate_test(i.task, i.language, t.translator, i.engine, i.eval, t.generation, t.prompt,
+                                  i.data_dir, folder)
+        from stt.evaluate import evaluate
+
+        return evaluate(i.task, i.language, i.engine, i.eval, i.data_dir, folder, i.label)
 
     def brief(self, info: dict[str, Any]) -> str:
         scores = info.get("scores") or {}
@@ -55,15 +116,12 @@ class Evaluate(StageDef):
                  if k not in ("n", "ci_level", "bootstrap_resamples", "bootstrap_seed")]
         return f"{scores.get('n')} items, " + ", ".join(shown)
 
-    def timeout_s(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> float | None:
-        e = find(plan.evals, job, "evaluation")
-        extra = config.generation.max_new_tokens_cap if e.translate_test else 0
-        return timeouts.evaluation_timeout_s(job.task, config.eval, config.timeouts, extra)
+    def timeout_s(self, i: Inputs, timeouts_: TimeoutConfig) -> float | None:
+        extra = i.translate_test.generation.max_new_tokens_cap if i.translate_test else 0
+        return timeouts.evaluation_timeout_s(i.task, i.eval, timeouts_, extra)
 
-    def engine_kept(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> EngineConfig | None:
-        e = find(plan.evals, job, "evaluation")
-        return None if e.translate_test else pipeline.eval_engine(config, plan, e).model_copy(
-            update={"batch_size": config.eval.batch_size})
+    def engine_kept(self, i: Inputs) -> EngineConfig | None:
+        return None if i.translate_test else i.engine.model_copy(update={"batch_size": i.eval.batch_size})
 
 
 STAGE = Evaluate()

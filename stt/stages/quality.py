@@ -3,47 +3,63 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stt import pipeline, timeouts
-from stt.config import EngineConfig, RunConfig
+from pydantic import BaseModel, ConfigDict
+
+from stt import timeouts
+from stt.config import EngineConfig, GenerationParams, PromptConfig, RunConfig, TimeoutConfig
 from stt.specs import get_task
 from stt.stages.base import Job, StageDef
 
+if TYPE_CHECKING:
+    from stt.pipeline import TaskPlan
 
-class Quality(StageDef):
+
+class Inputs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: str
+    language: str
+    engine: EngineConfig
+    generation: GenerationParams
+    prompt: PromptConfig
+    data_dir: Path
+    limit: int | None
+
+
+class Quality(StageDef[Inputs]):
     name = "quality"
+    Inputs = Inputs
     flow = "translate-stage"
 
-    def jobs(self, config: RunConfig, task: str, plan: pipeline.TaskPlan) -> list[Job]:
-        if not get_task(task).reference_field:  # no human translations to score against
+    def plan_jobs(self, config: RunConfig, plan: TaskPlan) -> list[Job]:
+        if not get_task(plan.task).reference_field:  # no human translations to score against
             return []
-        return [Job(stage=self.name, task=task, name=lang) for lang in config.languages]
+        data_dir = config.resolved_data_dir()
+        return [self.job(plan.task, lang, plan.quality_dir(lang),
+                         Inputs(task=plan.task, language=lang, engine=config.engine, generation=config.generation,
+                                prompt=config.prompt, data_dir=data_dir, limit=config.eval.quality_limit),
+                         config.timeouts) for lang in config.languages]
 
-    def folder(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> Path:
-        return plan.quality_dir(job.name)
-
-    def key(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> str:
+    def key(self, i: Inputs) -> str:
         from stt.quality import quality_key
 
-        return quality_key(job.task, job.name, config.engine, config.generation, config.prompt,
-                           config.resolved_data_dir(), config.eval.quality_limit)
+        return quality_key(i.task, i.language, i.engine, i.generation, i.prompt, i.data_dir, i.limit)
 
-    def run(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> dict[str, Any]:
+    def run(self, i: Inputs, folder: Path) -> dict[str, Any]:
         from stt.quality import translation_quality
 
-        return translation_quality(job.task, job.name, config.engine, config.generation, config.prompt,
-                                   config.resolved_data_dir(), plan.quality_dir(job.name), config.eval.quality_limit)
+        return translation_quality(i.task, i.language, i.engine, i.generation, i.prompt, i.data_dir, folder, i.limit)
 
     def brief(self, info: dict[str, Any]) -> str:
         return str(info.get("scores"))
 
-    def timeout_s(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> float | None:
-        return timeouts.evaluation_s(config.eval.quality_limit or 250, config.generation.max_new_tokens_cap,
-                                     config.timeouts)
+    def timeout_s(self, i: Inputs, timeouts_: TimeoutConfig) -> float | None:
+        return timeouts.evaluation_s(i.limit or 250, i.generation.max_new_tokens_cap, timeouts_)
 
-    def engine_kept(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> EngineConfig | None:
-        return config.engine
+    def engine_kept(self, i: Inputs) -> EngineConfig | None:
+        return i.engine
 
 
 STAGE = Quality()

@@ -1,70 +1,79 @@
-"""Translate: the model translates the English training data, one job per shard (and language)."""
+"""Translate: the model translates the English training data, one job per shard (and language).
+
+The same jobs serve a run (`plan_jobs`, from the run's config) and `stt translate` (`plan_translate`, from a
+`TranslateConfig`): one folder of shards either way, done by the same runner.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stt import pipeline, timeouts
-from stt.config import EngineConfig, RunConfig
-from stt.errors import DataError
+from pydantic import BaseModel, ConfigDict
+
+from stt import timeouts
+from stt.config import EngineConfig, RunConfig, TimeoutConfig, TranslateConfig
 from stt.shards import read_manifest
 from stt.stages.base import Job, StageDef
+from stt.translate import Plan, ShardJob
+
+if TYPE_CHECKING:
+    from stt.pipeline import TaskPlan
 
 
-def _shard(job: Job) -> Any:
-    from stt.translate import job_from_dict
+class Inputs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    if job.shard is None:
-        raise DataError(f"{job.id}: a translate job carries its planned shard")
-    return job_from_dict(job.shard)
+    shard: ShardJob
+    config: TranslateConfig
 
 
-class Translate(StageDef):
+class Translate(StageDef[Inputs]):
     name = "translate"
+    Inputs = Inputs
     flow = "translate-stage"
 
-    def jobs(self, config: RunConfig, task: str, plan: pipeline.TaskPlan) -> list[Job]:
-        # Planning writes the input shards and the manifest (idempotent): workers get shards that exist.
-        from stt.translate import job_to_dict, plan_translation
+    def plan_translate(self, config: TranslateConfig) -> tuple[Plan, list[Job]]:
+        """The shards of one translate config. Planning writes the input shards and the manifest (idempotent):
+        workers get shards that exist."""
+        from stt.translate import plan_translation
 
-        tplan = plan_translation(config.translate_config(task))
-        return [Job(stage=self.name, task=task, name=j.shard, shard=job_to_dict(j)) for j in tplan.jobs]
+        tplan = plan_translation(config)
+        return tplan, [self.job(config.task, s.shard, Path(config.out_dir), Inputs(shard=s, config=config),
+                                config.timeouts) for s in tplan.jobs]
 
-    def folder(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> Path:
-        return plan.translate_dir
+    def plan_jobs(self, config: RunConfig, plan: TaskPlan) -> list[Job]:
+        return self.plan_translate(config.translate_config(plan.task))[1]
 
-    def key(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> str:
+    def key(self, i: Inputs) -> str:
         from stt.markers import stage_key
         from stt.validate import VALIDATION_VERSION
 
-        s = _shard(job)
+        s = i.shard
         return stage_key(generation=s.generation_key, back=s.back_key, min_chrf=s.round_trip_min_chrf,
                          input=s.input_sha256, validation=VALIDATION_VERSION)
 
-    def is_done(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> bool:
+    def is_done(self, i: Inputs, folder: Path) -> bool:
         from stt.translate import shard_done
 
-        return shard_done(_shard(job), config.translate_config(job.task))
+        return shard_done(i.shard, i.config)
 
-    def run(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> dict[str, Any]:
+    def run(self, i: Inputs, folder: Path) -> dict[str, Any]:
         from stt.translate import run_shard
 
-        return run_shard(_shard(job), config.translate_config(job.task))
+        return run_shard(i.shard, i.config)
 
-    def result(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> dict[str, Any]:
-        out = self.folder(config, plan, job)
-        return {"shard": job.name, **read_manifest(out)["shards"][job.name], "folder": str(out)}
+    def result(self, i: Inputs, folder: Path) -> dict[str, Any]:
+        return {"shard": i.shard.shard, **read_manifest(folder)["shards"][i.shard.shard], "folder": str(folder)}
 
     def brief(self, info: dict[str, Any]) -> str:
         return f"{info.get('rows')} rows accepted, {info.get('rejects')} set aside {info.get('reject_reasons') or ''}"
 
-    def timeout_s(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> float | None:
-        s = _shard(job)
-        return timeouts.generation_s(s.rows, config.generation, config.timeouts, round_trip=bool(s.back_key))
+    def timeout_s(self, i: Inputs, timeouts_: TimeoutConfig) -> float | None:
+        return timeouts.generation_s(i.shard.rows, i.config.generation, timeouts_, round_trip=bool(i.shard.back_key))
 
-    def engine_kept(self, config: RunConfig, plan: pipeline.TaskPlan, job: Job) -> EngineConfig | None:
-        return config.engine
+    def engine_kept(self, i: Inputs) -> EngineConfig | None:
+        return i.config.engine
 
 
 STAGE = Translate()

@@ -16,6 +16,7 @@ resubmission) writes the same files under temp names and renames them, so its ou
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -29,72 +30,86 @@ from stt import jobs
 from stt.config import RunConfig
 
 
+@dataclass
+class _Flight:
+    """What the parent tracks of its submitted flow runs (one stage)."""
+
+    config: RunConfig
+    stage: str
+    parent: str
+    record: list[dict[str, Any]] = field(default_factory=list)  # one row per submitted flow run, for the artifact
+    attempts: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    running: dict[UUID, tuple[list[jobs.Job], dict[str, Any]]] = field(default_factory=dict)  # in flight
+    verified: set[str] = field(default_factory=set)  # jobs checked done on disk (once, when their run ended)
+
+    def submit(self, group: list[jobs.Job]) -> None:
+        for j in group:
+            self.attempts[j.id] = self.attempts.get(j.id, 0) + 1
+        attempt = max(self.attempts[j.id] for j in group)
+        names = group[0].name if len(group) == 1 else f"{group[0].name}..{group[-1].name}"
+        config = self.config
+        run = run_deployment(
+            config.scale_out.deployment, timeout=0,
+            parameters={"group": [j.model_dump(mode="json") for j in group],
+                        "engine": config.engine.model_dump(mode="json")},
+            flow_run_name=f"{config.name} {self.stage} {names} #{attempt}",
+            tags=["stt", f"stt-run:{config.name}", f"stt-stage:{self.stage}"],
+            # A retried parent finds the runs it already submitted instead of submitting them again.
+            idempotency_key=f"{self.parent}:{self.stage}:{group[0].id}:{len(group)}:{attempt}")
+        row = {"flow_run": run.name, "flow_run_id": str(run.id), "jobs": ", ".join(j.name for j in group),
+               "attempt": attempt, "state": "Scheduled", "worker": "", "missing_after": ""}
+        self.record.append(row)
+        self.running[run.id] = (group, row)
+
+    def settle(self, run_id: UUID, run: Any) -> None:
+        """A flow run ended: check its jobs on disk, submit again the ones not done (up to max_attempts)."""
+        logger = get_run_logger()
+        group, row = self.running.pop(run_id)
+        missing = [j for j in group if not jobs.is_done(j)]
+        self.verified |= {j.id for j in group} - {j.id for j in missing}
+        row.update(state=run.state.name, worker=(run.labels or {}).get("prefect.worker.name", ""),
+                   missing_after=", ".join(j.name for j in missing))
+        if not missing:
+            logger.info("%s: %s on %s, %d job(s) done and verified", row["flow_run"], run.state.name,
+                        row["worker"] or "?", len(group))
+            return
+        max_attempts = self.config.scale_out.max_attempts
+        again = [j for j in missing if self.attempts[j.id] < max_attempts]
+        for j in missing:
+            if self.attempts[j.id] >= max_attempts:
+                self.failed[j.id] = f"{run.state.name} after {self.attempts[j.id]} attempts: {run.state.message}"
+        logger.warning("%s ended %s (%s); %d job(s) not done, %d submitted again", row["flow_run"],
+                       run.state.name, run.state.message, len(missing), len(again))
+        if again:
+            self.submit(again)
+
+
 def run_on_workers(config: RunConfig, stage: str, planned: list[jobs.Job]) -> list[dict[str, Any]]:
     so = config.scale_out
     logger = get_run_logger()
     ctx = FlowRunContext.get()
-    parent = str(ctx.flow_run.id) if ctx and ctx.flow_run else "no-parent"
-    record: list[dict[str, Any]] = []  # one row per submitted flow run, for the artifact
-    attempts: dict[str, int] = {}
-    failed: dict[str, str] = {}
-    running: dict[UUID, tuple[list[jobs.Job], dict[str, Any]]] = {}  # flow runs in flight
-    verified: set[str] = set()  # jobs checked done on disk (once, when their run ended)
+    flight = _Flight(config, stage, str(ctx.flow_run.id) if ctx and ctx.flow_run else "no-parent")
     for wave in jobs.waves(planned):
-        if failed:  # a later wave needs the earlier ones
+        if flight.failed:  # a later wave needs the earlier ones
             break
-        todo = [j for j in wave if not jobs.is_done(config, j)]
-        verified |= {j.id for j in wave} - {j.id for j in todo}
+        todo = [j for j in wave if not jobs.is_done(j)]
+        flight.verified |= {j.id for j in wave} - {j.id for j in todo}
         logger.info("%s: %d of %d jobs to do, in groups of %d, on %s", stage, len(todo), len(wave),
                     so.group_size, so.deployment)
-
-        def submit(group: list[jobs.Job]) -> None:
-            for j in group:
-                attempts[j.id] = attempts.get(j.id, 0) + 1
-            attempt = max(attempts[j.id] for j in group)
-            names = group[0].name if len(group) == 1 else f"{group[0].name}..{group[-1].name}"
-            run = run_deployment(
-                so.deployment, timeout=0,
-                parameters={"config": config.model_dump(mode="json"),
-                            "group": [j.model_dump(mode="json") for j in group]},
-                flow_run_name=f"{config.name} {stage} {names} #{attempt}",
-                tags=["stt", f"stt-run:{config.name}", f"stt-stage:{stage}"],
-                # A retried parent finds the runs it already submitted instead of submitting them again.
-                idempotency_key=f"{parent}:{stage}:{group[0].id}:{len(group)}:{attempt}")
-            row = {"flow_run": run.name, "flow_run_id": str(run.id), "jobs": ", ".join(j.name for j in group),
-                   "attempt": attempt, "state": "Scheduled", "worker": "", "missing_after": ""}
-            record.append(row)
-            running[run.id] = (group, row)
-
         for i in range(0, len(todo), so.group_size):
-            submit(todo[i:i + so.group_size])
-        while running:
+            flight.submit(todo[i:i + so.group_size])
+        while flight.running:
             time.sleep(so.poll_s)
             with get_client(sync_client=True) as client:
-                ended = {run_id: client.read_flow_run(run_id) for run_id in list(running)}
-            for run_id, run in ended.items():
-                if run.state is None or not run.state.is_final():
-                    continue
-                group, row = running.pop(run_id)
-                missing = [j for j in group if not jobs.is_done(config, j)]
-                verified |= {j.id for j in group} - {j.id for j in missing}
-                row.update(state=run.state.name, worker=(run.labels or {}).get("prefect.worker.name", ""),
-                           missing_after=", ".join(j.name for j in missing))
-                if not missing:
-                    logger.info("%s: %s on %s, %d job(s) done and verified", row["flow_run"], run.state.name,
-                                row["worker"] or "?", len(group))
-                    continue
-                again = [j for j in missing if attempts[j.id] < so.max_attempts]
-                for j in missing:
-                    if attempts[j.id] >= so.max_attempts:
-                        failed[j.id] = f"{run.state.name} after {attempts[j.id]} attempts: {run.state.message}"
-                logger.warning("%s ended %s (%s); %d job(s) not done, %d submitted again", row["flow_run"],
-                               run.state.name, run.state.message, len(missing), len(again))
-                if again:
-                    submit(again)
-            done = sum(j.id in verified for j in wave)
-            logger.info("%s: %d/%d jobs done, %d flow run(s) in flight", stage, done, len(wave), len(running))
-    create_table_artifact(key=f"fanout-{stage}", table=record,
+                runs = {run_id: client.read_flow_run(run_id) for run_id in list(flight.running)}
+            for run_id, run in runs.items():
+                if run.state is not None and run.state.is_final():
+                    flight.settle(run_id, run)
+            done = sum(j.id in flight.verified for j in wave)
+            logger.info("%s: %d/%d jobs done, %d flow run(s) in flight", stage, done, len(wave), len(flight.running))
+    create_table_artifact(key=f"fanout-{stage}", table=flight.record,
                           description=f"{config.name}: {stage} jobs as flow runs of {so.deployment}")
-    if failed:
-        raise jobs.JobsFailed(failed)
-    return [jobs.result(config, j) for j in planned]
+    if flight.failed:
+        raise jobs.JobsFailed(flight.failed)
+    return [jobs.result(j) for j in planned]

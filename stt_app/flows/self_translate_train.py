@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 
 from stt.config import RunConfig
 from stt.runlock import run_lock
-from stt_app.flows.stages import build_sets, evaluate_stage, finetune, report, translate_stage
+from stt_app.flows.stages import FLOWS, ORDER, report
 
 
 @flow(name="self-translate-train", log_prints=True, persist_result=True, result_serializer="json")
@@ -25,10 +25,9 @@ def self_translate_train(config: RunConfig = RunConfig()) -> dict[str, Any]:  # 
 
 def _run(config: RunConfig) -> dict[str, Any]:
     timings: dict[str, float] = {}
-    for name, stage in (("translate", translate_stage), ("build sets", build_sets), ("fine-tune", finetune),
-                        ("evaluate", evaluate_stage)):
+    for name in ORDER:  # the stage flows, in the order of their stages
         t0 = time.perf_counter()
-        stage(config)
+        FLOWS[name](config)
         timings[name] = round(time.perf_counter() - t0, 1)
     out = report(config, timings)
     for name, seconds in timings.items():

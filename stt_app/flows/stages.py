@@ -30,10 +30,11 @@ from prefect.events import emit_event
 from stt import jobs, pipeline
 from stt.config import RunConfig
 from stt.runlock import run_lock
+from stt.stages import REGISTRY
 from stt.translate import summarize
 from stt_app.flows import fanout
 from stt_app.flows.run_jobs import run_here
-from stt_app.tasks import pipeline as t
+from stt_app.tasks.report import report_task
 
 
 def _announce(event: str, config: RunConfig, **payload: Any) -> None:
@@ -47,16 +48,20 @@ def _announce(event: str, config: RunConfig, **payload: Any) -> None:
     get_run_logger().info("announced %s for run %s", event, config.name)
 
 
+def _stages_of(flow_name: str) -> tuple[jobs.Stage, ...]:
+    """The stages a stage flow runs (StageDef.flow), in the registry's order."""
+    return tuple(name for name, stage in REGISTRY.items() if stage.flow == flow_name)
+
+
 def run_stages(config: RunConfig, names: tuple[jobs.Stage, ...]) -> dict[str, list[dict[str, Any]]]:
     """Run the plan's jobs of these stages: as tasks of this flow run, or (scale_out.mode = deployments)
     as flow runs of the run-jobs deployment spread over the gpu pool's workers. The same jobs either way."""
     out: dict[str, list[dict[str, Any]]] = {}
-    for stage in names:
-        planned = jobs.stage_jobs(config, stage)
+    for stage, planned in jobs.plan_run(config, names).items():
         if config.scale_out.mode == "deployments" and stage in jobs.MODEL_STAGES:
             out[stage] = fanout.run_on_workers(config, stage, planned)
         else:
-            out[stage] = run_here(config, planned)
+            out[stage] = run_here(planned, config.engine)
     return out
 
 
@@ -69,7 +74,7 @@ def translate_stage(config: RunConfig = RunConfig(), announce: bool = True) -> d
     with ExitStack() as locks:
         for folder in dirs.values():  # a second run on the same folders fails (or waits) instead of racing
             locks.enter_context(run_lock(folder))
-        run_stages(config, jobs.stages_of_flow("translate-stage"))
+        run_stages(config, _stages_of("translate-stage"))
     for task, folder in dirs.items():
         create_table_artifact(key="translate-summary", table=summarize(folder),
                               description=f"Self-translation of {task} -> {folder}")
@@ -82,7 +87,7 @@ def translate_stage(config: RunConfig = RunConfig(), announce: bool = True) -> d
 @flow(name="build-sets", log_prints=True, persist_result=True, result_serializer="json")
 def build_sets(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
     """Build the english / self-translate-train / code-switch training sets from the translations."""
-    built = [b for done in run_stages(config, jobs.stages_of_flow("build-sets")).values() for b in done]
+    built = [b for done in run_stages(config, _stages_of("build-sets")).values() for b in done]
     _announce("stt.sets.built", config, sets=[b["folder"] for b in built])
     return {"sets": built}
 
@@ -90,7 +95,7 @@ def build_sets(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
 @flow(name="finetune", log_prints=True, persist_result=True, result_serializer="json")
 def finetune(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
     """Train one LoRA adapter per training set (the sets must be built)."""
-    adapters = [a for done in run_stages(config, jobs.stages_of_flow("finetune")).values() for a in done]
+    adapters = [a for done in run_stages(config, _stages_of("finetune")).values() for a in done]
     _announce("stt.finetune.completed", config, adapters=[a["folder"] for a in adapters])
     return {"adapters": adapters}
 
@@ -98,7 +103,7 @@ def finetune(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
 @flow(name="evaluate-stage", log_prints=True, persist_result=True, result_serializer="json")
 def evaluate_stage(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: B008
     """Every model of the plan on every test language."""
-    evaluations = [e for done in run_stages(config, jobs.stages_of_flow("evaluate-stage")).values()
+    evaluations = [e for done in run_stages(config, _stages_of("evaluate-stage")).values()
                    for e in done]
     _announce("stt.evaluate.completed", config, evaluations=[e["folder"] for e in evaluations])
     return {"evaluations": evaluations}
@@ -108,7 +113,7 @@ def evaluate_stage(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: 
 def report(config: RunConfig = RunConfig(), timings: dict[str, float] | None = None) -> dict[str, Any]:  # noqa: B008
     """Collect the evaluations from the run directory; write and publish the comparison."""
     evaluations, quality = pipeline.collect(config)
-    out = t.report(str(config.root), evaluations, quality, json.loads(config.model_dump_json()),
+    out = report_task(str(config.root), evaluations, quality, json.loads(config.model_dump_json()),
                    pipeline.notes(config))
     create_table_artifact(key="stt-results", table=out["table"],
                           description=f"Self-Translate-Train vs zero-shot transfer ({config.name})")
@@ -119,6 +124,11 @@ def report(config: RunConfig = RunConfig(), timings: dict[str, float] | None = N
     get_run_logger().info("report: %s", out["report"])
     _announce("stt.report.written", config, report=out["report"], results=out["results"], plot=out["plot"])
     return {"run_dir": str(config.root), **{k: out[k] for k in ("report", "results", "plot", "table")}}
+
+
+# The stage flows by name (StageDef.flow), in the order of their stages in stt.stages.REGISTRY.
+FLOWS = {f.name: f for f in (translate_stage, build_sets, finetune, evaluate_stage)}
+ORDER = tuple(dict.fromkeys(stage.flow for stage in REGISTRY.values()))
 
 
 def _timings_md(timings: dict[str, float]) -> str:

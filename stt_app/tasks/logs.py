@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from stt.config import EngineConfig
+from stt.engines.kinds import kind_of
 
 THREAD_TIMEOUT_WARNING = "Timeout of %s seconds configured for this task, but the task is running in a worker thread"
 
@@ -31,13 +32,8 @@ def say_once_how_timeouts_end(logger: logging.Logger | logging.LoggerAdapter, en
 def timeout_note(engine: EngineConfig) -> str:
     training = ("fine-tuning runs in a child process ended at its job's timeout" if engine.process == "child" else
                 "fine-tuning runs in this process (engine.process inline: a native hang there is not ended)")
-    if engine.kind == "vllm-batch":
-        return ("model jobs call vLLM in its runner's process group: a job's timeout kills the runner with vLLM's "
-                "engine-core and worker processes, a call stuck in native code included, and the job is retried; "
-                + training)
-    if engine.kind == "openai":
-        return ("model jobs call an endpoint: a request is ended by engine.timeout_s and retried "
-                "(engine.max_retries); the server's own processes are the server's; " + training)
+    if kind_of(engine).hang_note:  # an engine outside this process: its own supervision
+        return f"{kind_of(engine).hang_note}; {training}"
     if engine.process == "child":
         return ("model jobs run their engine, and fine-tuning, in a child process: a call that outlasts the job's "
                 "timeout (counted from when it is sent) ends it, a call stuck in native code included, and the job "
