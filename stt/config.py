@@ -8,9 +8,9 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from stt.errors import ConfigError
 
@@ -103,6 +103,17 @@ def _check_codes(codes: tuple[str, ...]) -> tuple[str, ...]:
     return codes
 
 
+def _split_commas(value: object) -> object:
+    """"de, th" -> ("de", "th"): a list given as one string (the command line, an environment variable)."""
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return value
+
+
+Names = Annotated[tuple[str, ...], BeforeValidator(_split_commas)]
+Languages = Annotated[tuple[str, ...], BeforeValidator(_split_commas), AfterValidator(_check_codes)]
+
+
 class RoundTripConfig(BaseModel):
     """Round-trip filtering: the model translates its own translation back into English; a row whose
     back-translation scores below `min_chrf` (sentence chrF against the English source) is set aside
@@ -143,39 +154,33 @@ class TimeoutConfig(BaseModel):
     retry_delays_s: tuple[float, ...] = (10.0, 60.0)
 
 
-class TranslateConfig(BaseModel):
-    """What the translate stage needs to know. Saved next to its outputs."""
+class TranslationSettings(BaseModel):
+    """What a translation needs besides its task and where it goes: shared by `TranslateConfig` (one task, `stt
+    translate`) and `RunConfig` (every task of a run)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    task: str = "gsm8k"
-    languages: tuple[str, ...] = ("de", "th")
-    limit: int | None = Field(None, ge=1)  # first N training examples; None = all
-    input_path: Path | None = None  # a file in the task's release format; default: the task's file in data_dir
+    languages: Languages = ("de", "th")
+    limit: int | None = Field(None, ge=1)  # first N English training examples per task (translated); None = all
     data_dir: Path | None = None  # default: $STT_DATA_DIR, else ../shared/data beside the repo
-    out_dir: Path = Path("runs/translate")
     shard_size: int = Field(16, ge=1)
     engine: EngineConfig = EngineConfig()
     generation: GenerationParams = GenerationParams()
     prompt: PromptConfig = PromptConfig()
-    round_trip: RoundTripConfig = RoundTripConfig()
-    bad_rows: BadRowsConfig = BadRowsConfig()
-    timeouts: TimeoutConfig = TimeoutConfig()
-
-    @field_validator("languages", mode="before")
-    @classmethod
-    def _split_languages(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(v.strip() for v in value.split(",") if v.strip())
-        return value
-
-    @field_validator("languages")
-    @classmethod
-    def _language_codes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return _check_codes(value)
+    round_trip: RoundTripConfig = RoundTripConfig()  # the translate stage's round-trip filter
+    bad_rows: BadRowsConfig = BadRowsConfig()  # training-data rows the loaders cannot use
+    timeouts: TimeoutConfig = TimeoutConfig()  # when a model-holding task counts as hung
 
     def resolved_data_dir(self) -> Path:
         return resolve_data_dir(self.data_dir)
+
+
+class TranslateConfig(TranslationSettings):
+    """What the translate stage needs to know. Saved next to its outputs."""
+
+    task: str = "gsm8k"
+    input_path: Path | None = None  # a file in the task's release format; default: the task's file in data_dir
+    out_dir: Path = Path("runs/translate")
 
     def resolved_input(self) -> Path | None:
         """The training file: as given, or relative to the data directory (`xnli/xtreme_dev-en.tsv`)."""
@@ -328,42 +333,18 @@ class ScaleOutConfig(BaseModel):
     poll_s: float = Field(5.0, gt=0)
 
 
-class RunConfig(BaseModel):
+class RunConfig(TranslationSettings):
     """One end-to-end Self-Translate-Train experiment. Saved as the run directory's config.json."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = "run"
     run_dir: Path | None = None  # default: runs/<name>
-    tasks: tuple[str, ...] = ("gsm8k",)  # built-in (gsm8k, squad, mnli) or declared in configs/tasks/<name>.yaml
-    languages: tuple[str, ...] = ("de", "th")
+    tasks: Names = ("gsm8k",)  # built-in (gsm8k, squad, mnli) or declared in configs/tasks/<name>.yaml
     inputs: dict[str, Path] = {}  # task -> training file (needed for mnli; default: the task's file in data_dir)
-    data_dir: Path | None = None
-    limit: int | None = Field(None, ge=1)  # English training examples per task (and translated)
-    shard_size: int = Field(16, ge=1)
-    engine: EngineConfig = EngineConfig()
-    generation: GenerationParams = GenerationParams()
-    prompt: PromptConfig = PromptConfig()
     build: BuildConfig = BuildConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     controls: ControlsConfig = ControlsConfig()
-    round_trip: RoundTripConfig = RoundTripConfig()  # the translate stage's round-trip filter
-    bad_rows: BadRowsConfig = BadRowsConfig()  # training-data rows the loaders cannot use
-    timeouts: TimeoutConfig = TimeoutConfig()  # when a model-holding task counts as hung
     scale_out: ScaleOutConfig = ScaleOutConfig()  # one machine, or the gpu pool's workers
-
-    @field_validator("languages", "tasks", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(v.strip() for v in value.split(",") if v.strip())
-        return value
-
-    @field_validator("languages")
-    @classmethod
-    def _language_codes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return _check_codes(value)
 
     @field_validator("name")
     @classmethod
@@ -377,16 +358,10 @@ class RunConfig(BaseModel):
     def root(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
 
-    def resolved_data_dir(self) -> Path:
-        return resolve_data_dir(self.data_dir)
-
     def translate_config(self, task: str) -> TranslateConfig:
-        return TranslateConfig(
-            task=task, languages=self.languages, limit=self.limit, input_path=self.inputs.get(task),
-            data_dir=self.data_dir, out_dir=self.root / task / "translate", shard_size=self.shard_size,
-            engine=self.engine, generation=self.generation, prompt=self.prompt, round_trip=self.round_trip,
-            bad_rows=self.bad_rows, timeouts=self.timeouts,
-        )
+        shared = {name: getattr(self, name) for name in TranslationSettings.model_fields}
+        return TranslateConfig(task=task, input_path=self.inputs.get(task), out_dir=self.root / task / "translate",
+                               **shared)
 
 
 def with_overrides(data: dict[str, Any], overrides: dict[str, object]) -> dict[str, Any]:

@@ -30,19 +30,5 @@ def evaluation_timeout_s(task: str, config: EvalConfig, limits: TimeoutConfig, e
     return evaluation_s(items, tokens + extra_tokens, limits)
 
 
-def evaluation_options(task: str, config: EvalConfig, limits: TimeoutConfig,
-                       extra_tokens: int = 0) -> dict[str, object]:
-    """Prefect options of one evaluation task: its timeout and retries."""
-    return task_options(evaluation_timeout_s(task, config, limits, extra_tokens), limits)
-
-
 def training_s(steps: int, config: TimeoutConfig) -> float:
     return round(config.floor_s + steps * config.max_step_s)
-
-
-def task_options(timeout_s: float, config: TimeoutConfig) -> dict[str, object]:
-    """A model task's timeout and retries; an engine process killed for memory is not retried."""
-    from stt.engines.child import prefect_retry_condition
-
-    return {"timeout_seconds": timeout_s, "retries": config.retries,
-            "retry_delay_seconds": list(config.retry_delays_s) or 0, "retry_condition_fn": prefect_retry_condition}

@@ -338,8 +338,9 @@ def test_prefect_retries_every_failure_but_an_out_of_memory_kill():
     """Prefect's retry_condition_fn receives the failed attempt as a state holding the exception."""
     from prefect.states import Failed
 
-    from stt.engines.child import EngineOutOfMemory, prefect_retry_condition
-    from stt.timeouts import task_options
+    from stt.engines.child import EngineOutOfMemory
+    from stt_app.tasks.jobs import retry_condition as prefect_retry_condition
+    from stt_app.tasks.jobs import task_options
 
     assert task_options(10, TimeoutConfig())["retry_condition_fn"] is prefect_retry_condition
     assert prefect_retry_condition(None, None, Failed(data=EngineHung("hung")))

@@ -117,7 +117,9 @@ def test_every_stage_runs_in_one_prefect_stage_flow():
     from stt_app.flows.stages import FLOWS, ORDER, _stages_of
 
     flows = ("translate-stage", "build-sets", "finetune", "evaluate-stage")  # stt_app/flows/stages.py
-    assert ORDER == flows and set(FLOWS) == set(flows)  # the end-to-end flow runs each once, in this order
+    assert flows == ORDER and set(FLOWS) == set(flows)  # the end-to-end flow runs each once, in this order
     covered = [s for f in flows for s in _stages_of(f)]
-    assert sorted(covered) == sorted(jobs.STAGES) == ["build", "evaluate", "finetune", "quality", "translate"]
-    assert covered == ["translate", "quality", "build", "finetune", "evaluate"]  # the flows run them in plan order
+    assert sorted(covered) == sorted(jobs.STAGES) == ["build", "evaluate", "finetune", "quality", "translate",
+                                                      "translate-test"]
+    # the flows run them in plan order
+    assert covered == ["translate", "quality", "build", "finetune", "evaluate", "translate-test"]

@@ -38,10 +38,11 @@ BASE: dict[str, Any] = {
 }
 
 ALL = frozenset(STAGES)  # what changes the translating model's output changes its quality check too
-AFTER_TRANSLATE = frozenset({"translate", "build", "finetune", "evaluate"})  # the training data, not quality
-AFTER_BUILD = frozenset({"build", "finetune", "evaluate"})
-AFTER_TRAIN = frozenset({"finetune", "evaluate"})
-EVAL = frozenset({"evaluate"})
+# Translate-test is an evaluation of its own stage: what changes the evaluations changes it too.
+EVAL = frozenset({"evaluate", "translate-test"})
+AFTER_TRAIN = frozenset({"finetune"}) | EVAL
+AFTER_BUILD = frozenset({"build"}) | AFTER_TRAIN
+AFTER_TRANSLATE = frozenset({"translate"}) | AFTER_BUILD  # the training data, not quality
 NONE: frozenset[str] = frozenset()
 
 # field -> (the changed value, the stages whose jobs (present in both plans) get new keys). `TMP` and
@@ -174,7 +175,7 @@ ADDED: dict[str, set[str]] = {
                   "mnli/build/self-translate-train-th", "mnli/finetune/self-translate-train-th",
                   "mnli/finetune/english-steps-th", "mnli/evaluate/base-th", "mnli/evaluate/zero-shot-th",
                   "mnli/evaluate/zero-shot-equal-steps-th", "mnli/evaluate/self-translate-train-th",
-                  "mnli/evaluate/translate-test-th", "mnli/evaluate/self-translate-train-th-on-en",
+                  "mnli/translate-test/translate-test-th", "mnli/evaluate/self-translate-train-th-on-en",
                   "mnli/evaluate/zero-shot-equal-steps-th-on-en"},
     "build.sets": {"mnli/build/code-switch-de", "mnli/finetune/code-switch-de", "mnli/evaluate/code-switch-de",
                    "mnli/evaluate/code-switch-de-on-en"},
@@ -186,7 +187,7 @@ ADDED: dict[str, set[str]] = {
     "train.seeds": {"mnli/finetune/english.seed1", "mnli/finetune/self-translate-train-de.seed1",
                     "mnli/finetune/english-steps-de.seed1", "mnli/evaluate/zero-shot-en.seed1",
                     "mnli/evaluate/zero-shot-de.seed1", "mnli/evaluate/zero-shot-equal-steps-de.seed1",
-                    "mnli/evaluate/self-translate-train-de.seed1", "mnli/evaluate/translate-test-de.seed1",
+                    "mnli/evaluate/self-translate-train-de.seed1", "mnli/translate-test/translate-test-de.seed1",
                     "mnli/evaluate/self-translate-train-de-on-en.seed1",
                     "mnli/evaluate/zero-shot-equal-steps-de-on-en.seed1"},
 }
@@ -198,7 +199,7 @@ REMOVED: dict[str, set[str]] = {
                                  "mnli/evaluate/zero-shot-equal-steps-de-on-en"},
     "controls.equal_steps": {"mnli/finetune/english-steps-de", "mnli/evaluate/zero-shot-equal-steps-de",
                              "mnli/evaluate/zero-shot-equal-steps-de-on-en"},
-    "controls.translate_test": {"mnli/evaluate/translate-test-de"},
+    "controls.translate_test": {"mnli/translate-test/translate-test-de"},
     "shard_size": {"mnli/translate/de-00001"},
     # A step budget shared by every arm makes the equal-steps control the zero-shot adapter itself.
     "train.max_steps": {"mnli/finetune/english-steps-de", "mnli/evaluate/zero-shot-equal-steps-de",
@@ -313,7 +314,7 @@ def test_the_base_plan_has_the_jobs_counted_by_hand(base_keys):
         "mnli/build/self-translate-train-de", "mnli/finetune/english", "mnli/finetune/self-translate-train-de",
         "mnli/finetune/english-steps-de", "mnli/evaluate/base-en", "mnli/evaluate/base-de",
         "mnli/evaluate/zero-shot-en", "mnli/evaluate/zero-shot-de", "mnli/evaluate/zero-shot-equal-steps-de",
-        "mnli/evaluate/self-translate-train-de", "mnli/evaluate/translate-test-de",
+        "mnli/evaluate/self-translate-train-de", "mnli/translate-test/translate-test-de",
         "mnli/evaluate/zero-shot-equal-steps-de-on-en", "mnli/evaluate/self-translate-train-de-on-en"])
     assert len(set(base_keys.values())) == len(base_keys)  # no two jobs share a key
 
@@ -345,11 +346,11 @@ def test_a_changed_upstream_output_reaches_every_later_key(base_keys, made, tmp_
     set_marker = config.root / "mnli" / "sets" / "english" / markers.MARKER
     info = json.loads(set_marker.read_text())
     set_marker.write_text(json.dumps({**info, "key": "another set"}))
-    planned = {job.id: job for jobs in plan_run(config, ("finetune", "evaluate")).values() for job in jobs}
+    planned = {job.id: job for jobs in plan_run(config).values() for job in jobs}
     assert key(planned["mnli/finetune/english"]) != base_keys["mnli/finetune/english"]
     (config.root / "mnli" / "adapters" / "english" / "adapter_model.safetensors").write_text("retrained")
-    for name in ("zero-shot-en", "zero-shot-de", "translate-test-de"):
-        assert key(planned[f"mnli/evaluate/{name}"]) != base_keys[f"mnli/evaluate/{name}"]
+    for job_id in ("mnli/evaluate/zero-shot-en", "mnli/evaluate/zero-shot-de", "mnli/translate-test/translate-test-de"):
+        assert key(planned[job_id]) != base_keys[job_id]
     assert key(planned["mnli/evaluate/self-translate-train-de"]) == base_keys["mnli/evaluate/self-translate-train-de"]
 
 

@@ -95,16 +95,6 @@ def worth_retrying(exc: BaseException) -> bool:
     return isinstance(exc, faults.TransientEngineError | EndpointError | EngineHung | EngineDied)
 
 
-def prefect_retry_condition(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect's `retry_condition_fn`: every failure is retried (Prefect's default) except an engine process
-    ended by the out-of-memory killer, which would only die again with the same memory."""
-    exc = getattr(state, "data", None)  # Prefect hands the failed attempt's exception as the state's data
-    if not isinstance(exc, BaseException) and state is not None:
-        with contextlib.suppress(Exception):
-            exc = state.result(raise_on_failure=False)
-    return not isinstance(exc, EngineOutOfMemory)
-
-
 @contextlib.contextmanager
 def deadline(seconds: float | None) -> Iterator[None]:
     """Each model call in this block must answer within `seconds` of being sent (None: no limit). The clock

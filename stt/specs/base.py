@@ -101,7 +101,9 @@ class TaskSpec(ABC):
     # --- evaluation ----------------------------------------------------------------------------------
     test_set: ClassVar[str] = ""  # the test set's name, recorded with every evaluation
     # The per-item metrics a primary metric may be (EvalConfig.primary_metric), the default first.
-    primary_choices: ClassVar[tuple[str, ...]] = ("accuracy",)
+    @property
+    def primary_choices(self) -> tuple[str, ...]:
+        return self.answer.primary_choices
 
     @abstractmethod
     def test_items(self, data_dir: Path, language: str, split: str = "test") -> list[Example]:

@@ -208,10 +208,6 @@ class DeclaredTask(TaskSpec):
         return f"{self.name} ({self.definition.test.path})"
 
     @property
-    def primary_choices(self) -> tuple[str, ...]:  # type: ignore[override]
-        return self.answer.primary_choices
-
-    @property
     def reference_field(self) -> str:  # type: ignore[override]
         return list(self.definition.fields)[-1] if self.definition.human else ""
 

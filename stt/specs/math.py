@@ -20,7 +20,6 @@ from stt.testsets import load_mgsm
 class MathSpec(TaskSpec):
     test_set = "mgsm"
     answer = NUMBER
-    primary_choices = NUMBER.primary_choices
     reference_field = "question"
     translate_test_fields: ClassVar[dict[str, SplitMode] | None] = {"question": "whole"}
 

@@ -10,7 +10,6 @@ from stt.badrows import BadRows
 from stt.errors import ConfigError
 from stt.loaders import Example, load_mnli, load_xnli_dev
 from stt.segments import SplitMode
-from stt.specs import labels
 from stt.specs.answers import Label
 from stt.specs.base import TaskSpec
 from stt.templates import NLI_LABELS, Pair, nli_pair, nli_prompt
@@ -21,7 +20,6 @@ from stt.testsets import load_xnli
 class NLISpec(TaskSpec):
     test_set = "xnli"
     answer = Label(NLI_LABELS)
-    primary_choices = labels.LABEL_METRICS
     reference_field = "hypothesis"
     quality_split = "dev"  # XNLI dev is parallel and human-translated (test items stay unseen)
     translate_test_fields: ClassVar[dict[str, SplitMode] | None] = {"premise": "sentences", "hypothesis": "sentences"}

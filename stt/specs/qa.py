@@ -19,7 +19,6 @@ from stt.testsets import load_xquad_eval
 class QASpec(TaskSpec):
     test_set = "xquad"
     answer = SPAN
-    primary_choices = SPAN.primary_choices
     reference_field = "question"
 
     def default_source(self, data_dir: Path) -> Path:

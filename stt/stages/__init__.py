@@ -4,9 +4,11 @@ fan-out over workers) loops over REGISTRY. A new stage: one module, and its line
 
 from __future__ import annotations
 
-from stt.stages import build, evaluate, finetune, quality, translate
+from stt.stages import build, evaluate, finetune, quality, translate, translate_test
 from stt.stages.base import Job, StageDef
 
-REGISTRY: dict[str, StageDef] = {m.STAGE.name: m.STAGE for m in (translate, quality, build, finetune, evaluate)}
+REGISTRY: dict[str, StageDef] = {m.STAGE.name: m.STAGE for m in (
+    translate, quality, build, finetune, evaluate, translate_test,
+)}
 
 __all__ = ["REGISTRY", "Job", "StageDef"]

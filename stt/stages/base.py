@@ -42,6 +42,17 @@ class Job(BaseModel):
         return f"{self.task}/{self.stage}/{self.name}"
 
 
+class ModelOnItems(BaseModel):
+    """The inputs every job that runs a model on one task's items in one language has (quality, evaluate)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: str
+    language: str
+    engine: EngineConfig
+    data_dir: Path
+
+
 I = TypeVar("I", bound=BaseModel)  # noqa: E741 - a stage's Inputs
 
 

@@ -1,4 +1,5 @@
-"""Evaluate: every model (base, adapters, controls, seeds) on the test sets, per language.
+"""Evaluate: every model (base, adapters, controls, seeds) on the test sets, per language (translate-test, which
+translates the inputs first, is a stage of its own: stt/stages/translate_test.py).
 
 The same jobs serve a run (`plan_jobs`: every model of the plan) and `stt evaluate` (`plan_evaluate`: one
 model, or one adapter, in the languages asked for).
@@ -6,42 +7,21 @@ model, or one adapter, in the languages asked for).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
-
-from stt import markers, timeouts
-from stt.config import EngineConfig, EvalConfig, GenerationParams, PromptConfig, RunConfig, TimeoutConfig
-from stt.errors import DataError
+from stt import timeouts
+from stt.config import EngineConfig, EvalConfig, RunConfig, TimeoutConfig
 from stt.specs import get_task
-from stt.stages.base import Job, StageDef
+from stt.stages.base import Job, ModelOnItems, StageDef
 
 if TYPE_CHECKING:
     from stt.pipeline import EvalJob, TaskPlan
 
 
-class TranslateTest(BaseModel):
-    """Translate-test: the base model translates the test inputs into English first, then the model answers."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    translator: EngineConfig
-    generation: GenerationParams
-    prompt: PromptConfig
-
-
-class Inputs(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    task: str
-    language: str
+class Inputs(ModelOnItems):  # engine: with the adapter, if any
     label: str  # the model's name in the outputs (base, zero-shot, self-translate-train, ...)
-    engine: EngineConfig  # with the adapter, if any
     eval: EvalConfig
-    data_dir: Path
-    translate_test: TranslateTest | None = None
 
 
 def eval_engine(config: RunConfig, plan: TaskPlan, job: EvalJob) -> EngineConfig:
@@ -62,13 +42,10 @@ class Evaluate(StageDef[Inputs]):
 
     def plan_jobs(self, config: RunConfig, plan: TaskPlan) -> list[Job]:
         data_dir = config.resolved_data_dir()
-        # Translate-test's translator: the base model, as in the translate stage.
-        tt = TranslateTest(translator=config.engine.model_copy(update={"adapter": None}),
-                           generation=config.generation, prompt=config.prompt)
         return [self.job(plan.task, e.name, plan.eval_dir(e),
                          Inputs(task=plan.task, language=e.language, label=e.model, engine=eval_engine(config, plan, e),
-                                eval=config.eval, data_dir=data_dir, translate_test=tt if e.translate_test else None),
-                         config.timeouts) for e in plan.evals]
+                                eval=config.eval, data_dir=data_dir),
+                         config.timeouts) for e in plan.evals if not e.translate_test]
 
     def plan_evaluate(self, task: str, languages: list[str], engine: EngineConfig, config: EvalConfig,
                       data_dir: Path, out_dir: Path, label: str, limits: TimeoutConfig) -> list[Job]:
@@ -79,33 +56,10 @@ class Evaluate(StageDef[Inputs]):
 
     def key(self, i: Inputs) -> str:
         from stt.evaluate import evaluate_key
-        from stt.translate_test import translate_test_key
 
-        if i.translate_test:
-            t = i.translate_test
-            return translate_test_key(i.task, i.language, t.translator, i.engine, i.eval, t.generation, t.prompt,
-                                      i.data_dir)
         return evaluate_key(i.task, i.language, i.engine, i.eval, i.data_dir)
 
-    def is_done(self, i: Inputs, folder: Path) -> bool:
-        if not i.translate_test:
-            return super().is_done(i, folder)
-        # Translate-test's marker holds the key of its answers; the run key says which inputs made them.
-        try:
-            key = self.key(i)
-        except DataError:  # an upstream output is missing: not done
-            return False
-        marker = folder / markers.MARKER
-        info = json.loads(marker.read_text()) if marker.is_file() else {}
-        return info.get("run_key") == key and markers.read_done(folder, info["key"]) is not None
-
     def run(self, i: Inputs, folder: Path) -> dict[str, Any]:
-        if i.translate_test:
-            from stt.translate_test import translate_test
-
-            t = i.translate_test
-            return translate_test(i.task, i.language, t.translator, i.engine, i.eval, t.generation, t.prompt,
-                                  i.data_dir, folder)
         from stt.evaluate import evaluate
 
         return evaluate(i.task, i.language, i.engine, i.eval, i.data_dir, folder, i.label)
@@ -117,11 +71,10 @@ class Evaluate(StageDef[Inputs]):
         return f"{scores.get('n')} items, " + ", ".join(shown)
 
     def timeout_s(self, i: Inputs, timeouts_: TimeoutConfig) -> float | None:
-        extra = i.translate_test.generation.max_new_tokens_cap if i.translate_test else 0
-        return timeouts.evaluation_timeout_s(i.task, i.eval, timeouts_, extra)
+        return timeouts.evaluation_timeout_s(i.task, i.eval, timeouts_)
 
     def engine_kept(self, i: Inputs) -> EngineConfig | None:
-        return None if i.translate_test else i.engine.model_copy(update={"batch_size": i.eval.batch_size})
+        return i.engine.model_copy(update={"batch_size": i.eval.batch_size})
 
 
 STAGE = Evaluate()

@@ -5,27 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
-
 from stt import timeouts
 from stt.config import EngineConfig, GenerationParams, PromptConfig, RunConfig, TimeoutConfig
 from stt.specs import get_task
-from stt.stages.base import Job, StageDef
+from stt.stages.base import Job, ModelOnItems, StageDef
 
 if TYPE_CHECKING:
     from stt.pipeline import TaskPlan
 
 
-class Inputs(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    task: str
-    language: str
-    engine: EngineConfig
+class Inputs(ModelOnItems):
     generation: GenerationParams
     prompt: PromptConfig
-    data_dir: Path
-    limit: int | None
+    limit: int | None  # human-translated items scored
 
 
 class Quality(StageDef[Inputs]):

@@ -3,6 +3,7 @@ gpu pool, submits this task and nothing else for its jobs."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from contextlib import nullcontext
 from typing import Any
@@ -10,9 +11,10 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from stt import jobs
+from stt.config import TimeoutConfig
+from stt.engines.child import EngineOutOfMemory
 from stt.markers import stage_key
 from stt.secrets import scrubbed
-from stt.timeouts import task_options
 from stt_app.tasks.model_slot import model_slot
 
 
@@ -25,6 +27,22 @@ def run_job(job: jobs.Job) -> dict[str, Any]:
         info = jobs.summary(jobs.run(job))
     get_run_logger().info("%s done in %.1fs: %s", job.id, time.perf_counter() - t0, jobs.brief(job, info))
     return info
+
+
+def retry_condition(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's `retry_condition_fn`: every failure is retried (Prefect's default) except an engine process
+    ended by the out-of-memory killer, which would only die again with the same memory."""
+    exc = getattr(state, "data", None)  # Prefect hands the failed attempt's exception as the state's data
+    if not isinstance(exc, BaseException) and state is not None:
+        with contextlib.suppress(Exception):
+            exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, EngineOutOfMemory)
+
+
+def task_options(timeout_s: float, config: TimeoutConfig) -> dict[str, object]:
+    """A model task's timeout and retries; an engine process killed for memory is not retried."""
+    return {"timeout_seconds": timeout_s, "retries": config.retries,
+            "retry_delay_seconds": list(config.retry_delays_s) or 0, "retry_condition_fn": retry_condition}
 
 
 def job_options(job: jobs.Job) -> dict[str, Any]:
