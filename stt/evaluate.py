@@ -55,7 +55,8 @@ def adapter_fingerprint(adapter: Path | None) -> str | None:
         return None
     weights = Path(adapter) / "adapter_model.safetensors"
     if not weights.is_file():
-        raise ConfigError(f"adapter folder {adapter} has no adapter_model.safetensors (a peft LoRA adapter)")
+        # A DataError: an adapter the plan trains is an upstream output, not there yet (its evaluation is not done).
+        raise DataError(f"adapter folder {adapter} has no adapter_model.safetensors (a peft LoRA adapter)")
     return file_sha256(weights)
 
 

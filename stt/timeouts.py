@@ -6,8 +6,10 @@ Prefect retries, instead of a run that waits forever.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from stt.config import EvalConfig, GenerationParams, TimeoutConfig
-from stt.specs import get_task
+from stt.specs import get_task, test_size
 
 SEGMENTS_PER_EXAMPLE = 12  # generous: a GSM8K rationale has a few lines, an NLI pair two or three sentences
 
@@ -23,11 +25,12 @@ def evaluation_s(items: int, max_new_tokens: int, config: TimeoutConfig) -> floa
     return round(config.floor_s + work)
 
 
-def evaluation_timeout_s(task: str, config: EvalConfig, limits: TimeoutConfig, extra_tokens: int = 0) -> float:
+def evaluation_timeout_s(task: str, config: EvalConfig, limits: TimeoutConfig, data_dir: Path, language: str,
+                         extra_tokens: int = 0) -> float:
     """One evaluation's timeout, from its size (items x tokens it may generate)."""
-    items = config.limit or 5010  # the largest test set (XNLI) when all items are scored
-    tokens = get_task(task).answer_tokens(config)
-    return evaluation_s(items, tokens + extra_tokens, limits)
+    spec = get_task(task)
+    items = config.limit or test_size(task, data_dir, language, spec.test_split(config))
+    return evaluation_s(items, spec.answer_tokens(config) + extra_tokens, limits)
 
 
 def training_s(steps: int, config: TimeoutConfig) -> float:

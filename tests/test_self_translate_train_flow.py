@@ -169,6 +169,6 @@ def test_the_log_says_once_per_stage_how_timeouts_end_instead_of_a_warning_per_t
     assert runs == len(RUNS) and logs
     assert not [log.message for log in logs if "Timeouts in worker threads" in log.message]
     notes = [log for log in logs if log.message.startswith("timeouts: ")]
-    # The stages that run model jobs with a timeout: translate, quality, fine-tune, evaluate; the first two in
-    # one flow run (translate-stage), the others in their own.
-    assert len(notes) == 4 * runs and len({log.flow_run_id for log in notes}) == 3 * runs
+    # The stages that run model jobs with a timeout: translate, quality, fine-tune, evaluate, translate-test; the
+    # first two in one flow run (translate-stage), the last two in another (evaluate-stage), fine-tune in its own.
+    assert len(notes) == 5 * runs and len({log.flow_run_id for log in notes}) == 3 * runs

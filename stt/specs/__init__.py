@@ -3,6 +3,7 @@ found under configs/tasks/ or $STT_TASK_DIRS)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,12 @@ def load_test_set(task: str, data_dir: Path, language: str, limit: int | None = 
 
 
 def test_items(task: str, data_dir: Path, language: str, config: Any) -> list[Example]:
-    """The items an evaluation scores, from its EvalConfig (limit, sample_seed, xnli_split)."""
-    rows = get_task(task).test_items(data_dir, language, config.xnli_split)
-    return subset(rows, config.limit, config.sample_seed)
+    """The items an evaluation scores, from its EvalConfig (limit, sample_seed, and the task's split)."""
+    spec = get_task(task)
+    return subset(spec.test_items(data_dir, language, spec.test_split(config)), config.limit, config.sample_seed)
+
+
+@functools.lru_cache(maxsize=256)
+def test_size(task: str, data_dir: Path, language: str, split: str) -> int:
+    """How many test items a task has in one language (an evaluation's size, for its timeout)."""
+    return len(get_task(task).test_items(data_dir, language, split))

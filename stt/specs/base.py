@@ -105,6 +105,10 @@ class TaskSpec(ABC):
     def primary_choices(self) -> tuple[str, ...]:
         return self.answer.primary_choices
 
+    def test_split(self, config: Any) -> str:
+        """The test split an evaluation reads (EvalConfig): "test" unless the task has a setting for it."""
+        return "test"
+
     @abstractmethod
     def test_items(self, data_dir: Path, language: str, split: str = "test") -> list[Example]:
         """Every test item in one language (`index`: the same item in every language)."""

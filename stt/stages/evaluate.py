@@ -71,7 +71,7 @@ class Evaluate(StageDef[Inputs]):
         return f"{scores.get('n')} items, " + ", ".join(shown)
 
     def timeout_s(self, i: Inputs, timeouts_: TimeoutConfig) -> float | None:
-        return timeouts.evaluation_timeout_s(i.task, i.eval, timeouts_)
+        return timeouts.evaluation_timeout_s(i.task, i.eval, timeouts_, i.data_dir, i.language)
 
     def engine_kept(self, i: Inputs) -> EngineConfig | None:
         return i.engine.model_copy(update={"batch_size": i.eval.batch_size})

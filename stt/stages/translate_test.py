@@ -61,7 +61,8 @@ class TranslateTest(Evaluate):
                               i.data_dir, folder)
 
     def timeout_s(self, i: Inputs, timeouts_: TimeoutConfig) -> float | None:  # type: ignore[override]
-        return timeouts.evaluation_timeout_s(i.task, i.eval, timeouts_, i.generation.max_new_tokens_cap)
+        return timeouts.evaluation_timeout_s(i.task, i.eval, timeouts_, i.data_dir, i.language,
+                                             i.generation.max_new_tokens_cap)
 
     def engine_kept(self, i: Inputs) -> EngineConfig | None:  # type: ignore[override]
         return None  # two models per job: the translator, then the answerer

@@ -1,0 +1,124 @@
+"""The registries that replace the string ladders (issue 36): engine kinds, answer kinds, training-set recipes and
+arms, stages; and the one runner's plan, made once per run. Expected values are written by hand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stt import jobs, pipeline
+from stt.config import EngineConfig, EvalConfig, RunConfig, TimeoutConfig
+
+from .conftest import DATA
+
+
+def test_each_engine_kind_keys_what_changes_its_outputs():
+    from stt.engines import engine_signature
+
+    assert engine_signature(EngineConfig(kind="llama-cpp", batch_size=3, device="auto")) == \
+        {"kind": "llama-cpp", "dtype": "auto", "device": "auto", "batch_size": 3}
+    # transformers resolves the device (no GPU driver here) and says how an adapter is applied: merged in fp32.
+    assert engine_signature(EngineConfig(kind="transformers", batch_size=3, adapter="/a")) == \
+        {"kind": "transformers", "dtype": "auto", "device": "cpu", "lora": "merged"}
+    assert engine_signature(EngineConfig(kind="transformers", device="cpu", dtype="bfloat16", adapter="/a"))["lora"] \
+        == "applied"
+    assert engine_signature(EngineConfig(kind="openai", served_model="m", batch_size=3)) == \
+        {"kind": "openai", "dtype": "auto", "device": "auto", "served_model": "m"}
+    assert engine_signature(EngineConfig(kind="vllm-batch", max_model_len=512)) == \
+        {"kind": "vllm-batch", "dtype": "float32", "device": "auto", "load_format": "auto", "max_model_len": 512,
+         "tensor_parallel_size": 1}
+
+
+def test_engine_kinds_say_where_they_run_and_what_ends_a_hung_call():
+    from stt.engines.kinds import KINDS
+    from stt_app.tasks.logs import timeout_note
+
+    assert sorted(k for k, v in KINDS.items() if v.in_process) == ["llama-cpp", "transformers"]
+    assert [k for k, v in KINDS.items() if v.batch_per_call] == ["transformers"]
+    assert timeout_note(EngineConfig(kind="openai", process="inline")).startswith("model jobs call an endpoint")
+    assert timeout_note(EngineConfig(kind="vllm-batch")).startswith("model jobs call vLLM in its runner's")
+    assert timeout_note(EngineConfig(kind="llama-cpp", process="inline")).startswith("engine.process is inline")
+
+
+def test_answer_kinds_read_check_and_write_answers():
+    from stt.specs.answers import NUMBER, SPAN, Label
+
+    assert NUMBER.target("18", "9 * 2 = 18.") == " 9 * 2 = 18.\nThe answer is 18."
+    assert NUMBER.target("18", None) == " The answer is 18."
+    assert NUMBER.read("many", {}, None, "t.yaml") == (None, "answer 'many' is not a number")
+    assert NUMBER.check({"q": "3.5 apples"}, {"q": "35 Äpfel"}, ["q"], "answer", None, "de") == ["lost_numbers:q"]
+    assert NUMBER.check({"q": "2.50 euros"}, {"q": "2,50 Euro"}, ["q"], "answer", None, "de") == []
+    assert SPAN.gold("Paris") == '["Paris"]'
+    translated = {"context": "Sie wohnt in Paris.", "answer": "paris"}
+    assert SPAN.check({}, translated, ["context"], "answer", "context", "de") == []
+    assert translated["answer"] == "Paris"  # respelled as the context has it
+    assert SPAN.check({}, {"context": "Sie wohnt in Rom.", "answer": "Paris"}, ["context"], "answer", "context",
+                      "de") == ["answer_not_in_context"]
+    label = Label(("no", "yes"), (("0", "no"), ("1", "yes")))
+    assert label.read("1", {}, None, "pawsx.yaml") == ("yes", "")
+    assert label.read("2", {}, None, "pawsx.yaml") == (None, "label '2' is not one of 0, 1 (pawsx.yaml: labels)")
+    config = EvalConfig(max_new_tokens_math=7, max_new_tokens_qa=5)
+    assert (NUMBER.answer_tokens(config), SPAN.answer_tokens(config), label.answer_tokens(config)) == (7, 5, 0)
+
+
+def test_built_in_and_declared_tasks_share_the_answer_kinds():
+    from stt.specs import get_task
+
+    kinds = {t: type(get_task(t).answer).__name__ for t in ("gsm8k", "squad", "mnli", "pawsx")}
+    assert kinds == {"gsm8k": "Number", "squad": "Span", "mnli": "Label", "pawsx": "Label"}
+    assert get_task("pawsx").primary_choices == ("accuracy_calibrated", "accuracy", "accuracy_norm")
+    assert get_task("squad").primary_choices == ("f1", "exact_match")
+
+
+def test_the_arms_give_the_reports_columns_and_comparisons():
+    from stt.arms import COMPARISONS, MODEL_OF_SET, SHOWN
+
+    assert MODEL_OF_SET == {"english": "zero-shot", "english-equal-data": "zero-shot-equal-data",
+                            "self-translate-train": "self-translate-train",
+                            "self-translate-train-unfiltered": "self-translate-train-unfiltered",
+                            "code-switch": "code-switch", "human-translate-train": "human-translate-train"}
+    assert COMPARISONS == [("gain", "stt", "zero_shot"), ("gain_vs_equal_steps", "stt", "zero_shot_steps"),
+                           ("gain_vs_translate_test", "stt", "translate_test"),
+                           ("filter_gain", "stt", "stt_unfiltered"), ("gain_vs_equal_data", "stt", "zero_shot_data"),
+                           ("human_gain", "human_tt", "zero_shot")]
+    assert SHOWN["zero_shot_steps"] == "zero-shot (equal steps)"
+
+
+def test_set_recipes_name_their_sets():
+    from stt.trainsets import set_name
+
+    assert [set_name(k, "de") for k in ("english", "english-equal-data", "code-switch")] == \
+        ["english", "english-equal-data-de", "code-switch-de"]
+
+
+def test_a_run_is_planned_once_and_its_jobs_need_nothing_else(tmp_path, monkeypatch):
+    """Every job's key, done check and timeout come from the job alone: the config is planned once per task."""
+    config = RunConfig(tasks=("mnli", "gsm8k"), languages=("de",), limit=2, shard_size=1, run_dir=tmp_path,
+                       inputs={"mnli": DATA / "xnli" / "xtreme_dev-en.tsv"}, engine={"kind": "llama-cpp"},
+                       eval={"limit": 2})
+    real, calls = pipeline.plan_task, []
+    monkeypatch.setattr(pipeline, "plan_task", lambda c, t: calls.append(t) or real(c, t))
+    planned = jobs.plan_run(config)
+    assert calls == ["mnli", "gsm8k"]
+    every = [job for stage in planned.values() for job in stage]
+    # By hand, per task: 2 shards, quality in de, 2 sets, 3 adapters, 8 evaluations (no translate-test here).
+    assert len(every) == 2 * (2 + 1 + 2 + 3 + 8)
+    for job in every:  # through JSON, as a worker on another machine gets it
+        job = jobs.Job.model_validate(json.loads(job.model_dump_json()))
+        jobs.is_done(job)
+        jobs.timeout_s(job)
+    assert calls == ["mnli", "gsm8k"]
+    assert not any(jobs.is_done(job) for job in every)
+
+
+@pytest.mark.parametrize(("task", "items", "tokens"), [("gsm8k", 250, 256), ("mnli", 5010, 0)])
+def test_an_evaluations_timeout_comes_from_its_tasks_own_size(task, items, tokens):
+    """Without eval.limit the timeout counts the task's own test items (MGSM: 250 per language, XNLI: 5,010)."""
+    from stt.timeouts import evaluation_timeout_s
+
+    limits = TimeoutConfig(floor_s=10, min_tokens_per_s=1000, min_items_per_s=10)
+    expected = 10 + (items * tokens / 1000 if tokens else items / 10)
+    assert evaluation_timeout_s(task, EvalConfig(), limits, DATA, "de") == round(expected)
+    assert evaluation_timeout_s(task, EvalConfig(limit=4), limits, DATA, "de") == round(
+        10 + (4 * tokens / 1000 if tokens else 4 / 10))
