@@ -40,7 +40,7 @@ def translate_stage(tmp: Path, args: argparse.Namespace) -> dict:
 
 
 def build_stage(tmp: Path) -> dict:
-    from stt.trainsets import build_set
+    from stt.stages.build import build_set
 
     secs = 0.0
     for kind in ("english", "self-translate-train"):

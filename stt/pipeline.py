@@ -106,8 +106,6 @@ def check_run(config: RunConfig) -> None:
 
 
 def plan_task(config: RunConfig, task: str) -> TaskPlan:
-    from stt.translate_test import supported
-
     kinds = [k for k in config.build.sets if k != "english"]
     human = has_human(task, training_source(config.translate_config(task)))
     if config.controls.human_translate_train and human and "human-translate-train" not in kinds:
@@ -133,7 +131,7 @@ def plan_task(config: RunConfig, task: str) -> TaskPlan:
         # A language's Self-Translate-Train (and code-switch, human) model is scored in that language.
         evals += [EvalJob(MODEL_OF_SET[s.kind], s.name + rep, s.language, seed=seed, replicate=rep)
                   for s in sets if s.language]
-        if config.controls.translate_test and supported(task):
+        if config.controls.translate_test and get_task(task).translate_test_fields:
             evals += [EvalJob("translate-test", "english" + rep, lang, translate_test=True, seed=seed, replicate=rep)
                       for lang in config.languages]
         if config.eval.include_english and config.eval.adapters_on_english:

@@ -29,8 +29,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stt import files, markers, shards
-from stt.config import BuildConfig, SetKind, TranslateConfig
+from stt import markers, shards
+from stt.config import SetKind, TranslateConfig
 from stt.errors import ConfigError, DataError
 from stt.specs import TaskSpec, get_task
 
@@ -214,62 +214,12 @@ RECIPES: dict[str, Recipe] = {
 
 
 
-def _side_rows(task: str, kind: SetKind, language: str | None, translate_dir: Path, source: Path | None
+def side_rows(task: str, kind: SetKind, language: str | None, translate_dir: Path, source: Path | None
                ) -> list[dict[str, Any]] | None:
     """The rows a set takes from the training file itself: the human side (human-translate-train) or the
-    unused English items (english-equal-data); None for the other kinds. Read once per build."""
+    unused English items (english-equal-data); None for the other kinds."""
     side = RECIPES[kind].side
     if side is None:
         return None
     assert language is not None
     return side(task, source, language, translate_dir)
-
-
-def build_key(task: str, kind: SetKind, language: str | None, translate_dir: Path, config: BuildConfig,
-              source: Path | None = None, side: list[dict[str, Any]] | None = None) -> str:
-    """`side`: _side_rows() when the caller has them already (else read here)."""
-    recipe = RECIPES[kind]
-    if side is None:
-        side = _side_rows(task, kind, language, translate_dir, source)
-    # The side rows, under the name each recipe has always had in the key.
-    human = None if recipe.side is None else markers.stage_key(**{recipe.side_key: side})
-    spec = get_task(task)
-    return markers.stage_key(stage="build", task=spec.key_id, kind=kind,
-                             language=language if recipe.per_language else None,
-                             translate=translate_fingerprint(translate_dir), template=spec.template_version,
-                            config=config.model_dump(mode="json"), human=human)
-
-
-def build_set(task: str, kind: SetKind, language: str | None, translate_dir: Path, out_root: Path,
-              config: BuildConfig = BuildConfig(), source: Path | None = None  # noqa: B008 - frozen default
-              ) -> dict[str, Any]:
-    """Build (or reuse) one training set; returns its manifest (folder, key, counts).
-
-    `source` is the English training file (needed by human-translate-train to find the human side).
-    """
-    spec = get_task(task)
-    fingerprint = translate_fingerprint(translate_dir)
-    side = _side_rows(task, kind, language, translate_dir, source)
-    key = build_key(task, kind, language, translate_dir, config, source, side)
-    folder = Path(out_root) / set_name(kind, language)
-    done = markers.read_done(folder, key)
-    if done:
-        return {**done, "folder": str(folder), "reused": True}
-    markers.clear(folder, ["data.parquet"])
-    recipe = RECIPES[kind]
-    english = english_examples(translate_dir) + ((side or []) if recipe.side_is_english else [])
-    translated = recipe.target(translate_dir, language, side) if recipe.target and language else []
-    if recipe.target and not translated:
-        raise DataError(f"{translate_dir}: no accepted translations into '{language}' to build {kind} from "
-                        "(see _rejects/ for why)")
-    rows = build_rows(spec, kind, language, english, translated, config.seed)
-    files.write_parquet_atomic(pa.Table.from_pylist(rows, schema=SET_SCHEMA), folder / "data.parquet",
-                                {"stt.key": key, "stt.template_version": spec.template_version})
-    mixing: dict[str, int] = {}
-    for r in rows:
-        mixing[r["variant"]] = mixing.get(r["variant"], 0) + 1
-    info = markers.mark_done(folder, key, ["data.parquet"], stage="build", task=task, set=set_name(kind, language),
-                            kind=kind, language=language, rows=len(rows), mixing=mixing,
-                            template_version=spec.template_version, translate_dir=str(translate_dir),
-                            translate_fingerprint=fingerprint, config=config.model_dump(mode="json"))
-    return {**info, "folder": str(folder), "reused": False}

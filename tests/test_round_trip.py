@@ -12,7 +12,7 @@ from stt import jobs
 from stt import translate as lib
 from stt.config import BuildConfig, EngineConfig, GenerationParams, RoundTripConfig, TranslateConfig
 from stt.errors import ConfigError
-from stt.trainsets import build_set
+from stt.stages.build import build_set
 
 pytestmark = pytest.mark.model
 

@@ -163,7 +163,8 @@ def test_evaluation_key_holds_the_engine_and_not_the_batch_size():
 
 @full
 def test_human_translate_train_uses_the_human_translations_of_the_accepted_items(first, tmp_path):
-    from stt.trainsets import build_set, translated_examples
+    from stt.stages.build import build_set
+    from stt.trainsets import translated_examples
 
     _, config = first
     translate_dir = config.root / "mnli" / "translate"

@@ -118,7 +118,7 @@ def _translate_dir(folder, english, german):
 def test_equal_data_control_adds_unused_english_items_one_per_accepted_translation(tmp_path):
     from stt.config import BuildConfig
     from stt.errors import DataError
-    from stt.trainsets import build_set
+    from stt.stages.build import build_set
 
     source = DATA / "xnli" / "xtreme_dev-en.tsv"
     dev = get_task("mnli").load(source)

@@ -82,9 +82,27 @@ class StageDef(ABC, Generic[I]):
     def key(self, i: I) -> str:
         """The content key of the job's output (as written in its marker): everything that changes it."""
 
-    @abstractmethod
+    # The files `make` writes in the job's folder: cleared before the job is redone under a new key.
+    outputs: ClassVar[tuple[str, ...]] = ()
+
     def run(self, i: I, folder: Path) -> dict[str, Any]:
-        """Do the job (idempotent: a finished output is read back, not redone)."""
+        """Do the job, or read it back: a folder done under the job's key is reused; otherwise the stale
+        outputs are cleared, `make` writes the new ones, and the marker (key, checksums, `make`'s record) is
+        written last. A stage whose work still lives in its own module overrides this and keeps its folder
+        the same way there."""
+        key = self.key(i)
+        done = markers.read_done(folder, key)
+        if done:
+            return {**done, "folder": str(folder), "reused": True}
+        markers.clear(folder, list(self.outputs))
+        files, record = self.make(i, folder, key)
+        info = markers.mark_done(folder, key, files, stage=self.name, **record)
+        return {**info, "folder": str(folder), "reused": False}
+
+    def make(self, i: I, folder: Path, key: str) -> tuple[list[str], dict[str, Any]]:
+        """Turn the inputs into the outputs: write them in `folder` and return their names and what the
+        marker records beside them (the runner writes it)."""
+        raise NotImplementedError(f"stage {self.name}: neither make() nor run() is defined")
 
     def is_done(self, i: I, folder: Path) -> bool:
         try:

@@ -1,22 +1,116 @@
-"""Translate-test: the base model translates each test input into English (the translate stage's few-shot
-prompt, reversed), then the English adapter answers (Etxaniz et al. 2023); one job per (language, seed). A
-control of the evaluate stage's table (the `translate_test` column), run with the other evaluations."""
+"""Translate-test (Etxaniz et al. 2023), a control and a stage of its own: the base model translates each test
+input into English with the translate stage's few-shot prompt (demonstrations reversed), then the English
+adapter answers it; one job per (language, seed), run with the other evaluations (the `translate_test` column).
+
+The translated inputs are saved (`inputs_en.parquet`: every segment's source and output) under their
+own key, so the answering step can be redone without translating again; the predictions go through
+`stt.evaluate` with the translated items, and are scored against the original gold answers.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stt import markers, timeouts
-from stt.config import EngineConfig, GenerationParams, PromptConfig, RunConfig, TimeoutConfig
-from stt.errors import DataError
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stt import files, markers, segments, shards, timeouts
+from stt.config import EngineConfig, EvalConfig, GenerationParams, PromptConfig, RunConfig, TimeoutConfig
+from stt.engines import Request, engine_signature, get_engine
+from stt.errors import ConfigError, DataError
+from stt.evaluate import evaluate, evaluate_key
+from stt.models import resolve_model
+from stt.prompts import build_prompt_builder
+from stt.specs import get_task, test_items
 from stt.stages.base import Job
 from stt.stages.evaluate import Evaluate, eval_engine
 from stt.stages.evaluate import Inputs as EvaluateInputs
+from stt.validate import clean_completion
 
 if TYPE_CHECKING:
     from stt.pipeline import TaskPlan
+
+log = logging.getLogger(__name__)
+
+INPUTS_FILE = "inputs_en.parquet"
+
+
+def fields(task: str) -> dict[str, segments.SplitMode]:
+    """The input fields of the task's test items that are translated (TaskSpec.translate_test_fields)."""
+    return get_task(task).translate_test_fields or {}
+
+
+def inputs_key(task: str, language: str, items: list[dict[str, Any]], engine_config: EngineConfig,
+               generation: GenerationParams, prompt: PromptConfig, data_dir: Path) -> str:
+    builder = build_prompt_builder(language, prompt, data_dir, to_english=True)
+    return markers.stage_key(stage="translate-test-inputs", task=get_task(task).key_id, language=language,
+                            weights=resolve_model(engine_config.model).weights_sha256,
+                            engine=engine_signature(engine_config), prefix=builder.completion_prompt(""),
+                            prompt_version=builder.version, generation=generation.model_dump(mode="json"),
+                            items=items)
+
+
+def translate_test_key(task: str, language: str, translator: EngineConfig, answerer: EngineConfig,
+                       config: EvalConfig, generation: GenerationParams, prompt: PromptConfig, data_dir: Path) -> str:
+    """Everything a translate-test result depends on, known before running (the Prefect cache key)."""
+    items = test_items(task, data_dir, language, config)
+    return markers.stage_key(stage="translate-test", inputs=inputs_key(task, language, items, translator, generation,
+                                                                      prompt, data_dir),
+                            answer=evaluate_key(task, language, answerer, config, data_dir, items=items))
+
+
+def translate_inputs(task: str, language: str, items: list[dict[str, Any]], engine_config: EngineConfig,
+                     generation: GenerationParams, prompt: PromptConfig, data_dir: Path, out_folder: Path
+                     ) -> tuple[list[dict[str, Any]], str]:
+    """The items with their input fields translated into English (reused from disk when the key matches)."""
+    if not fields(task):  # extractive QA would answer with an English span, not one of the context
+        raise ConfigError(f"translate-test is defined for gsm8k and mnli, not '{task}' (extractive QA would answer "
+                          "with an English span; a declared task has none)")
+    builder = build_prompt_builder(language, prompt, data_dir, to_english=True)
+    key = inputs_key(task, language, items, engine_config, generation, prompt, data_dir)
+    path = Path(out_folder) / INPUTS_FILE
+    if path.is_file() and shards.read_metadata(path).get("stt.key") == key:
+        rows = pq.read_table(path).to_pylist()
+    else:
+        engine = get_engine(engine_config, generation)
+        plan = [(i, field, k, text) for i, it in enumerate(items) for field, mode in fields(task).items()
+                for k, text in enumerate(segments.split(it[field], mode))]
+        requests = [Request(builder.completion_prompt(text),
+                            generation.max_new_tokens(engine.count_tokens(text)), generation.stop)
+                    for *_, text in plan]
+        outs = engine.generate(requests)
+        rows = [{"item": i, "field": field, "segment": k, "source": text, "raw": o.text,
+                 "output": clean_completion(o.text, "English", generation.stop, builder.source_name),
+                 "finish_reason": o.finish_reason}
+                for (i, field, k, text), o in zip(plan, outs, strict=True)]
+        files.write_parquet_atomic(pa.Table.from_pylist(rows), path, {"stt.key": key})
+    translated = [dict(it) for it in items]
+    for field, mode in fields(task).items():
+        parts: dict[int, list[str]] = {}
+        for r in sorted((r for r in rows if r["field"] == field), key=lambda r: (r["item"], r["segment"])):
+            parts.setdefault(r["item"], []).append(r["output"])
+        for i, it in enumerate(translated):
+            it[field] = segments.join(parts.get(i, []), mode, "en")
+    return translated, key
+
+
+def translate_test(task: str, language: str, translator: EngineConfig, answerer: EngineConfig, config: EvalConfig,
+                   generation: GenerationParams, prompt: PromptConfig, data_dir: Path, out_folder: Path
+                   ) -> dict[str, Any]:
+    """Translate the test inputs into English with `translator` (the base model), answer with `answerer`."""
+    items = test_items(task, data_dir, language, config)
+    run_key = translate_test_key(task, language, translator, answerer, config, generation, prompt, data_dir)
+    translated, key = translate_inputs(task, language, items, translator, generation, prompt, data_dir, out_folder)
+    empty = sum(not it[f] for it in translated for f in fields(task))
+    if empty:
+        log.warning("translate-test %s %s: %d empty translated fields (answered as they are)", task, language, empty)
+    return evaluate(task, language, answerer, config, data_dir, out_folder, "translate-test", items=translated,
+                    output_language="en",
+                    extra={"translated_inputs": INPUTS_FILE, "translate_key": key, "run_key": run_key,
+                           "empty_translations": empty, "translator": json.loads(translator.model_dump_json())})
 
 
 class Inputs(EvaluateInputs):  # engine: the answerer, the English adapter
@@ -39,8 +133,6 @@ class TranslateTest(Evaluate):
                          config.timeouts) for e in plan.evals if e.translate_test]
 
     def key(self, i: Inputs) -> str:  # type: ignore[override]
-        from stt.translate_test import translate_test_key
-
         return translate_test_key(i.task, i.language, i.translator, i.engine, i.eval, i.generation, i.prompt,
                                   i.data_dir)
 
@@ -55,8 +147,6 @@ class TranslateTest(Evaluate):
         return info.get("run_key") == key and markers.read_done(folder, info["key"]) is not None
 
     def run(self, i: Inputs, folder: Path) -> dict[str, Any]:  # type: ignore[override]
-        from stt.translate_test import translate_test
-
         return translate_test(i.task, i.language, i.translator, i.engine, i.eval, i.generation, i.prompt,
                               i.data_dir, folder)
 
