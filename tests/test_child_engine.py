@@ -126,24 +126,41 @@ def test_the_plain_runner_ends_a_native_hang_at_the_jobs_timeout_and_retries_it(
     assert done["scores"]["n"] == 2 and not done.get("reused")  # both items scored now, nothing left stale
 
 
+class _Lines(logging.Handler):
+    """The messages of one logger. Not caplog: Prefect's logging setup, run by the first flow of a process,
+    replaces the root logger's handlers (caplog's among them)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 @pytest.mark.full  # Prefect's task timeout, retries and a real test server: the default tier covers the deadline
-def test_under_prefect_a_native_hang_is_ended_by_the_task_timeout(prefect_server, tmp_path, monkeypatch, started,
-                                                                  caplog):
+def test_under_prefect_a_native_hang_is_ended_by_the_task_timeout(prefect_server, tmp_path, monkeypatch, started):
     from stt_app.flows.evaluate import evaluate_model
 
     monkeypatch.setenv("STT_FAULTS", "hang-native=eval:base-de")
     engine = EngineConfig(kind="llama-cpp", batch_size=2, process="child")
     limits = TimeoutConfig(floor_s=8, min_tokens_per_s=1e6, retries=1, retry_delays_s=(0.5,))
+    faults_log, seen = logging.getLogger("stt.faults"), _Lines()
+    faults_log.addHandler(seen)
     t0 = time.monotonic()
-    with caplog.at_level(logging.WARNING), pytest.raises(Exception, match=r"timed out after 8\.0 second"):
-        evaluate_model("gsm8k", ["de"], engine, EvalConfig(limit=2, batch_size=2, max_new_tokens_math=8),
-                       out_dir=str(tmp_path / "eval"), timeouts=limits)
+    try:
+        # The flow names the failed job and the task's own timeout.
+        with pytest.raises(Exception, match=r"gsm8k/evaluate/base-de: Task run exceeded timeout of 8\.0 second"):
+            evaluate_model("gsm8k", ["de"], engine, EvalConfig(limit=2, batch_size=2, max_new_tokens_math=8),
+                           out_dir=str(tmp_path / "eval"), timeouts=limits)
+    finally:
+        faults_log.removeHandler(seen)
     # Two attempts (one retry), each interrupted at 8 s although its engine call never returns (without a
     # child process the task would wait on the C call for good), each attempt's process killed, and each
     # had reached the stuck call (its process's line came back through the pipe).
     assert time.monotonic() - t0 < 2 * (8 + 30) + 30
     assert len(started) == 2 and all(_gone(p) for p in started)
-    hangs = [r.getMessage() for r in caplog.records if "hangs here" in r.getMessage()]
+    hangs = [line for line in seen.lines if "hangs here" in line]
     assert hangs == [f"STT_FAULTS hang-native: eval:base-de hangs here, in process {p}" for p in started]
 
 
