@@ -26,12 +26,12 @@ from translate_throughput import _requests  # noqa: E402  (same segments as the 
 
 from stt import jobs  # noqa: E402
 from stt.config import (  # noqa: E402
-    EngineConfig,
     EvalConfig,  # noqa: E402
     GenerationParams,
     TrainConfig,
     TranslateConfig,
 )
+from stt.engine_settings import LlamaCppSettings, TransformersSettings  # noqa: E402
 from stt.engines import Request, get_engine, release_engines  # noqa: E402
 from stt.specs import get_task, load_test_set  # noqa: E402
 
@@ -60,8 +60,8 @@ def _raw_llama_one_stream(model_path: str, requests: list[Request], threads: int
 
 def translation(args: argparse.Namespace, threads: int) -> dict:
     gen = GenerationParams(max_new_tokens_cap=96)
-    tf = EngineConfig(model=args.model, batch_size=args.batch_size)
-    lc = EngineConfig(kind="llama-cpp", model=args.model, batch_size=args.batch_size)
+    tf = TransformersSettings(model=args.model, batch_size=args.batch_size)
+    lc = LlamaCppSettings(model=args.model, batch_size=args.batch_size)
     config = TranslateConfig(task="gsm8k", languages=(args.language,), limit=args.examples, shard_size=args.examples,
                              engine=lc, generation=gen)
     rows = {}
@@ -104,8 +104,8 @@ def scoring(args: argparse.Namespace) -> dict:
     items = load_test_set("mnli", TranslateConfig().resolved_data_dir(), args.language, args.items)
     out = {}
     preds = {}
-    for name, cfg in (("transformers", EngineConfig(model=args.model, batch_size=8, reuse_prefix_cache=False)),
-                      ("llama-cpp", EngineConfig(kind="llama-cpp", model=args.model, batch_size=8))):
+    for name, cfg in (("transformers", TransformersSettings(model=args.model, batch_size=8, reuse_prefix_cache=False)),
+                      ("llama-cpp", LlamaCppSettings(model=args.model, batch_size=8))):
         engine = get_engine(cfg)
         spec = get_task("mnli")
         rows, secs = _timed(lambda engine=engine, spec=spec: spec.eval_rows(engine, items, EvalConfig(), args.language))

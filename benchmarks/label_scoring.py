@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stt.config import EngineConfig, EvalConfig
+from stt.config import EvalConfig
+from stt.engine_settings import TransformersSettings
 from stt.engines.transformers_engine import TransformersEngine
 from stt.models import resolve_model
 from stt.specs import get_task
@@ -38,7 +39,7 @@ VARIANTS = ("base model", "adapter applied, by count", "adapter applied, by inde
 
 
 def load(variant: str, adapter: Path) -> TransformersEngine:
-    config = EngineConfig(kind="transformers", adapter=None if variant == "base model" else adapter, batch_size=16,
+    config = TransformersSettings(adapter=None if variant == "base model" else adapter, batch_size=16,
                           reuse_prefix_cache=False)
     cls = CountedPositions if variant == "adapter applied, by count" else TransformersEngine
     return cls(resolve_model("gemma3-270m"), config, merge_adapter=variant == "adapter merged, by index")

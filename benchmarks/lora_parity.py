@@ -27,7 +27,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from stt.config import EngineConfig, EvalConfig, TrainConfig
+from stt.config import EvalConfig, TrainConfig
+from stt.engine_settings import engine_config
 from stt.engines.llamacpp_engine import LlamaCppEngine
 from stt.engines.transformers_engine import TransformersEngine
 from stt.files import write_parquet_atomic
@@ -63,7 +64,7 @@ def train(task: str, out: Path, rows: int, steps: int) -> Path:
 
 def engine(kind: str, adapter: Path | None, batch: int = 8):
     cls = TransformersEngine if kind == "transformers" else LlamaCppEngine
-    return cls(MODEL, EngineConfig(kind=kind, adapter=adapter, batch_size=batch, reuse_prefix_cache=False))
+    return cls(MODEL, engine_config(kind=kind, adapter=adapter, batch_size=batch, reuse_prefix_cache=False))
 
 
 def per_token(adapter: Path, text: str, prefix: int = 24, repeats: int = 3) -> dict:

@@ -50,7 +50,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lora_parity import DATA, MODEL, train  # noqa: E402 - the issue-23 script's seeded adapters
 
-from stt.config import EngineConfig  # noqa: E402
+from stt.engine_settings import LlamaCppSettings, TransformersSettings  # noqa: E402
 from stt.engines.llamacpp_engine import LlamaCppEngine  # noqa: E402
 from stt.engines.tokenizer import own_tokenizer  # noqa: E402
 from stt.engines.transformers_engine import TransformersEngine  # noqa: E402
@@ -120,7 +120,7 @@ def cached(path: Path, compute) -> list[np.ndarray]:
 
 def transformers_logprobs(adapter: Path | None, items: list[Prompt], merged: bool) -> list[np.ndarray]:
     """Log-probability of every token after the first of prefix + item, one item per forward pass."""
-    engine = TransformersEngine(MODEL, EngineConfig(kind="transformers", adapter=adapter, dtype="float32",
+    engine = TransformersEngine(MODEL, TransformersSettings(adapter=adapter, dtype="float32",
                                                     reuse_prefix_cache=False), merge_adapter=merged)
     out = []
     for prefix, own in items:
@@ -157,7 +157,7 @@ def llama_logprobs(model: ResolvedModel, adapter: Path | None, items: list[Promp
     """Log-probabilities of every token after the first, the items of one task decoded in one batch of
     sequences 1..n. `shared`: the prefix decoded once into sequence 0 and copied into each item's sequence (the
     engine's own _set_prefix and _copy_prefix); the prefix tokens' rows are then NaN (not computed)."""
-    engine = LlamaCppEngine(model, EngineConfig(kind="llama-cpp", adapter=adapter, batch_size=len(items),
+    engine = LlamaCppEngine(model, LlamaCppSettings(adapter=adapter, batch_size=len(items),
                                                 reuse_prefix_cache=shared))
     prefix = items[0][0]
     assert all(p == prefix for p, _ in items)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stt.config import EngineConfig, EvalConfig, GenerationParams
+from stt.config import EvalConfig, GenerationParams
+from stt.engine_settings import engine_config
 from stt.engines import load_inline
 from stt.specs import get_task
 
@@ -30,7 +31,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def run(kind: str, batch: int, adapter: Path, items: list, config: EvalConfig, language: str) -> dict:
     spec = get_task("gsm8k")
     t0 = time.perf_counter()
-    engine = load_inline(EngineConfig(kind=kind, adapter=adapter, batch_size=batch, reuse_prefix_cache=False),
+    engine = load_inline(engine_config(kind=kind, adapter=adapter, batch_size=batch, reuse_prefix_cache=False),
                          GenerationParams())
     rows = spec.eval_rows(engine, items, config, language)
     seconds = time.perf_counter() - t0

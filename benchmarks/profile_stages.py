@@ -15,7 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from stt.config import BuildConfig, EngineConfig, EvalConfig, GenerationParams, TrainConfig, TranslateConfig
+from stt.config import BuildConfig, EvalConfig, GenerationParams, TrainConfig, TranslateConfig
+from stt.engine_settings import LlamaCppSettings, TransformersSettings
 from stt.engines import release_engines
 
 
@@ -29,7 +30,7 @@ def translate_stage(tmp: Path, args: argparse.Namespace) -> dict:
     from stt import jobs
 
     config = TranslateConfig(task="gsm8k", languages=(args.language,), limit=args.examples, shard_size=4,
-                             out_dir=tmp / "translate", engine=EngineConfig(kind="llama-cpp", batch_size=8),
+                             out_dir=tmp / "translate", engine=LlamaCppSettings(batch_size=8),
                              generation=GenerationParams(max_new_tokens_cap=96))
     out, secs = _timed(lambda: jobs.translate(config))
     manifest = json.loads((out / "_manifest.json").read_text())
@@ -64,7 +65,7 @@ def train_stage(tmp: Path) -> dict:
 def evaluate_stage(tmp: Path, task: str, limit: int) -> dict:
     from stt.evaluate import evaluate
 
-    engine = EngineConfig(batch_size=10, reuse_prefix_cache=False)
+    engine = TransformersSettings(batch_size=10, reuse_prefix_cache=False)
     info, secs = _timed(lambda: evaluate(task, "de", engine, EvalConfig(limit=limit, max_new_tokens_math=96),
                                          TranslateConfig().resolved_data_dir(), tmp / f"eval-{task}"))
     model = info["throughput"]["seconds"]

@@ -19,7 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from stt import jobs  # noqa: E402
-from stt.config import EngineConfig, GenerationParams, TranslateConfig  # noqa: E402
+from stt.config import GenerationParams, TranslateConfig  # noqa: E402
+from stt.engine_settings import TransformersSettings  # noqa: E402
 from stt.engines import Request, get_engine  # noqa: E402
 from stt.prompts import build_prompt_builder  # noqa: E402
 from stt.specs import get_task  # noqa: E402
@@ -66,8 +67,8 @@ def main() -> None:
     args = ap.parse_args()
 
     gen = GenerationParams(max_new_tokens_cap=96)
-    cached_cfg = EngineConfig(model=args.model, batch_size=args.batch_size, reuse_prefix_cache=True)
-    plain_cfg = EngineConfig(model=args.model, batch_size=args.batch_size, reuse_prefix_cache=False)
+    cached_cfg = TransformersSettings(model=args.model, batch_size=args.batch_size, reuse_prefix_cache=True)
+    plain_cfg = TransformersSettings(model=args.model, batch_size=args.batch_size, reuse_prefix_cache=False)
     config = TranslateConfig(task="gsm8k", languages=(args.language,), limit=args.examples, shard_size=args.examples,
                              engine=cached_cfg, generation=gen)
     engine, load_s = _timed(lambda: get_engine(cached_cfg, gen))

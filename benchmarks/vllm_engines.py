@@ -62,7 +62,8 @@ class PeakRSS:
 
 
 def one_engine(kind: str, adapter: Path, n_segments: int, n_xnli: int, n_mgsm: int) -> dict:
-    from stt.config import EngineConfig, EvalConfig, GenerationParams, PromptConfig
+    from stt.config import EvalConfig, GenerationParams, PromptConfig
+    from stt.engine_settings import engine_config
     from stt.engines import Request, load_inline
     from stt.loaders import load_gsm8k
     from stt.prompts import build_prompt_builder
@@ -72,7 +73,7 @@ def one_engine(kind: str, adapter: Path, n_segments: int, n_xnli: int, n_mgsm: i
     extra = {"max_model_len": 2048, "max_lora_rank": 8} if kind == "vllm-batch" else {}
     if kind == "transformers":
         extra["dtype"] = "float32"
-    base = EngineConfig(kind=kind, model="gemma3-270m", batch_size=8, process="inline", **extra)
+    base = engine_config(kind=kind, model="gemma3-270m", batch_size=8, process="inline", **extra)
     out: dict = {"engine": kind}
     t0 = time.perf_counter()
     engine = load_inline(base, GenerationParams())

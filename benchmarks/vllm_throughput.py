@@ -34,7 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from stt.config import EngineConfig, GenerationParams, PromptConfig, TranslateConfig  # noqa: E402
+from stt.config import GenerationParams, PromptConfig, TranslateConfig  # noqa: E402
+from stt.engine_settings import OpenAISettings, TransformersSettings, VLLMBatchSettings  # noqa: E402
 from stt.engines import Request  # noqa: E402
 from stt.engines.vllm_batch import IN_SCHEMA, VLLMBatchEngine, vllm_python  # noqa: E402
 from stt.models import resolve_model  # noqa: E402
@@ -82,9 +83,9 @@ def main() -> None:
     ap.add_argument("--lora", default=None)
     args = ap.parse_args()
 
-    python = vllm_python(EngineConfig(kind="vllm-batch"))
+    python = vllm_python(VLLMBatchSettings())
     resolved = resolve_model(args.model)
-    cfg = EngineConfig(kind="vllm-batch", model=args.model, load_format=args.load_format,
+    cfg = VLLMBatchSettings(model=args.model, load_format=args.load_format,
                        max_model_len=args.max_model_len, vllm_python=python)
     engine = VLLMBatchEngine(resolved, cfg)
     requests = make_requests(args.prompts, args.language, engine.count_tokens)
@@ -116,7 +117,7 @@ def main() -> None:
         from stt.engines.transformers_engine import TransformersEngine
 
         for bs in [int(b) for b in args.batch_sizes.split(",")]:
-            hf = TransformersEngine(resolved, EngineConfig(model=args.model, batch_size=bs))
+            hf = TransformersEngine(resolved, TransformersSettings(model=args.model, batch_size=bs))
             sub = requests[: min(len(requests), bs * 4)]
             t0 = time.perf_counter()
             outs = hf.generate(sub)
@@ -142,7 +143,7 @@ def run_endpoint(python: str, engine: VLLMBatchEngine, requests: list[Request], 
                 break
             except OSError:
                 time.sleep(1)
-        oa = OpenAIEngine(engine.resolved, EngineConfig(kind="openai", model=args.model, concurrency=256,
+        oa = OpenAIEngine(engine.resolved, OpenAISettings(model=args.model, concurrency=256,
                                                         base_urls=(f"http://127.0.0.1:{port}/v1",)))
         t0 = time.perf_counter()
         outs = oa.generate(requests)

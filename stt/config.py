@@ -12,56 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from stt.engine_settings import EngineConfig, TransformersSettings  # each engine kind's settings
 from stt.errors import ConfigError
-
-
-class EngineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # transformers: in-process (CPU or one GPU); llama-cpp: in-process on the GGUF weights (fastest on a
-    # CPU); vllm-batch: offline vllm.LLM.generate in the vLLM environment's Python (one runner process that
-    # loads the base model once and serves every adapter by path; stt/engines/vllm_batch.py);
-    # openai: a /v1/completions endpoint (vllm serve).
-    kind: Literal["transformers", "llama-cpp", "vllm-batch", "openai"] = "transformers"
-    model: str = "gemma3-270m"
-    batch_size: int = Field(8, ge=1)
-    device: str = "auto"  # "auto": cuda when available, else cpu
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
-    reuse_prefix_cache: bool = True  # compute the shared few-shot prefix once per language
-    # transformers / llama-cpp: "child" loads the model in a child process that a job's timeout kills for real
-    # (a call stuck in native code included) and whose memory goes back to the system when it is released;
-    # "inline" loads it in the job's own process (a debugger's view of the engine). The same engine code
-    # either way: outputs do not change.
-    process: Literal["inline", "child"] = "child"
-    adapter: Path | None = None  # a LoRA adapter folder (peft) applied on top of the model
-    # llama-cpp: KV cells shared by the prefix and every running sequence; threads (default: all cores).
-    n_ctx: int = Field(8192, ge=256)
-    threads: int | None = Field(None, ge=1)
-    # vllm-batch: the vLLM environment (scripts/setup-vllm.sh) and its engine settings.
-    vllm_python: str | None = None  # default: $STT_VLLM_PYTHON
-    tensor_parallel_size: int = Field(1, ge=1)
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    max_model_len: int | None = Field(None, ge=16)
-    load_format: str = "auto"  # "dummy": random weights of the model's shape (benchmarks without weights)
-    max_lora_rank: int = Field(64, ge=1)
-    # openai: one or more endpoints, used round-robin.
-    base_urls: tuple[str, ...] = ()  # default: $STT_OPENAI_BASE_URLS (comma-separated), e.g. http://vllm:8000/v1
-    served_model: str | None = None  # the model name the server knows (default: its first model)
-    concurrency: int = Field(16, ge=1)  # requests in flight
-    timeout_s: float = Field(300, gt=0)
-    max_retries: int = Field(5, ge=0)
-    # No key field on purpose: a config is saved next to every output. The endpoint key comes from
-    # $STT_OPENAI_API_KEY only (sent as a Bearer token, see stt.secrets).
-
-    @field_validator("base_urls")
-    @classmethod
-    def _no_credentials_in_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from stt.secrets import has_credentials
-
-        if any(has_credentials(u) for u in value):
-            raise ValueError("engine.base_urls must not carry credentials (user:password@): the config is saved "
-                             "with every output; set the endpoint key in STT_OPENAI_API_KEY instead")
-        return value
 
 
 class GenerationParams(BaseModel):
@@ -164,7 +116,7 @@ class TranslationSettings(BaseModel):
     limit: int | None = Field(None, ge=1)  # first N English training examples per task (translated); None = all
     data_dir: Path | None = None  # default: $STT_DATA_DIR, else ../shared/data beside the repo
     shard_size: int = Field(16, ge=1)
-    engine: EngineConfig = EngineConfig()
+    engine: EngineConfig = TransformersSettings()
     generation: GenerationParams = GenerationParams()
     prompt: PromptConfig = PromptConfig()
     round_trip: RoundTripConfig = RoundTripConfig()  # the translate stage's round-trip filter

@@ -15,7 +15,8 @@ from typing import Any
 import pyarrow as pa
 
 from stt import faults, files, markers
-from stt.config import EngineConfig, EvalConfig
+from stt.config import EvalConfig
+from stt.engine_settings import EngineConfig
 from stt.engines import engine_signature, get_engine
 from stt.engines.tokenizer import SPLIT_VERSION
 from stt.errors import ConfigError, DataError

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from stt import pipeline
-from stt.config import EngineConfig, EvalConfig, RunConfig, TimeoutConfig, TranslateConfig
+from stt.config import EvalConfig, RunConfig, TimeoutConfig, TranslateConfig
+from stt.engine_settings import EngineConfig
 from stt.errors import DataError
 from stt.report import write_report
 from stt.runlock import run_lock

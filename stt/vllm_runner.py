@@ -228,7 +228,8 @@ def check_api(settings: dict[str, Any]) -> dict[str, Any]:
 
 def run_transformers(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[str, Any]]:
     """The same contract on stt's CPU engine (this project's environment), for tests without a GPU."""
-    from stt.config import EngineConfig, GenerationParams
+    from stt.config import GenerationParams
+    from stt.engine_settings import TransformersSettings
     from stt.engines import Request, get_engine
 
     out: list[dict[str, Any] | None] = [None] * len(rows)
@@ -236,7 +237,7 @@ def run_transformers(rows: list[dict[str, Any]], settings: dict[str, Any]) -> li
     for i, r in enumerate(rows):
         by_lora.setdefault(r.get("lora") or "", []).append(i)
     for lora, idx in by_lora.items():
-        engine = get_engine(EngineConfig(model=settings["model"], batch_size=settings.get("batch_size", 8),
+        engine = get_engine(TransformersSettings(model=settings["model"], batch_size=settings.get("batch_size", 8),
                                          adapter=lora or None, reuse_prefix_cache=True),
                             GenerationParams(temperature=settings.get("temperature", 0.0),
                                              top_p=settings.get("top_p", 1.0), seed=settings.get("seed", 0)))

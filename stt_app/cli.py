@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from pydantic import ValidationError
 
+from stt.engine_settings import KINDS as ENGINE_KINDS
 from stt.errors import SttError, disk_full, is_disk_full
 
 if TYPE_CHECKING:
-    from stt.config import EngineConfig, EvalConfig
+    from stt.config import EvalConfig
+    from stt.engine_settings import EngineConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Self-Translate-Train: a model translates its own English training data.")
@@ -52,7 +54,12 @@ def _reported(failed: str | None = None) -> Iterator[None]:
         raise
     except ValidationError as exc:
         err = exc.errors()[0]
-        _fail(f"invalid {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+        ours = err.get("ctx", {}).get("error") if err["type"] == "value_error" else None
+        if ours is not None:  # our own validators' messages name the setting and the fix
+            _fail(str(ours))
+        # Without the union's tag (engine.llama-cpp.n_ctx is the config's engine.n_ctx).
+        where = ".".join(str(p) for p in err["loc"] if p not in ENGINE_KINDS)
+        _fail(f"invalid {where}: {err['msg']}")
     except SttError as exc:
         _fail(str(exc))
     except Exception as exc:
@@ -230,7 +237,8 @@ def evaluate_cmd(
 def _evaluate_settings(task: str, langs: list[str], settings: dict[str, object], data_dir: Path | None
                        ) -> tuple[EngineConfig, EvalConfig, Path]:
     """`stt evaluate`'s engine and evaluation settings and data folder, each checked before any work."""
-    from stt.config import EngineConfig, EvalConfig, resolve_data_dir, with_overrides
+    from stt.config import EvalConfig, resolve_data_dir, with_overrides
+    from stt.engine_settings import engine_config
     from stt.evaluate import adapter_fingerprint
     from stt.models import resolve_model
     from stt.prompts import language_name
@@ -244,7 +252,7 @@ def _evaluate_settings(task: str, langs: list[str], settings: dict[str, object],
     unknown = set(grouped) - {"engine", "eval"}
     if unknown:
         _fail(f"--set {sorted(unknown)[0]}: evaluate takes engine.* and eval.* settings")
-    engine, cfg = EngineConfig.model_validate(grouped["engine"]), EvalConfig.model_validate(grouped["eval"])
+    engine, cfg = engine_config(**grouped["engine"]), EvalConfig.model_validate(grouped["eval"])
     resolve_model(engine.model)
     adapter_fingerprint(engine.adapter)
     return engine, cfg, resolve_data_dir(data_dir)

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stt.badrows import BadRows
-from stt.config import BadRowsConfig, EngineConfig, TranslateConfig
+from stt.config import BadRowsConfig, TranslateConfig
+from stt.engine_settings import TransformersSettings
 from stt.errors import DataError
 from stt.loaders import load_gsm8k, load_mnli, load_squad, load_xnli_dev
 from stt.specs import get_task
@@ -87,7 +88,7 @@ def test_the_run_fails_only_above_the_share_and_says_where_the_rejects_are(tmp_p
     f = tmp_path / "train.jsonl"
     _write(f, [GOOD] * 9 + ["not json"])
     config = TranslateConfig(task="gsm8k", languages=("de",), input_path=f, out_dir=tmp_path / "out",
-                             engine=EngineConfig(), bad_rows=BadRowsConfig(max_share=0.05))
+                             engine=TransformersSettings(), bad_rows=BadRowsConfig(max_share=0.05))
     from stt.translate import BAD_ROWS_FILE, load_examples
 
     with pytest.raises(DataError, match=r"1 of 10 rows are bad \(10.0%, above bad_rows.max_share=5.0%\); first: "

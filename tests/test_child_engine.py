@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from stt import faults
-from stt.config import EngineConfig, EvalConfig, RunConfig, TimeoutConfig
+from stt.config import EvalConfig, RunConfig, TimeoutConfig
+from stt.engine_settings import LlamaCppSettings, engine_config
 from stt.engines import Request, get_engine, release_engines
 from stt.engines import child as child_module
 from stt.engines.child import ChildEngine, EngineHung, deadline, stop_engine_process
@@ -43,8 +44,8 @@ def _fresh():
 
 @pytest.mark.parametrize("kind", ["llama-cpp", pytest.param("transformers", marks=pytest.mark.full)])
 def test_a_child_engine_gives_the_in_process_engines_outputs(kind):
-    inline = get_engine(EngineConfig(kind=kind, batch_size=2, reuse_prefix_cache=False, process="inline"))
-    child = get_engine(EngineConfig(kind=kind, batch_size=2, reuse_prefix_cache=False, process="child"))
+    inline = get_engine(engine_config(kind=kind, batch_size=2, reuse_prefix_cache=False, process="inline"))
+    child = get_engine(engine_config(kind=kind, batch_size=2, reuse_prefix_cache=False, process="child"))
     assert isinstance(child, ChildEngine) and child.pid is None  # started on the first call, not before
     assert [c.text for c in child.generate(REQUESTS)] == [c.text for c in inline.generate(REQUESTS)]
     pid = child.pid
@@ -67,9 +68,9 @@ def test_a_child_engine_gives_the_in_process_engines_outputs(kind):
 def test_engines_of_other_configs_swap_their_models_in_one_process(started):
     """Jobs that follow each other (a base model, then an adapter, then another config) reuse the process:
     starting one costs 8-10 s on the CPU, loading a GGUF model in it about 1 s."""
-    first = get_engine(EngineConfig(kind="llama-cpp", batch_size=2, process="child"))
-    second = get_engine(EngineConfig(kind="llama-cpp", batch_size=3, process="child"))
-    inline = get_engine(EngineConfig(kind="llama-cpp", batch_size=2, process="inline"))
+    first = get_engine(LlamaCppSettings(batch_size=2, process="child"))
+    second = get_engine(LlamaCppSettings(batch_size=3, process="child"))
+    inline = get_engine(LlamaCppSettings(batch_size=2, process="inline"))
     a = [c.text for c in first.generate(REQUESTS)]
     assert [c.text for c in second.generate(REQUESTS)] == a == [c.text for c in inline.generate(REQUESTS)]
     assert first.pid is None and second.pid == started[0]  # one model at a time: second's is loaded now
@@ -78,23 +79,23 @@ def test_engines_of_other_configs_swap_their_models_in_one_process(started):
 
 
 def test_a_call_stuck_in_native_code_ends_at_the_deadline_and_the_next_call_gets_a_fresh_process(monkeypatch):
-    engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=2, process="child"))
+    engine = get_engine(LlamaCppSettings(batch_size=2, process="child"))
     engine.generate(REQUESTS[:1])  # loaded: the deadline below is the call's alone
     first = engine.pid
     monkeypatch.setenv("STT_FAULTS", "hang-native=eval:stuck")
     t0 = time.monotonic()
     with faults.unit("eval:stuck"), deadline(3), pytest.raises(EngineHung, match="did not answer"):
-        get_engine(EngineConfig(kind="llama-cpp", batch_size=2, process="child")).generate(REQUESTS)
+        get_engine(LlamaCppSettings(batch_size=2, process="child")).generate(REQUESTS)
     assert time.monotonic() - t0 < 3 + 30
     assert engine.pid is None and _gone(first)
     monkeypatch.delenv("STT_FAULTS")
-    assert get_engine(EngineConfig(kind="llama-cpp", batch_size=2, process="child")).generate(REQUESTS[:1])
+    assert get_engine(LlamaCppSettings(batch_size=2, process="child")).generate(REQUESTS[:1])
     assert engine.pid not in (None, first)
 
 
 def _eval_config(tmp_path, floor_s: float) -> RunConfig:
     return RunConfig(name="hang", run_dir=tmp_path / "run", data_dir=DATA, tasks=("gsm8k",), languages=("de",),
-                     engine=EngineConfig(kind="llama-cpp", batch_size=2, process="child"),
+                     engine=LlamaCppSettings(batch_size=2, process="child"),
                      eval=EvalConfig(limit=2, batch_size=2, max_new_tokens_math=8),
                      timeouts=TimeoutConfig(floor_s=floor_s, min_tokens_per_s=1e6, retries=1,
                                             retry_delays_s=(0.5,)))
@@ -143,7 +144,7 @@ def test_under_prefect_a_native_hang_is_ended_by_the_task_timeout(prefect_server
     from stt_app.flows.evaluate import evaluate_model
 
     monkeypatch.setenv("STT_FAULTS", "hang-native=eval:base-de")
-    engine = EngineConfig(kind="llama-cpp", batch_size=2, process="child")
+    engine = LlamaCppSettings(batch_size=2, process="child")
     limits = TimeoutConfig(floor_s=8, min_tokens_per_s=1e6, retries=1, retry_delays_s=(0.5,))
     faults_log, seen = logging.getLogger("stt.faults"), _Lines()
     faults_log.addHandler(seen)
@@ -168,8 +169,8 @@ def test_under_prefect_a_native_hang_is_ended_by_the_task_timeout(prefect_server
 def test_a_call_whose_caller_stops_reading_kills_the_process_and_the_next_call_gets_its_own_answer(started):
     """A progress callback that raises leaves the child with a request nobody reads. Untagged, the next
     caller read that stale answer (a generation returned for a scoring call)."""
-    engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=1, process="child"))
-    inline = get_engine(EngineConfig(kind="llama-cpp", batch_size=1, process="inline"))
+    engine = get_engine(LlamaCppSettings(batch_size=1, process="child"))
+    inline = get_engine(LlamaCppSettings(batch_size=1, process="inline"))
 
     def observer_fails(done: int, total: int) -> None:
         raise RuntimeError("the progress observer failed")
@@ -187,7 +188,7 @@ def test_the_deadline_counts_the_calls_own_time_not_its_wait_behind_another_call
     waited, and the fresh process that replaced the hung one was killed before it could answer."""
     import threading
 
-    engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=2, process="child"))
+    engine = get_engine(LlamaCppSettings(batch_size=2, process="child"))
     expected = engine.generate(REQUESTS[:1])[0].text  # started and loaded
     monkeypatch.setenv("STT_FAULTS", "hang-native=eval:stuck")
     hung: list[Exception] = []
@@ -220,7 +221,7 @@ def test_a_process_killed_from_outside_is_reported_with_its_signal_and_an_oom_ki
 
     from stt.jobs import retried
 
-    engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=2, process="child"))
+    engine = get_engine(LlamaCppSettings(batch_size=2, process="child"))
     engine.generate(REQUESTS[:1])
     monkeypatch.setenv("STT_FAULTS", "hang-native=eval:stuck")
 
@@ -268,7 +269,7 @@ def test_a_process_that_fails_to_start_is_recovered_by_the_next_call(monkeypatch
         real_start(self)
 
     monkeypatch.setattr(SpawnProcess, "start", start_once_failing)
-    engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=2, process="child"))
+    engine = get_engine(LlamaCppSettings(batch_size=2, process="child"))
     with pytest.raises(OSError, match="Resource temporarily unavailable"):
         engine.generate(REQUESTS[:1])
     assert engine.generate(REQUESTS[:1]) and len(started) == 1
@@ -277,12 +278,12 @@ def test_a_process_that_fails_to_start_is_recovered_by_the_next_call(monkeypatch
 CALLER = """
 import os
 from stt import faults
-from stt.config import EngineConfig
+from stt.engine_settings import LlamaCppSettings, engine_config
 from stt.engines import Request, get_engine
 
 if __name__ == "__main__":  # the engine process (spawned) imports this file too
     os.environ["STT_FAULTS"] = "hang-native=eval:stuck"
-    engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=1, process="child"))
+    engine = get_engine(LlamaCppSettings(batch_size=1, process="child"))
     with faults.unit("warm"):
         engine.generate([Request("Hello", 2, ())])
     print(engine.pid, flush=True)
@@ -372,7 +373,7 @@ def test_plain_translate_ends_a_native_hang_at_the_shards_timeout(tmp_path, monk
     from stt.config import GenerationParams, TranslateConfig
 
     config = TranslateConfig(task="gsm8k", languages=("de",), limit=1, shard_size=1, out_dir=tmp_path / "out",
-                             engine=EngineConfig(kind="llama-cpp", batch_size=2, process="child"),
+                             engine=LlamaCppSettings(batch_size=2, process="child"),
                              generation=GenerationParams(max_new_tokens_cap=8),
                              timeouts=TimeoutConfig(floor_s=5, min_tokens_per_s=1e6))
     monkeypatch.setenv("STT_FAULTS", "hang-native=de-00000")

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from stt import jobs, shards
-from stt.config import EngineConfig, GenerationParams, TranslateConfig
+from stt.config import GenerationParams, TranslateConfig
+from stt.engine_settings import LlamaCppSettings
 from stt.errors import DiskFull
 
 pytestmark = pytest.mark.model
@@ -27,7 +28,7 @@ def small_disk(tmp_path):
 
 def _config(out):
     return TranslateConfig(task="gsm8k", languages=("de",), limit=4, shard_size=2, out_dir=out,
-                           engine=EngineConfig(kind="llama-cpp", batch_size=4),
+                           engine=LlamaCppSettings(batch_size=4),
                            generation=GenerationParams(max_new_tokens_cap=40))
 
 

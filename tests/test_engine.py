@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from stt.config import EngineConfig, GenerationParams, PromptConfig
+from stt.config import GenerationParams, PromptConfig
+from stt.engine_settings import TransformersSettings
 from stt.engines import Request, get_engine
 from stt.prompts import build_prompt_builder
 
@@ -23,8 +24,8 @@ def prompts():
 
 def test_batched_generation_with_prefix_cache_matches_plain_and_keeps_order(prompts):
     requests = [Request(p, 32, ("\n",)) for p in prompts]
-    cached = get_engine(EngineConfig(batch_size=2, reuse_prefix_cache=True)).generate(requests)
-    plain = get_engine(EngineConfig(batch_size=3, reuse_prefix_cache=False)).generate(requests)
+    cached = get_engine(TransformersSettings(batch_size=2, reuse_prefix_cache=True)).generate(requests)
+    plain = get_engine(TransformersSettings(batch_size=3, reuse_prefix_cache=False)).generate(requests)
     assert [c.text for c in cached] == [c.text for c in plain]
     for c in cached:
         assert c.text and "\n" not in c.text
@@ -35,7 +36,7 @@ def test_batched_generation_with_prefix_cache_matches_plain_and_keeps_order(prom
 
 
 def test_max_new_tokens_is_per_request(prompts):
-    engine = get_engine(EngineConfig(batch_size=3))
+    engine = get_engine(TransformersSettings(batch_size=3))
     out = engine.generate([Request(prompts[2], 3, ("\n",)), Request(prompts[0], 32, ("\n",))])
     assert out[0].completion_tokens == 3 and out[0].finish_reason == "length"
     assert out[1].finish_reason == "stop"
@@ -43,7 +44,7 @@ def test_max_new_tokens_is_per_request(prompts):
 
 def test_oom_backs_off_batch_size(prompts, monkeypatch):
     # The engine object itself (its batch method is patched): in this process.
-    engine = get_engine(EngineConfig(batch_size=4, reuse_prefix_cache=False, device="cpu", process="inline"))
+    engine = get_engine(TransformersSettings(batch_size=4, reuse_prefix_cache=False, device="cpu", process="inline"))
     real = engine._generate_batch
 
     def flaky(requests, encoded, prefix_ids):

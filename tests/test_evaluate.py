@@ -5,7 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from stt.config import EngineConfig, EvalConfig
+from stt.config import EvalConfig
+from stt.engine_settings import TransformersSettings as Engine  # the default kind
 from stt.engines import get_engine
 from stt.evaluate import evaluate
 
@@ -30,7 +31,7 @@ def _reference_logprob(engine, context, continuation):
 
 def test_loglikelihood_matches_a_plain_forward_pass_and_ignores_padding():
     # In this process: the reference forward pass uses the engine's own model and tokenizer.
-    engine = get_engine(EngineConfig(batch_size=4, reuse_prefix_cache=False, process="inline"))
+    engine = get_engine(Engine(batch_size=4, reuse_prefix_cache=False, process="inline"))
     pairs = [("The capital of France is", " Paris"), ("The capital of France is", " banana"),
              ("Premise: A man sleeps.\nHypothesis: Nobody sleeps.\nRelation:", " contradiction"),
              ("Question: What is two plus two?\nAnswer: The answer is", " 4")]
@@ -41,7 +42,7 @@ def test_loglikelihood_matches_a_plain_forward_pass_and_ignores_padding():
 
 
 def test_nli_predictions_are_the_argmax_of_the_saved_label_scores(tmp_path):
-    info = evaluate("mnli", "de", EngineConfig(), EvalConfig(limit=6, batch_size=3, bootstrap_resamples=200), DATA,
+    info = evaluate("mnli", "de", Engine(), EvalConfig(limit=6, batch_size=3, bootstrap_resamples=200), DATA,
                     tmp_path / "nli")
     df = pd.read_parquet(tmp_path / "nli" / "predictions.parquet")
     # Gold labels straight from the data files (test rows 0-5 of de; labels file is row-aligned).
@@ -52,16 +53,16 @@ def test_nli_predictions_are_the_argmax_of_the_saved_label_scores(tmp_path):
         assert row["prediction"] == max(lp, key=lp.get)
     assert info["scores"]["accuracy"] == pytest.approx(100 * (df["prediction"] == df["gold"]).mean())
     assert info["scores"]["n"] == 6 and info["scores"]["ci_lo"] <= info["scores"]["accuracy"] <= info["scores"]["ci_hi"]
-    again = evaluate("mnli", "de", EngineConfig(), EvalConfig(limit=6, batch_size=1, bootstrap_resamples=200), DATA,
+    again = evaluate("mnli", "de", Engine(), EvalConfig(limit=6, batch_size=1, bootstrap_resamples=200), DATA,
                      tmp_path / "nli")
     assert again["reused"]  # batch size does not change what is scored
-    other = evaluate("mnli", "de", EngineConfig(), EvalConfig(limit=5, batch_size=3, bootstrap_resamples=200), DATA,
+    other = evaluate("mnli", "de", Engine(), EvalConfig(limit=5, batch_size=3, bootstrap_resamples=200), DATA,
                      tmp_path / "nli")
     assert not other["reused"] and len(pd.read_parquet(tmp_path / "nli" / "predictions.parquet")) == 5
 
 
 def test_qa_generates_short_answers_on_held_out_xquad(tmp_path):
-    info = evaluate("squad", "th", EngineConfig(), EvalConfig(limit=2, batch_size=2, max_new_tokens_qa=12,
+    info = evaluate("squad", "th", Engine(), EvalConfig(limit=2, batch_size=2, max_new_tokens_qa=12,
                                                               bootstrap_resamples=200), DATA, tmp_path / "qa")
     df = pd.read_parquet(tmp_path / "qa" / "predictions.parquet")
     assert len(df) == 2 and (df["completion_tokens"] <= 12).all()

@@ -8,7 +8,8 @@ import logging
 import pytest
 
 from stt import faults, jobs
-from stt.config import EngineConfig, EvalConfig, GenerationParams, TimeoutConfig, TranslateConfig, resolve_data_dir
+from stt.config import EvalConfig, GenerationParams, TimeoutConfig, TranslateConfig, resolve_data_dir
+from stt.engine_settings import LlamaCppSettings, TransformersSettings
 from stt.engines import get_engine
 from stt.jobs import ShardsFailed
 from stt_app.flows.translate import translate
@@ -21,7 +22,7 @@ DATA = resolve_data_dir()
 
 def _config(out, languages=("de", "th"), limit=2, **timeouts):
     return TranslateConfig(task="gsm8k", languages=languages, limit=limit, shard_size=1, out_dir=out,
-                           engine=EngineConfig(kind="llama-cpp", batch_size=4),
+                           engine=LlamaCppSettings(batch_size=4),
                            generation=GenerationParams(max_new_tokens_cap=12),  # faults, not translations
                            timeouts=TimeoutConfig(**{"floor_s": 600, "retries": 1, "retry_delays_s": (0.5,),
                                                      **timeouts}))
@@ -108,7 +109,7 @@ def test_evaluation_survives_a_transient_fault_and_a_permanent_one_keeps_the_fin
     from stt.evaluate import evaluate
     from stt_app.flows.evaluate import evaluate_model
 
-    config, engine = EvalConfig(limit=6, batch_size=6), EngineConfig(kind="transformers", batch_size=6)
+    config, engine = EvalConfig(limit=6, batch_size=6), TransformersSettings(batch_size=6)
     limits = TimeoutConfig(retries=1, retry_delays_s=(0.5,))
     out = tmp_path / "eval"
     monkeypatch.setenv("STT_FAULTS", "transient=eval:base-en:1")

@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from stt.config import EngineConfig, PromptConfig
+from stt.config import PromptConfig
+from stt.engine_settings import LlamaCppSettings, TransformersSettings
 from stt.engines import Request, get_engine
 from stt.models import resolve_model
 from stt.prompts import build_prompt_builder
@@ -46,7 +47,7 @@ def test_generation_is_greedy_under_an_independent_llama_cpp_forward_pass(refere
     # llama.cpp's sums depend on batch shapes and where cells sit in the KV buffer, so two correct greedy
     # decoders can part ways at a near-tie. The check: replay prompt + our output through llama-cpp-python
     # and require every generated token to be the argmax there, up to a near-tie margin.
-    engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=3))
+    engine = get_engine(LlamaCppSettings(batch_size=3))
     requests = _requests()[:4]  # one more than the slots: a slot is reused (each replay below costs ~5 s)
     ours = engine.generate(requests)
     ties = total = 0
@@ -66,7 +67,7 @@ def test_generation_is_greedy_under_an_independent_llama_cpp_forward_pass(refere
 
 
 def test_continuous_batching_serves_every_request_with_the_prefix_shared():
-    engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=2))
+    engine = get_engine(LlamaCppSettings(batch_size=2))
     requests = _requests()
     first = engine.generate(requests)
     again = engine.generate(requests)
@@ -76,7 +77,7 @@ def test_continuous_batching_serves_every_request_with_the_prefix_shared():
 
 
 def test_loglikelihood_matches_a_plain_llama_cpp_forward_pass(reference):
-    engine = get_engine(EngineConfig(kind="llama-cpp", batch_size=4))
+    engine = get_engine(LlamaCppSettings(batch_size=4))
     pairs = [("Premise: A man sleeps.\nHypothesis: Nobody sleeps.\nRelation:", f" {label}")
              for label in ("entailment", "neutral", "contradiction")] + [("The capital of France is", " Paris")]
     ours = engine.loglikelihood(pairs)
@@ -125,7 +126,7 @@ def _llama_token_logprobs(model, adapter, prefix: list[int], owns: list[list[int
     the prefix decoded once into sequence 0 and its cells copied into each item's sequence, as generation does."""
     from stt.engines.llamacpp_engine import LlamaCppEngine
 
-    engine = LlamaCppEngine(model, EngineConfig(kind="llama-cpp", adapter=adapter, batch_size=len(owns),
+    engine = LlamaCppEngine(model, LlamaCppSettings(adapter=adapter, batch_size=len(owns),
                                                 n_ctx=512, reuse_prefix_cache=shared))
     entries, rows = [], []
     if shared:
@@ -179,7 +180,7 @@ def test_a_lora_adapter_scores_every_token_as_in_transformers(mild_adapter, tmp_
     f32 = f32_gguf(q4)  # converted once, cached in ~/.cache/stt/gguf-f32
     torch_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(hf_folder(q4), dtype=torch.float32),
                                             str(mild_adapter)).eval()
-    scorer = LlamaCppEngine(f32, EngineConfig(kind="llama-cpp", adapter=mild_adapter, n_ctx=512,
+    scorer = LlamaCppEngine(f32, LlamaCppSettings(adapter=mild_adapter, n_ctx=512,
                                               reuse_prefix_cache=False))
     prefix = scorer.tokenizer(PREFIX)["input_ids"]
     owns = [scorer.tokenizer(item, add_special_tokens=False)["input_ids"] for item in ITEMS]
@@ -232,10 +233,10 @@ def test_a_shared_prefix_runs_with_the_adapter_too(tiny_adapter):
     prefix = "".join(f"Question: What is {i} plus {i}?\nAnswer: {2 * i}\n" for i in range(1, 6))
     requests = [Request(prefix + f"Question: What is {i} plus {i}?\nAnswer:", 6, ("\n",)) for i in (7, 8, 9)]
     # In this process: the test asks the engine itself which prefix it shares.
-    shared = get_engine(EngineConfig(kind="llama-cpp", adapter=tiny_adapter, reuse_prefix_cache=True, process="inline"))
+    shared = get_engine(LlamaCppSettings(adapter=tiny_adapter, reuse_prefix_cache=True, process="inline"))
     assert shared._shared_prefix([r.prompt for r in requests]) == prefix  # the prefix path is the one taken
-    base_shared = get_engine(EngineConfig(kind="llama-cpp", reuse_prefix_cache=True, process="inline"))
-    base_plain = get_engine(EngineConfig(kind="llama-cpp", reuse_prefix_cache=False, process="inline"))
+    base_shared = get_engine(LlamaCppSettings(reuse_prefix_cache=True, process="inline"))
+    base_plain = get_engine(LlamaCppSettings(reuse_prefix_cache=False, process="inline"))
     base_outputs = [c.text for c in base_shared.generate(requests)]
     assert base_outputs == [c.text for c in base_plain.generate(requests)]
     assert all(o.strip().isdigit() for o in base_outputs)  # the base model answers with a number (seen: 14, 12, 18)
@@ -264,8 +265,8 @@ def test_an_adapter_merged_into_the_weights_scores_as_peft_applies_it(tiny_adapt
         with torch.no_grad():
             logprobs = applied(torch.tensor([ids])).logits[0].log_softmax(-1)
         expected.append(sum(logprobs[t - 1, ids[t]].item() for t in range(n, len(ids))))
-    ours = get_engine(EngineConfig(adapter=tiny_adapter, reuse_prefix_cache=False)).loglikelihood(pairs)
-    base = get_engine(EngineConfig(reuse_prefix_cache=False)).loglikelihood(pairs)
+    ours = get_engine(TransformersSettings(adapter=tiny_adapter, reuse_prefix_cache=False)).loglikelihood(pairs)
+    base = get_engine(TransformersSettings(reuse_prefix_cache=False)).loglikelihood(pairs)
     for score, value, plain in zip(ours, expected, base, strict=True):
         assert abs(value - plain.logprob) > 5  # the adapter moves this score (else equality says nothing)
         assert score.logprob == pytest.approx(value, abs=0.02)
@@ -276,7 +277,7 @@ def test_runs_on_llama_cpp_generate_on_it_and_score_labels_on_transformers():
     from stt.pipeline import plan_task
     from stt.stages.evaluate import eval_engine
 
-    config = RunConfig(engine=EngineConfig(kind="llama-cpp"), languages=("de",), tasks=("gsm8k", "mnli"))
+    config = RunConfig(engine=LlamaCppSettings(), languages=("de",), tasks=("gsm8k", "mnli"))
     for task, kind in (("gsm8k", "llama-cpp"), ("mnli", "transformers")):
         plan = plan_task(config, task)
         kinds = {job.name: eval_engine(config, plan, job).kind for job in plan.evals}
@@ -291,10 +292,10 @@ def test_a_hugging_face_folder_is_refused_with_the_reason(tmp_path):
 
     folder = str(hf_folder(resolve_model("gemma3-270m")))
     with pytest.raises(ConfigError, match="runs GGUF weights"):
-        get_engine(EngineConfig(kind="llama-cpp", model=folder, process="inline"))
+        get_engine(LlamaCppSettings(model=folder, process="inline"))
     # In an engine process the model loads on the first call: the same refusal comes from there.
     with pytest.raises(ConfigError, match="runs GGUF weights"):
-        get_engine(EngineConfig(kind="llama-cpp", model=folder, process="child")).generate(
+        get_engine(LlamaCppSettings(model=folder, process="child")).generate(
             [Request("Question: 1 + 1?\nAnswer:", 4, ("\n",))])
 
 
@@ -307,10 +308,10 @@ def test_llama_cpp_prints_nothing_and_its_last_words_come_with_a_refusal(tiny_ad
     from stt.models import ResolvedModel
 
     capfd.readouterr()
-    LlamaCppEngine(resolve_model("gemma3-270m"), EngineConfig(kind="llama-cpp", adapter=str(tiny_adapter)))
+    LlamaCppEngine(resolve_model("gemma3-270m"), LlamaCppSettings(adapter=str(tiny_adapter)))
     printed = capfd.readouterr().err
     assert "llama_adapter_lora_init_impl" not in printed and "control-looking token" not in printed, printed[:500]
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\0" * 60)
     with pytest.raises(ConfigError, match=r"could not load .*broken\.gguf; llama\.cpp said: .*\S"):
-        LlamaCppEngine(ResolvedModel("broken", broken, "0" * 64, True), EngineConfig(kind="llama-cpp"))
+        LlamaCppEngine(ResolvedModel("broken", broken, "0" * 64, True), LlamaCppSettings())

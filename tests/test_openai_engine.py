@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from stt import jobs
-from stt.config import EngineConfig, GenerationParams, PromptConfig, TranslateConfig
+from stt.config import GenerationParams, PromptConfig, TranslateConfig
+from stt.engine_settings import LlamaCppSettings, OpenAISettings, TransformersSettings
 from stt.engines import Request
 from stt.engines.openai_engine import OpenAIEngine
 from stt.models import resolve_model
@@ -64,7 +65,7 @@ def server(tmp_path_factory):
 
 
 def _engine(server, **kw) -> OpenAIEngine:
-    config = EngineConfig(kind="openai", model="gemma3-270m", base_urls=(server.url,), **kw)
+    config = OpenAISettings(model="gemma3-270m", base_urls=(server.url,), **kw)
     return OpenAIEngine(resolve_model("gemma3-270m"), config, GenerationParams())
 
 
@@ -82,7 +83,7 @@ def test_generates_with_token_counts_from_the_server(server):
 
 def test_translate_stage_runs_on_the_endpoint(server, tmp_path):
     config = TranslateConfig(task="gsm8k", languages=("de",), limit=1, out_dir=tmp_path / "out",
-                             engine=EngineConfig(kind="openai", model="gemma3-270m", base_urls=(server.url,)),
+                             engine=OpenAISettings(model="gemma3-270m", base_urls=(server.url,)),
                              generation=GenerationParams(max_new_tokens_cap=40))
     out = jobs.translate(config)
     rows = pd.read_parquet(out / "_raw")
@@ -124,7 +125,7 @@ def test_endpoint_scores_the_same_continuation_tokens_as_the_engine_in_process(s
     pairs = [("Premise: A man sleeps.\nHypothesis: Nobody sleeps.\nRelation:", f" {label}")
              for label in ("entailment", "neutral", "contradiction")] + [("The capital of France is", " Paris")]
     remote = _engine(server).loglikelihood(pairs)
-    local = get_engine(EngineConfig(batch_size=4, reuse_prefix_cache=False)).loglikelihood(pairs)
+    local = get_engine(TransformersSettings(batch_size=4, reuse_prefix_cache=False)).loglikelihood(pairs)
     assert [s.tokens for s in remote] == [s.tokens for s in local]
     for r, loc in zip(remote, local, strict=True):
         assert r.logprob == pytest.approx(loc.logprob, abs=0.3)
@@ -158,7 +159,7 @@ def test_an_adapter_served_by_the_endpoint_moves_scores_as_far_as_in_process(ser
     base = np.array([s.logprob for s in _engine(server).loglikelihood(ADAPTER_PAIRS)])
 
     def local(adapter):
-        config = EngineConfig(kind="llama-cpp", adapter=adapter, reuse_prefix_cache=False)
+        config = LlamaCppSettings(adapter=adapter, reuse_prefix_cache=False)
         return np.array([s.logprob for s in get_engine(config).loglikelihood(ADAPTER_PAIRS)])
 
     local_base, local_lora = local(None), local(tiny_adapter)

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from stt import jobs, pipeline
-from stt.config import EngineConfig, EvalConfig, RunConfig, TimeoutConfig
+from stt.config import EvalConfig, RunConfig, TimeoutConfig
+from stt.engine_settings import LlamaCppSettings, OpenAISettings, TransformersSettings, VLLMBatchSettings
 
 from .conftest import DATA
 
@@ -16,29 +17,79 @@ from .conftest import DATA
 def test_each_engine_kind_keys_what_changes_its_outputs():
     from stt.engines import engine_signature
 
-    assert engine_signature(EngineConfig(kind="llama-cpp", batch_size=3, device="auto")) == \
+    assert engine_signature(LlamaCppSettings(batch_size=3, device="auto")) == \
         {"kind": "llama-cpp", "dtype": "auto", "device": "auto", "batch_size": 3}
     # transformers resolves the device (no GPU driver here) and says how an adapter is applied: merged in fp32.
-    assert engine_signature(EngineConfig(kind="transformers", batch_size=3, adapter="/a")) == \
+    assert engine_signature(TransformersSettings(batch_size=3, adapter="/a")) == \
         {"kind": "transformers", "dtype": "auto", "device": "cpu", "lora": "merged"}
-    assert engine_signature(EngineConfig(kind="transformers", device="cpu", dtype="bfloat16", adapter="/a"))["lora"] \
+    assert engine_signature(TransformersSettings(device="cpu", dtype="bfloat16", adapter="/a"))["lora"] \
         == "applied"
-    assert engine_signature(EngineConfig(kind="openai", served_model="m", batch_size=3)) == \
+    assert engine_signature(OpenAISettings(served_model="m", batch_size=3)) == \
         {"kind": "openai", "dtype": "auto", "device": "auto", "served_model": "m"}
-    assert engine_signature(EngineConfig(kind="vllm-batch", max_model_len=512)) == \
+    assert engine_signature(VLLMBatchSettings(max_model_len=512)) == \
         {"kind": "vllm-batch", "dtype": "float32", "device": "auto", "load_format": "auto", "max_model_len": 512,
          "tensor_parallel_size": 1}
 
 
 def test_engine_kinds_say_where_they_run_and_what_ends_a_hung_call():
-    from stt.engines.kinds import KINDS
+    from stt.engine_settings import KINDS
     from stt_app.tasks.logs import timeout_note
 
     assert sorted(k for k, v in KINDS.items() if v.in_process) == ["llama-cpp", "transformers"]
     assert [k for k, v in KINDS.items() if v.batch_per_call] == ["transformers"]
-    assert timeout_note(EngineConfig(kind="openai", process="inline")).startswith("model jobs call an endpoint")
-    assert timeout_note(EngineConfig(kind="vllm-batch")).startswith("model jobs call vLLM in its runner's")
-    assert timeout_note(EngineConfig(kind="llama-cpp", process="inline")).startswith("engine.process is inline")
+    assert timeout_note(OpenAISettings(process="inline")).startswith("model jobs call an endpoint")
+    assert timeout_note(VLLMBatchSettings()).startswith("model jobs call vLLM in its runner's")
+    assert timeout_note(LlamaCppSettings(process="inline")).startswith("engine.process is inline")
+
+
+# Every field of the one engine class that configs were saved with before each kind had its own settings,
+# at its default (experiments/*/config.json hold all of them).
+OLD_ENGINE = {"kind": "transformers", "model": "gemma3-270m", "batch_size": 8, "device": "auto", "dtype": "auto",
+              "reuse_prefix_cache": True, "process": "child", "adapter": None, "n_ctx": 8192, "threads": None,
+              "vllm_python": None, "tensor_parallel_size": 1, "gpu_memory_utilization": 0.9,
+              "max_model_len": None, "load_format": "auto", "max_lora_rank": 64, "base_urls": [],
+              "served_model": None, "concurrency": 16, "timeout_s": 300.0, "max_retries": 5}
+
+
+def test_an_engine_is_the_settings_class_of_its_kind_and_an_old_config_still_loads(tmp_path):
+    from stt.config import load_run_config
+
+    def engine_of(engine: dict) -> object:
+        return RunConfig(name="t", tasks=("gsm8k",), engine=engine).engine
+
+    old = engine_of(OLD_ENGINE | {"kind": "llama-cpp", "n_ctx": 4096, "batch_size": 2})
+    assert type(old) is LlamaCppSettings and (old.n_ctx, old.batch_size) == (4096, 2)
+    assert not hasattr(old, "concurrency")  # the other kinds' fields at their defaults are dropped
+    assert type(engine_of({"model": "smollm2-135m"})) is TransformersSettings  # no kind: the default kind
+    assert type(engine_of(OLD_ENGINE | {"kind": "openai", "concurrency": 4})).__name__ == "OpenAISettings"
+    # Another kind's field set to anything but its default: one line saying what to change.
+    with pytest.raises(ValueError) as caught:
+        engine_of(OLD_ENGINE | {"kind": "llama-cpp", "concurrency": 3})
+    assert ("engine.concurrency is a setting of 'openai' engines, not of 'llama-cpp': remove it, or set "
+            "engine.kind: openai") in str(caught.value)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: t\ntasks: [gsm8k]\nengine: {kind: llamacpp}\n")
+    with pytest.raises(ValueError, match="engine.kind must be one of: transformers, llama-cpp, vllm-batch, openai"):
+        load_run_config(bad)
+    # The same model and common settings on another kind (how llama.cpp runs label scoring on transformers).
+    moved = LlamaCppSettings(batch_size=3, n_ctx=1024, process="inline").as_kind("transformers", batch_size=5)
+    assert moved == TransformersSettings(batch_size=5, process="inline")
+
+
+def test_the_command_line_says_a_wrong_engine_setting_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from stt_app.cli import app
+
+    config = tmp_path / "c.yaml"
+    config.write_text("name: t\ntasks: [gsm8k]\nengine: {kind: llama-cpp, n_ctx: 3, base_urls: [http://x]}\n")
+    out = CliRunner().invoke(app, ["run", "--config", str(config), "--no-prefect"])
+    assert out.exit_code == 2
+    assert out.output.strip() == ("error: engine.base_urls is a setting of 'openai' engines, not of 'llama-cpp': "
+                                  "remove it, or set engine.kind: openai")
+    config.write_text("name: t\ntasks: [gsm8k]\nengine: {kind: llama-cpp, n_ctx: 3}\n")
+    out = CliRunner().invoke(app, ["run", "--config", str(config), "--no-prefect"])
+    assert out.output.strip() == "error: invalid engine.n_ctx: Input should be greater than or equal to 256"
 
 
 def test_answer_kinds_read_check_and_write_answers():

@@ -10,7 +10,8 @@ from sacrebleu.metrics import CHRF
 
 from stt import jobs
 from stt import translate as lib
-from stt.config import BuildConfig, EngineConfig, GenerationParams, RoundTripConfig, TranslateConfig
+from stt.config import BuildConfig, GenerationParams, RoundTripConfig, TranslateConfig
+from stt.engine_settings import LlamaCppSettings
 from stt.errors import ConfigError
 from stt.stages.build import build_set
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.model
 def _config(tmp_path, enabled=True, threshold=40.0):
     return TranslateConfig(task="mnli", languages=("de",), limit=6, input_path="xnli/xtreme_dev-en.tsv",
                            out_dir=tmp_path / "nli", shard_size=3,
-                           engine=EngineConfig(kind="llama-cpp", batch_size=8),
+                           engine=LlamaCppSettings(batch_size=8),
                            generation=GenerationParams(max_new_tokens_cap=80),
                            round_trip=RoundTripConfig(enabled=enabled, min_chrf=threshold))
 

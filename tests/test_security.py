@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from stt.config import EngineConfig, RunConfig
+from stt.config import RunConfig
+from stt.engine_settings import OpenAISettings
 from stt.errors import ConfigError
 
 ROOT = Path(__file__).parents[1]
@@ -70,8 +71,12 @@ def test_every_persisted_prefect_result_is_json():
 
 def test_endpoint_credentials_never_go_into_a_config():
     with pytest.raises(ValidationError, match="STT_OPENAI_API_KEY"):
-        EngineConfig(kind="openai", base_urls=("http://user:hunter22@vllm:8000/v1",))
-    assert "key" not in EngineConfig.model_fields and "api_key" not in EngineConfig.model_fields
+        OpenAISettings(base_urls=("http://user:hunter22@vllm:8000/v1",))
+    from stt.engine_settings import KINDS
+
+    assert len(KINDS) == 4
+    for settings in KINDS.values():  # no kind has a field a key could be written to
+        assert "key" not in settings.model_fields and "api_key" not in settings.model_fields
 
 
 class _Echo(http.server.BaseHTTPRequestHandler):
@@ -102,7 +107,7 @@ def test_the_endpoint_key_is_sent_but_never_logged_or_saved(monkeypatch, caplog,
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        config = EngineConfig(kind="openai", base_urls=(f"http://127.0.0.1:{server.server_port}/v1",),
+        config = OpenAISettings(base_urls=(f"http://127.0.0.1:{server.server_port}/v1",),
                               served_model="m", max_retries=0)
         engine = OpenAIEngine(resolve_model("gemma3-270m"), config)
         with caplog.at_level(logging.DEBUG), pytest.raises(EndpointError) as failure:

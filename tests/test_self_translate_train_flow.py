@@ -5,7 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from stt.config import BuildConfig, ControlsConfig, EngineConfig, EvalConfig, GenerationParams, RunConfig, TrainConfig
+from stt.config import BuildConfig, ControlsConfig, EvalConfig, GenerationParams, RunConfig, TrainConfig
+from stt.engine_settings import LlamaCppSettings
 from stt_app.flows.self_translate_train import self_translate_train
 
 from .conftest import DATA
@@ -17,7 +18,7 @@ pytestmark = [pytest.mark.model, pytest.mark.timeout(900)]  # the first test run
 def config(tmp_path_factory):
     return RunConfig(
         name="tiny", run_dir=tmp_path_factory.mktemp("stt") / "run", tasks=("gsm8k",), languages=("de",), limit=3,
-        shard_size=3, engine=EngineConfig(kind="llama-cpp", batch_size=4),
+        shard_size=3, engine=LlamaCppSettings(batch_size=4),
         generation=GenerationParams(max_new_tokens_cap=40),
         build=BuildConfig(sets=("english", "self-translate-train")),
         # One epoch at batch size 1: each adapter takes as many steps as its set has rows, so the Self-Translate-

@@ -14,7 +14,8 @@ import json
 import pandas as pd
 import pytest
 
-from stt.config import EngineConfig, EvalConfig, load_run_config
+from stt.config import EvalConfig, load_run_config
+from stt.engine_settings import LlamaCppSettings, OpenAISettings, TransformersSettings
 from stt.engines import engine_signature
 from stt.evaluate import evaluate_key
 from stt.files import file_sha256
@@ -133,7 +134,7 @@ def test_equal_steps_control_trains_as_long_as_self_translate_train(first):
 
 def test_evaluation_key_holds_the_engine_and_not_the_batch_size():
     config = EvalConfig(limit=2)
-    cpu = EngineConfig()
+    cpu = TransformersSettings()
     keys = {
         "cpu": evaluate_key("mnli", "de", cpu, config, DATA),
         "bf16": evaluate_key("mnli", "de", cpu.model_copy(update={"dtype": "bfloat16"}), config, DATA),
@@ -146,7 +147,7 @@ def test_evaluation_key_holds_the_engine_and_not_the_batch_size():
     assert evaluate_key("mnli", "de", cpu.model_copy(update={"batch_size": 3}), config, DATA) == keys["cpu"]
     # llama.cpp's batch shapes change its sums (benchmarks/RESULTS.md): there the engine's batch is in the key.
     # Evaluations run with eval.batch_size, so that is the batch in their key (engine.batch_size translates).
-    llama = EngineConfig(kind="llama-cpp", batch_size=4)
+    llama = LlamaCppSettings(batch_size=4)
     assert evaluate_key("mnli", "de", llama, config, DATA) != \
         evaluate_key("mnli", "de", llama, EvalConfig(limit=2, batch_size=1), DATA)
     assert evaluate_key("mnli", "de", llama, config, DATA) == \
@@ -202,8 +203,8 @@ def test_the_endpoints_score_reading_version_rekeys_only_endpoint_evaluations(mo
     from stt import evaluate
 
     config = EvalConfig(limit=2)
-    endpoint = EngineConfig(kind="openai", base_urls=("http://127.0.0.1:9/v1",))
-    local = EngineConfig()
+    endpoint = OpenAISettings(base_urls=("http://127.0.0.1:9/v1",))
+    local = TransformersSettings()
     now = {e.kind: evaluate_key("mnli", "de", e, config, DATA) for e in (endpoint, local)}
     monkeypatch.setattr(evaluate, "ENGINE_SCORING", {})  # as before the endpoint's reading changed
     before = {e.kind: evaluate_key("mnli", "de", e, config, DATA) for e in (endpoint, local)}

@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from stt import translate as lib
-from stt.config import EngineConfig, GenerationParams, TranslateConfig
+from stt.config import GenerationParams, TranslateConfig
+from stt.engine_settings import LlamaCppSettings
 from stt.engines import loaded_engines
 from stt.files import file_sha256
 from stt_app.flows.translate import translate
@@ -25,7 +26,7 @@ def config(tmp_path_factory):
     return TranslateConfig(
         task="gsm8k", languages=("de", "th"), limit=2, shard_size=1,
         out_dir=tmp_path_factory.mktemp("translate") / "out",
-        engine=EngineConfig(kind="llama-cpp", batch_size=4), generation=GenerationParams(max_new_tokens_cap=40),
+        engine=LlamaCppSettings(batch_size=4), generation=GenerationParams(max_new_tokens_cap=40),
     )
 
 

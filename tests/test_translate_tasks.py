@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 
 from stt import jobs
-from stt.config import EngineConfig, GenerationParams, TranslateConfig
+from stt.config import GenerationParams, TranslateConfig
+from stt.engine_settings import LlamaCppSettings
 from stt.translate import summarize
 
 from .conftest import FIXTURES
@@ -21,7 +22,7 @@ def _check_every_example_accounted_for(out, n):
 
 def test_squad_translation_records_answer_offsets(tmp_path):
     config = TranslateConfig(task="squad", languages=("de",), limit=1, out_dir=tmp_path / "qa",
-                             engine=EngineConfig(kind="llama-cpp", batch_size=4),
+                             engine=LlamaCppSettings(batch_size=4),
                              generation=GenerationParams(max_new_tokens_cap=48))
     out = jobs.translate(config)
     rows, rejects = _check_every_example_accounted_for(out, 1)
@@ -36,7 +37,7 @@ def test_squad_translation_records_answer_offsets(tmp_path):
 
 def test_mnli_translation_keeps_labels(tmp_path):
     config = TranslateConfig(task="mnli", languages=("de",), input_path=FIXTURES / "mnli_train_sample.jsonl",
-                             out_dir=tmp_path / "nli", engine=EngineConfig(kind="llama-cpp", batch_size=4),
+                             out_dir=tmp_path / "nli", engine=LlamaCppSettings(batch_size=4),
                              generation=GenerationParams(max_new_tokens_cap=40))
     out = jobs.translate(config)
     rows, _ = _check_every_example_accounted_for(out, 3)

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from stt.config import EngineConfig, PromptConfig
+from stt.config import PromptConfig
+from stt.engine_settings import EngineConfig, OpenAISettings, TransformersSettings, VLLMBatchSettings
 from stt.engines import Request, get_engine
 from stt.engines.child import EngineHung, deadline
 from stt.engines.vllm_batch import VLLMBatchEngine, stop_runner
@@ -83,12 +84,12 @@ def adapters(tmp_path_factory) -> dict[str, Path]:
 def vllm_config(**update) -> EngineConfig:
     if not VLLM_PYTHON.is_file():
         pytest.fail(f"no vLLM environment at {VLLM_PYTHON}: bash scripts/setup-vllm.sh (test.sh --full runs it)")
-    return EngineConfig(kind="vllm-batch", model="gemma3-270m", vllm_python=str(VLLM_PYTHON), max_model_len=2048,
+    return VLLMBatchSettings(model="gemma3-270m", vllm_python=str(VLLM_PYTHON), max_model_len=2048,
                         max_lora_rank=8, **update)
 
 
 def tf_config(**update) -> EngineConfig:
-    return EngineConfig(kind="transformers", model="gemma3-270m", dtype="float32", process="inline", batch_size=8,
+    return TransformersSettings(model="gemma3-270m", dtype="float32", process="inline", batch_size=8,
                         **update)
 
 
@@ -283,9 +284,9 @@ def test_a_runner_whose_caller_is_killed_ends_with_its_whole_group(tmp_path):
     script = tmp_path / "caller.py"
     script.write_text(textwrap.dedent(f"""
         import sys, time
-        from stt.config import EngineConfig
+        from stt.engine_settings import EngineConfig, OpenAISettings, TransformersSettings, VLLMBatchSettings
         from stt.engines import Request, get_engine
-        engine = get_engine(EngineConfig(kind="vllm-batch", model="gemma3-270m", vllm_python={str(VLLM_PYTHON)!r},
+        engine = get_engine(VLLMBatchSettings(model="gemma3-270m", vllm_python={str(VLLM_PYTHON)!r},
                                          max_model_len=2048, max_lora_rank=8))
         engine.generate([Request("English: Good morning.\\nGerman:", 4, ("\\n",))])
         print(engine.pid, flush=True)
@@ -329,7 +330,7 @@ def vllm_server(tmp_path_factory, adapters):
 
 
 def endpoint_config(url: str, **update) -> EngineConfig:
-    return EngineConfig(kind="openai", model="gemma3-270m", base_urls=(url,), served_model="gemma3-270m",
+    return OpenAISettings(model="gemma3-270m", base_urls=(url,), served_model="gemma3-270m",
                         concurrency=4, **update)
 
 

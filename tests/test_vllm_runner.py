@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from stt.config import EngineConfig, PromptConfig
+from stt.config import PromptConfig
+from stt.engine_settings import OpenAISettings, TransformersSettings, VLLMBatchSettings
 from stt.engines import Request, get_engine
 from stt.engines.vllm_batch import RunnerError, VLLMBatchEngine
 from stt.errors import ConfigError
@@ -25,7 +26,7 @@ SOURCES = ["Weng earns $12 an hour for babysitting.", "How much did she earn?"]
 
 
 def _runner_engine(model: str = "gemma3-270m") -> VLLMBatchEngine:
-    config = EngineConfig(kind="vllm-batch", model="gemma3-270m", vllm_python=sys.executable, batch_size=4)
+    config = VLLMBatchSettings(model="gemma3-270m", vllm_python=sys.executable, batch_size=4)
     engine = VLLMBatchEngine(resolve_model("gemma3-270m"), config, backend="transformers")
     engine.model_path = model
     return engine
@@ -35,7 +36,7 @@ def test_runner_gives_the_same_completions_as_the_engine_in_process():
     builder = build_prompt_builder("de", PromptConfig(), DATA)
     requests = [Request(builder.completion_prompt(s), 24, ("\n",)) for s in SOURCES]
     via_runner = _runner_engine().generate(requests)
-    direct = get_engine(EngineConfig(batch_size=4)).generate(requests)
+    direct = get_engine(TransformersSettings(batch_size=4)).generate(requests)
     assert [c.text for c in via_runner] == [c.text for c in direct]
     assert [c.completion_tokens for c in via_runner] == [c.completion_tokens for c in direct]
     assert all(c.prompt_tokens > 500 and c.finish_reason in ("stop", "length") for c in via_runner)
@@ -44,7 +45,7 @@ def test_runner_gives_the_same_completions_as_the_engine_in_process():
 def test_runner_scores_continuations():
     pairs = [("The capital of France is", " Paris"), ("The capital of France is", " banana")]
     scores = _runner_engine().loglikelihood(pairs)
-    direct = get_engine(EngineConfig(batch_size=4, reuse_prefix_cache=False)).loglikelihood(pairs)
+    direct = get_engine(TransformersSettings(batch_size=4, reuse_prefix_cache=False)).loglikelihood(pairs)
     assert scores[0].logprob > scores[1].logprob
     assert [round(s.logprob, 3) for s in scores] == [round(s.logprob, 3) for s in direct]
 
@@ -59,12 +60,12 @@ def test_missing_vllm_environment_is_one_clear_error(monkeypatch):
     monkeypatch.delenv("STT_VLLM_PYTHON", raising=False)
     with pytest.raises(ConfigError, match="engine 'vllm-batch' needs the vLLM environment: run "
                                           "scripts/setup-vllm.sh"):
-        get_engine(EngineConfig(kind="vllm-batch"))
+        get_engine(VLLMBatchSettings())
     with pytest.raises(ConfigError, match="vLLM python '/nowhere/python' not found"):
-        get_engine(EngineConfig(kind="vllm-batch", vllm_python="/nowhere/python"))
+        get_engine(VLLMBatchSettings(vllm_python="/nowhere/python"))
     monkeypatch.delenv("STT_OPENAI_BASE_URLS", raising=False)
     with pytest.raises(ConfigError, match="engine 'openai' needs an endpoint"):
-        get_engine(EngineConfig(kind="openai"))
+        get_engine(OpenAISettings())
 
 
 def test_runner_applies_a_lora_adapter_like_the_engine_in_process(tiny_adapter):
@@ -73,8 +74,8 @@ def test_runner_applies_a_lora_adapter_like_the_engine_in_process(tiny_adapter):
     engine = _runner_engine()
     engine.adapter = str(tiny_adapter)
     via_runner = engine.generate(requests)
-    direct = get_engine(EngineConfig(adapter=tiny_adapter, reuse_prefix_cache=False)).generate(requests)
-    base = get_engine(EngineConfig(reuse_prefix_cache=False)).generate(requests)
+    direct = get_engine(TransformersSettings(adapter=tiny_adapter, reuse_prefix_cache=False)).generate(requests)
+    base = get_engine(TransformersSettings(reuse_prefix_cache=False)).generate(requests)
     assert [c.text for c in via_runner] == [c.text for c in direct]
     assert via_runner[0].text != base[0].text  # the adapter was applied, not ignored
 
@@ -87,8 +88,8 @@ def test_runner_moves_scores_by_the_adapters_own_shift(tiny_adapter):
     engine = _runner_engine()
     engine.adapter = str(tiny_adapter)
     via_runner = [s.logprob for s in engine.loglikelihood(pairs)]
-    direct = [s.logprob for s in get_engine(EngineConfig(adapter=tiny_adapter, reuse_prefix_cache=False))
+    direct = [s.logprob for s in get_engine(TransformersSettings(adapter=tiny_adapter, reuse_prefix_cache=False))
               .loglikelihood(pairs)]
-    base = [s.logprob for s in get_engine(EngineConfig(reuse_prefix_cache=False)).loglikelihood(pairs)]
+    base = [s.logprob for s in get_engine(TransformersSettings(reuse_prefix_cache=False)).loglikelihood(pairs)]
     assert all(abs(d - b) > 5 for d, b in zip(direct, base, strict=True))  # the adapter's shift is large here
     assert via_runner == pytest.approx(direct, abs=1e-3)

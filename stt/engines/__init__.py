@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from stt import faults
-from stt.config import EngineConfig, GenerationParams
+from stt.config import GenerationParams
+from stt.engine_settings import EngineConfig
 from stt.engines.base import Completion, Engine, EngineStats, Request, Score
 from stt.engines.inline import give_memory_back, load_inline
-from stt.engines.kinds import kind_of
 
 __all__ = ["Completion", "Engine", "EngineStats", "Request", "Score", "engine_signature", "generator_signature",
            "get_engine", "give_memory_back", "kill_engine_processes", "loaded_engines", "release_engines"]
@@ -30,12 +30,12 @@ def get_engine(config: EngineConfig, generation: GenerationParams | None = None)
         if key not in _ENGINES:
             from stt.engines.child import ChildEngine
 
-            if config.process == "child" and kind_of(config).in_process:
+            if config.process == "child" and config.in_process:
                 _ENGINES[key] = ChildEngine(config, generation)  # its process starts on the first call
             else:
                 _ENGINES[key] = load_inline(config, generation)
         engine = _ENGINES[key]
-        if kind_of(config).batch_per_call:
+        if config.batch_per_call:
             engine.batch_size = config.batch_size  # type: ignore[attr-defined]
     # STT_FAULTS (reliability drills) wraps the engine; without it the engine is returned as it is.
     return faults.FaultyEngine(engine) if faults.active() else engine  # type: ignore[return-value]
@@ -43,7 +43,7 @@ def get_engine(config: EngineConfig, generation: GenerationParams | None = None)
 
 def _loaded_as(config: EngineConfig) -> EngineConfig:
     """The settings a loaded model is known by: where the batch is a setting of each call, any batch size."""
-    return config.model_copy(update={"batch_size": 1}) if kind_of(config).batch_per_call else config
+    return config.model_copy(update={"batch_size": 1}) if config.batch_per_call else config
 
 
 def loaded_engines() -> list[Engine]:
@@ -79,12 +79,12 @@ def kill_engine_processes() -> None:
 
 def engine_signature(engine_config: EngineConfig) -> dict[str, Any]:
     """The engine settings that change what a model writes or how a continuation scores (each kind's own,
-    stt.engines.kinds).
+    stt.engine_settings).
 
     Engines differ in numerics (fp32 on the CPU, bf16 on a GPU, vLLM kernels, a server's build), so
     predictions made by one are never reused for a config that names another.
     """
-    return kind_of(engine_config).signature(engine_config)
+    return engine_config.signature()
 
 
 def generator_signature(engine_config: EngineConfig) -> dict[str, Any]:

@@ -73,18 +73,3 @@ class Engine(Protocol):
     def chat_template(self) -> str | None: ...
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> str: ...
-
-
-def resolved_dtype(dtype: str, device: str) -> str:
-    """The dtype a transformers engine loads its weights in: `auto` is bf16 on a GPU, fp32 on the CPU."""
-    if dtype != "auto":
-        return dtype
-    return "bfloat16" if device.startswith("cuda") else "float32"
-
-
-def merges_adapter(dtype: str) -> bool:
-    """Whether a transformers engine merges a LoRA adapter into its weights (`dtype` as resolved_dtype gives
-    it): in fp32, where the merged weights compute the adapter's function to rounding. A bf16 / fp16 sum
-    would keep only part of a small adapter's delta in the weights' few mantissa bits, so there peft applies
-    it beside them. The engine and its stage key (engine_signature) both ask here, so they cannot disagree."""
-    return dtype == "float32"

@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from stt import faults
-from stt.config import EngineConfig, GenerationParams
+from stt.config import GenerationParams
+from stt.engine_settings import EngineConfig, engine_from_json
 from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score
 from stt.engines.tokenizer import LocalTokenizer
 from stt.errors import ConfigError, DataError
@@ -254,7 +255,7 @@ def _serve(conn: Any, parent_pid: int) -> None:
             if operation == "unload":
                 conn.send(("ready", request, {}))
             elif operation == "load":
-                engine = load_inline(EngineConfig.model_validate_json(message[2]),
+                engine = load_inline(engine_from_json(message[2]),
                                      GenerationParams.model_validate_json(message[3]))
                 conn.send(("ready", request, {"model_id": engine.model_id,
                                               "weights_sha256": getattr(engine, "weights_sha256", None)}))

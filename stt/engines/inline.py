@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
-from stt.config import EngineConfig, GenerationParams
+import importlib
+
+from stt.config import GenerationParams
+from stt.engine_settings import EngineConfig
 from stt.engines.base import Engine
-from stt.engines.kinds import kind_of
 from stt.models import resolve_model
 
 
 def load_inline(config: EngineConfig, generation: GenerationParams) -> Engine:
     """The engine of `config.kind`, loaded in this process (a child engine's process calls this too)."""
-    return kind_of(config).load(resolve_model(config.model), config, generation)
+    module, cls = config.engine_class.split(":")
+    return getattr(importlib.import_module(module), cls)(resolve_model(config.model), config, generation)
 
 
 def give_memory_back() -> None:

@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from stt.config import EngineConfig, GenerationParams
+from stt.config import GenerationParams
+from stt.engine_settings import LlamaCppSettings
 from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score, first_stop
 from stt.engines.tokenizer import LocalTokenizer
 from stt.errors import ConfigError
@@ -82,7 +83,7 @@ class _Running:
 
 
 class LlamaCppEngine(LocalTokenizer):
-    def __init__(self, model: ResolvedModel, config: EngineConfig, generation: GenerationParams | None = None):
+    def __init__(self, model: ResolvedModel, config: LlamaCppSettings, generation: GenerationParams | None = None):
         import llama_cpp as L
 
         _keep_native_log(L)

@@ -21,7 +21,8 @@ from typing import Any
 import httpx
 import tenacity
 
-from stt.config import EngineConfig, GenerationParams
+from stt.config import GenerationParams
+from stt.engine_settings import OpenAISettings
 from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score, first_stop
 from stt.engines.tokenizer import LocalTokenizer
 from stt.errors import ConfigError
@@ -54,7 +55,7 @@ class _Retryable(Exception):  # noqa: N818 - a reason to try again, not an error
         self.url, self.why = url, why
 
 
-def base_urls(config: EngineConfig) -> list[str]:
+def base_urls(config: OpenAISettings) -> list[str]:
     urls = list(config.base_urls) or [u.strip() for u in os.environ.get("STT_OPENAI_BASE_URLS", "").split(",")
                                       if u.strip()]
     if not urls:
@@ -64,7 +65,7 @@ def base_urls(config: EngineConfig) -> list[str]:
 
 
 class OpenAIEngine(LocalTokenizer):
-    def __init__(self, model: ResolvedModel, config: EngineConfig, generation: GenerationParams | None = None):
+    def __init__(self, model: ResolvedModel, config: OpenAISettings, generation: GenerationParams | None = None):
         self.resolved = model
         self.model_id = model.model_id
         self.weights_sha256 = model.weights_sha256  # the weights the server is told to serve (see README)

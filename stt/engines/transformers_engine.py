@@ -18,17 +18,9 @@ from pathlib import Path
 
 import torch
 
-from stt.config import EngineConfig, GenerationParams
-from stt.engines.base import (
-    Completion,
-    EngineStats,
-    ProgressFn,
-    Request,
-    Score,
-    first_stop,
-    merges_adapter,
-    resolved_dtype,
-)
+from stt.config import GenerationParams
+from stt.engine_settings import TransformersSettings, merges_adapter, resolved_dtype
+from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score, first_stop
 from stt.engines.tokenizer import TokenizerMethods
 from stt.models import ResolvedModel, hf_folder
 
@@ -43,7 +35,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 class TransformersEngine(TokenizerMethods):
-    def __init__(self, model: ResolvedModel, config: EngineConfig, generation: GenerationParams | None = None,
+    def __init__(self, model: ResolvedModel, config: TransformersSettings, generation: GenerationParams | None = None,
                  merge_adapter: bool | None = None):
         """`merge_adapter`: fold a LoRA adapter into the weights (None: where merges_adapter says so)."""
         from transformers import AutoModelForCausalLM

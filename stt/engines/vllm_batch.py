@@ -37,10 +37,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stt.config import EngineConfig, GenerationParams
+from stt.config import GenerationParams
+from stt.engine_settings import EngineConfig, VLLMBatchSettings, vllm_dtype
 from stt.engines.base import Completion, EngineStats, ProgressFn, Request, Score, first_stop
 from stt.engines.child import LOAD_TIMEOUT_S, POLL_S, EngineDied, EngineHung, call_budget, death, oom_kills
-from stt.engines.kinds import vllm_dtype
 from stt.engines.tokenizer import LocalTokenizer
 from stt.errors import ConfigError
 from stt.models import ResolvedModel, hf_folder
@@ -59,7 +59,7 @@ class RunnerError(RuntimeError):
     """The runner subprocess failed; the message is the runner's own."""
 
 
-def vllm_python(config: EngineConfig) -> str:
+def vllm_python(config: VLLMBatchSettings) -> str:
     python = config.vllm_python or os.environ.get("STT_VLLM_PYTHON")
     if not python:
         raise ConfigError("engine 'vllm-batch' needs the vLLM environment: run scripts/setup-vllm.sh, then set "
@@ -70,7 +70,7 @@ def vllm_python(config: EngineConfig) -> str:
 
 
 class VLLMBatchEngine(LocalTokenizer):
-    def __init__(self, model: ResolvedModel, config: EngineConfig, generation: GenerationParams | None = None,
+    def __init__(self, model: ResolvedModel, config: VLLMBatchSettings, generation: GenerationParams | None = None,
                  backend: str = "vllm"):
         self.resolved = model
         self.model_id = model.model_id
@@ -315,7 +315,7 @@ RUNNER_FIELDS = ("model", "dtype", "device", "vllm_python", "tensor_parallel_siz
                  "max_model_len", "load_format", "max_lora_rank")
 
 
-def host_key(config: EngineConfig) -> str:
+def host_key(config: VLLMBatchSettings) -> str:
     """The runner an engine config uses: the same for every adapter of one base model and its vLLM settings
     (batch size, prefix reuse and the other engines' fields do not change what vLLM loads)."""
     return json.dumps({name: str(getattr(config, name)) for name in RUNNER_FIELDS})

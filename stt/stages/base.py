@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from stt import markers
-from stt.config import EngineConfig, RunConfig, TimeoutConfig
+from stt.config import RunConfig, TimeoutConfig
+from stt.engine_settings import EngineConfig
 from stt.errors import DataError
 
 if TYPE_CHECKING:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stt import timeouts
-from stt.config import EngineConfig, EvalConfig, RunConfig, TimeoutConfig
+from stt.config import EvalConfig, RunConfig, TimeoutConfig
+from stt.engine_settings import EngineConfig
 from stt.specs import get_task
 from stt.stages.base import Job, ModelOnItems, StageDef
 
@@ -31,7 +32,7 @@ def eval_engine(config: RunConfig, plan: TaskPlan, job: EvalJob) -> EngineConfig
         # Label scoring is all prefill, where torch's fp32 beats llama.cpp's Q4 kernels on a CPU (with an
         # adapter 8.5 vs 4.7 XNLI items/s, benchmarks/RESULTS.md); generation is llama.cpp's. Per task, not
         # per column: the base model and every adapter of one table are scored by the same engine.
-        update["kind"] = "transformers"
+        return config.engine.as_kind("transformers", **update)
     return config.engine.model_copy(update=update)
 
 

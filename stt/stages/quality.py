@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from stt import faults, files, markers, timeouts
-from stt.config import EngineConfig, GenerationParams, PromptConfig, RunConfig, TimeoutConfig
+from stt.config import GenerationParams, PromptConfig, RunConfig, TimeoutConfig
+from stt.engine_settings import EngineConfig
 from stt.engines import Request, generator_signature, get_engine
 from stt.errors import ConfigError
 from stt.metrics import translation_scores

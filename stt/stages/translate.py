@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from stt import timeouts
-from stt.config import EngineConfig, RunConfig, TimeoutConfig, TranslateConfig
+from stt.config import RunConfig, TimeoutConfig, TranslateConfig
+from stt.engine_settings import EngineConfig
 from stt.shards import read_manifest
 from stt.stages.base import Job, StageDef
 from stt.translate import Plan, ShardJob

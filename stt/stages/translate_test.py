@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stt import files, markers, segments, shards, timeouts
-from stt.config import EngineConfig, EvalConfig, GenerationParams, PromptConfig, RunConfig, TimeoutConfig
+from stt.config import EvalConfig, GenerationParams, PromptConfig, RunConfig, TimeoutConfig
+from stt.engine_settings import EngineConfig
 from stt.engines import Request, engine_signature, get_engine
 from stt.errors import ConfigError, DataError
 from stt.evaluate import evaluate, evaluate_key

@@ -10,13 +10,14 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from stt import jobs
-from stt.config import EngineConfig, EvalConfig, TimeoutConfig
+from stt.config import EvalConfig, TimeoutConfig
+from stt.engine_settings import EngineConfig, TransformersSettings
 from stt_app.flows.run_jobs import run_here
 
 
 @flow(name="evaluate", log_prints=True, persist_result=True, result_serializer="json")
 def evaluate_model(task: str = "gsm8k", languages: list[str] = ["en", "de", "th"],  # noqa: B006 - flow parameter
-                   engine: EngineConfig = EngineConfig(), config: EvalConfig = EvalConfig(),  # noqa: B008
+                   engine: EngineConfig = TransformersSettings(), config: EvalConfig = EvalConfig(),  # noqa: B008
                    data_dir: str | None = None, out_dir: str = "runs/evaluate", label: str = "base",
                    timeouts: TimeoutConfig = TimeoutConfig()  # noqa: B008
                    ) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from stt import jobs
-from stt.config import EngineConfig
+from stt.engine_settings import EngineConfig
 from stt_app.tasks.jobs import job_options, run_job
 from stt_app.tasks.logs import say_once_how_timeouts_end
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from stt.config import EngineConfig
-from stt.engines.kinds import kind_of
+from stt.engine_settings import EngineConfig
 
 THREAD_TIMEOUT_WARNING = "Timeout of %s seconds configured for this task, but the task is running in a worker thread"
 
@@ -32,8 +31,8 @@ def say_once_how_timeouts_end(logger: logging.Logger | logging.LoggerAdapter, en
 def timeout_note(engine: EngineConfig) -> str:
     training = ("fine-tuning runs in a child process ended at its job's timeout" if engine.process == "child" else
                 "fine-tuning runs in this process (engine.process inline: a native hang there is not ended)")
-    if kind_of(engine).hang_note:  # an engine outside this process: its own supervision
-        return f"{kind_of(engine).hang_note}; {training}"
+    if engine.hang_note:  # an engine outside this process: its own supervision
+        return f"{engine.hang_note}; {training}"
     if engine.process == "child":
         return ("model jobs run their engine, and fine-tuning, in a child process: a call that outlasts the job's "
                 "timeout (counted from when it is sent) ends it, a call stuck in native code included, and the job "
