@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     items = get_task("gsm8k").test_items(DATA, args.language)[: args.items]
-    config = EvalConfig(limit=args.items, batch_size=args.tf_batch, max_new_tokens_math=args.max_new_tokens)
+    config = EvalConfig(limit=args.items, batch_size=args.tf_batch, max_new_tokens={"gsm8k": args.max_new_tokens})
     reference = run("transformers", args.tf_batch, args.adapter, items, config, args.language)
     results = [reference] + [run("llama-cpp", b, args.adapter, items, config, args.language)
                              for b in args.llama_batch]

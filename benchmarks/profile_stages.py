@@ -66,7 +66,7 @@ def evaluate_stage(tmp: Path, task: str, limit: int) -> dict:
     from stt.evaluate import evaluate
 
     engine = TransformersSettings(batch_size=10, reuse_prefix_cache=False)
-    info, secs = _timed(lambda: evaluate(task, "de", engine, EvalConfig(limit=limit, max_new_tokens_math=96),
+    info, secs = _timed(lambda: evaluate(task, "de", engine, EvalConfig(limit=limit, max_new_tokens={"gsm8k": 96}),
                                          TranslateConfig().resolved_data_dir(), tmp / f"eval-{task}"))
     model = info["throughput"]["seconds"]
     release_engines()

@@ -101,7 +101,7 @@ def one_engine(kind: str, adapter: Path, n_segments: int, n_xnli: int, n_mgsm: i
             t_load = time.perf_counter() - t_load0
         spec = get_task(task)
         items = spec.test_items(DATA, "de")[:n]
-        config = EvalConfig(limit=n, batch_size=10, max_new_tokens_math=96)
+        config = EvalConfig(limit=n, batch_size=10, max_new_tokens={"gsm8k": 96})
         t0 = time.perf_counter()
         rows = spec.eval_rows(engine, items, config, "de")
         seconds = time.perf_counter() - t0

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from stt.engine_settings import EngineConfig, TransformersSettings  # each engine kind's settings
 from stt.errors import ConfigError
@@ -238,9 +238,11 @@ class EvalConfig(BaseModel):
     # English test: how much each learned the task in the language it saw most (the English reference).
     adapters_on_english: bool = True
     batch_size: int = Field(8, ge=1)
-    max_new_tokens_math: int = Field(256, ge=1)
-    max_new_tokens_qa: int = Field(32, ge=1)
-    xnli_split: Literal["dev", "test"] = "test"
+    # Per task, by name: what differs from the task's own settings (its spec): the token cap of a generated
+    # answer (the task's default from its kind of answer: numbers 256, spans 32; labels are scored, not
+    # generated), and which labelled split it is tested on, where it has more than one (XNLI: test or dev).
+    max_new_tokens: dict[str, Annotated[int, Field(ge=1)]] = {}
+    test_split: dict[str, str] = {}
     quality_limit: int | None = Field(32, ge=1)  # human-translated items scored for translation quality (chrF)
     # The metric of the gains, intervals, significance and plot, per task, declared before the run (default:
     # MGSM accuracy, XQuAD F1, XNLI calibrated accuracy; choices: each task's TaskSpec.primary_choices,
@@ -249,6 +251,25 @@ class EvalConfig(BaseModel):
     # Uncertainty: 95% bootstrap intervals over test items (paired for gains); recorded with every score.
     bootstrap_resamples: int = Field(10_000, ge=100)
     bootstrap_seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_to_the_task(cls, data: Any) -> Any:
+        """Settings that were one per kind of task before they were per task: at their old default (a saved
+        config) dropped; set to anything else, one line says what to write instead."""
+        if not isinstance(data, dict):
+            return data
+        kept = dict(data)
+        for name, (default, instead) in _MOVED_TO_THE_TASK.items():
+            if name in kept and kept.pop(name) != default:
+                raise ValueError(f"eval.{name} is now set per task: write {instead.format(data[name])}")
+        return kept
+
+
+# The evaluation settings that moved into each task's spec: their old default and what to write instead.
+_MOVED_TO_THE_TASK = {"max_new_tokens_math": (256, "eval.max_new_tokens: {{gsm8k: {}}} (each math task by name)"),
+                      "max_new_tokens_qa": (32, "eval.max_new_tokens: {{squad: {}}} (each QA task by name)"),
+                      "xnli_split": ("test", "eval.test_split: {{mnli: {}}}")}
 
 
 class ControlsConfig(BaseModel):

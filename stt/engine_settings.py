@@ -45,6 +45,8 @@ class EngineSettings(BaseModel):
     # (stt.engines.child). vllm-batch runs in its own supervised runner, openai holds no model.
     in_process: ClassVar[bool] = True
     hang_note: ClassVar[str] = ""  # what ends a hung model call (stt_app.tasks.logs); "": engine.process says
+    # The kind that scores label tasks (all prefill, no generation) in this kind's place; None: this kind.
+    labels_on: ClassVar[str | None] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -103,6 +105,9 @@ class LlamaCppSettings(EngineSettings):
     threads: int | None = Field(None, ge=1)  # default: all cores
 
     engine_class = "stt.engines.llamacpp_engine:LlamaCppEngine"
+    # Prefill is where torch's fp32 beats llama.cpp's Q4 kernels on a CPU (with an adapter 8.5 vs 4.7 XNLI
+    # items/s, benchmarks/RESULTS.md); generation is llama.cpp's.
+    labels_on = "transformers"
 
     def signature(self) -> dict[str, Any]:
         # Its batch shapes change the order of its sums, so the batch size changes outputs (benchmarks/RESULTS.md).

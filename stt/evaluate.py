@@ -23,7 +23,6 @@ from stt.errors import ConfigError, DataError
 from stt.files import file_sha256
 from stt.models import resolve_model
 from stt.specs import get_task, test_items
-from stt.specs.answers import NUMBER, SPAN
 from stt.stats import RESAMPLES, SEED, bootstrap_ci
 
 log = logging.getLogger(__name__)
@@ -80,14 +79,15 @@ def _key(task: str, language: str, weights: str, adapter_sha: str | None, data_s
          engine: dict[str, Any]) -> str:
     # The batch size is in the engine's signature where it changes outputs (llama.cpp); the rest changes the
     # predictions.
+    # The per-task maps are read for this task alone (another task's cap does not change these predictions).
     settings = config.model_dump(mode="json", exclude={"batch_size", "include_english", "adapters_on_english",
                                                        "quality_limit", "bootstrap_resamples", "bootstrap_seed",
-                                                       "primary_metric"})
+                                                       "primary_metric", "max_new_tokens", "test_split"})
     spec = get_task(task)
     return markers.stage_key(stage="evaluate", task=spec.key_id, language=language, weights=weights,
                              adapter=adapter_sha, data=data_sha, template=spec.template_version, config=settings,
-                             engine=engine,
-                            stops={"math": NUMBER.stops, "qa": SPAN.stops}, scoring=_scoring(engine["kind"]))
+                             engine=engine, max_new_tokens=spec.answer_tokens(config), split=spec.test_split(config),
+                             stops=spec.stops(), scoring=_scoring(engine["kind"]))
 
 
 def _scoring(kind: str) -> str:

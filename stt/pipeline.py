@@ -98,6 +98,16 @@ def check_run(config: RunConfig) -> None:
     have (the settings themselves are checked by pydantic; tasks may be declared in files)."""
     for task in config.tasks:
         check_config(config.translate_config(task))
+    for setting in ("max_new_tokens", "test_split"):
+        for task in getattr(config.eval, setting):
+            if task not in config.tasks:
+                raise ConfigError(f"eval.{setting}: '{task}' is not a task of this run "
+                                  f"(tasks: {', '.join(config.tasks)})")
+    for task in config.eval.max_new_tokens:
+        if not get_task(task).answer_tokens(config.eval):
+            raise ConfigError(f"eval.max_new_tokens: {task}'s answers are scored, not generated")
+    for task in config.eval.test_split:
+        get_task(task).test_split(config.eval)
     for task, metric in config.eval.primary_metric.items():
         choices = get_task(task).primary_choices
         if metric not in choices:

@@ -197,9 +197,10 @@ def evaluate_cmd(
     = None,
     limit: Annotated[int | None, typer.Option(help="First N test items per language.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Prompts per generate call [default: 8].")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Token limit of a math answer [default: 256].")]
-    = None,
-    xnli_split: Annotated[str | None, typer.Option(help="XNLI split: test or dev [default: test].")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Token limit of a generated answer [default: the "
+                                                            "task's: 256 for math, 32 for QA].")] = None,
+    split: Annotated[str | None, typer.Option(help="The labelled split to test on, where the task has more than "
+                                                   "one (XNLI: test or dev) [default: the task's first].")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (default: $STT_DATA_DIR or ../shared/data).")]
     = None,
     out: Annotated[Path, typer.Option(help="Output directory: <out>/<label>-<language>/predictions.parquet.")]
@@ -214,8 +215,8 @@ def evaluate_cmd(
         langs = [x.strip() for x in languages.split(",") if x.strip()]
         # The named options are shortcuts for engine.* and eval.* settings, as --set would give them.
         named = {"engine.model": model, "engine.adapter": adapter, "engine.batch_size": batch_size,
-                 "eval.batch_size": batch_size, "eval.limit": limit, "eval.max_new_tokens_math": max_new_tokens,
-                 "eval.xnli_split": xnli_split}
+                 "eval.batch_size": batch_size, "eval.limit": limit,
+                 f"eval.max_new_tokens.{task}": max_new_tokens, f"eval.test_split.{task}": split}
         engine, cfg, data = _evaluate_settings(task, langs, {**named, **_overrides(set_)}, data_dir)
     name = label or ("base" if adapter is None else adapter.name)
     with _reported("evaluate"):
@@ -253,6 +254,10 @@ def _evaluate_settings(task: str, langs: list[str], settings: dict[str, object],
     if unknown:
         _fail(f"--set {sorted(unknown)[0]}: evaluate takes engine.* and eval.* settings")
     engine, cfg = engine_config(**grouped["engine"]), EvalConfig.model_validate(grouped["eval"])
+    spec = get_task(task)
+    spec.test_split(cfg)
+    if task in cfg.max_new_tokens and not spec.answer_tokens(cfg):
+        _fail(f"--max-new-tokens: {task}'s answers are scored, not generated")
     resolve_model(engine.model)
     adapter_fingerprint(engine.adapter)
     return engine, cfg, resolve_data_dir(data_dir)

@@ -96,7 +96,7 @@ def test_a_call_stuck_in_native_code_ends_at_the_deadline_and_the_next_call_gets
 def _eval_config(tmp_path, floor_s: float) -> RunConfig:
     return RunConfig(name="hang", run_dir=tmp_path / "run", data_dir=DATA, tasks=("gsm8k",), languages=("de",),
                      engine=LlamaCppSettings(batch_size=2, process="child"),
-                     eval=EvalConfig(limit=2, batch_size=2, max_new_tokens_math=8),
+                     eval=EvalConfig(limit=2, batch_size=2, max_new_tokens={"gsm8k": 8}),
                      timeouts=TimeoutConfig(floor_s=floor_s, min_tokens_per_s=1e6, retries=1,
                                             retry_delays_s=(0.5,)))
 
@@ -152,7 +152,7 @@ def test_under_prefect_a_native_hang_is_ended_by_the_task_timeout(prefect_server
     try:
         # The flow names the failed job and the task's own timeout.
         with pytest.raises(Exception, match=r"gsm8k/evaluate/base-de: Task run exceeded timeout of 8\.0 second"):
-            evaluate_model("gsm8k", ["de"], engine, EvalConfig(limit=2, batch_size=2, max_new_tokens_math=8),
+            evaluate_model("gsm8k", ["de"], engine, EvalConfig(limit=2, batch_size=2, max_new_tokens={"gsm8k": 8}),
                            out_dir=str(tmp_path / "eval"), timeouts=limits)
     finally:
         faults_log.removeHandler(seen)

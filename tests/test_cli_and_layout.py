@@ -102,7 +102,12 @@ def test_dotted_overrides_set_nested_settings_and_skip_what_was_not_given():
     (["translate", "--limit", "3", "--set", "limit.x=1"], "error: --set limit.x: 'limit' is a value"),
     (["translate", "--set", "no_such_setting=1"], "error: invalid no_such_setting"),
     (["evaluate", "--set", "train.rank=4"], "error: --set train: evaluate takes engine.* and eval.* settings"),
-    (["evaluate", "--set", "eval.xnli_split=train"], "error: invalid xnli_split"),
+    # A setting that moved into the task: one line with what to write instead (issue 36).
+    (["evaluate", "--set", "eval.xnli_split=train"],
+     "error: eval.xnli_split is now set per task: write eval.test_split: {mnli: train}"),
+    (["evaluate", "--task", "mnli", "--split", "train"],
+     "error: eval.test_split: mnli has no labelled split 'train' (choose from test, dev)"),
+    (["evaluate", "--task", "mnli", "--max-new-tokens", "8"], "error: --max-new-tokens: mnli's answers are scored"),
 ])
 def test_set_reaches_the_same_settings_as_the_named_options(args, message):
     result = _run(*args)

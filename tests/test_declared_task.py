@@ -276,10 +276,11 @@ def test_declared_span_and_number_tasks_evaluate_from_the_command_line(tmp_path)
     for folder, task, metric in ((_span_task(tmp_path), "faq", "f1"), (_number_task(tmp_path), "sums", "accuracy")):
         out = tmp_path / f"eval-{task}"
         done = _stt("evaluate", "--task", task, "--languages", "de", "--limit", "2", "--max-new-tokens", "24",
-                    "--set", "eval.max_new_tokens_qa=16", "--out", str(out), "--no-prefect", tasks_dir=folder,
+                    "--set", f"eval.max_new_tokens.{task}=16", "--out", str(out), "--no-prefect", tasks_dir=folder,
                     timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
         predictions = pd.read_parquet(out / "base-de" / "predictions.parquet")
         assert len(predictions) == 2 and (predictions["completion_tokens"] > 0).all()
+        assert (predictions["completion_tokens"] <= 16).all()  # --set, given after the named option, wins
         manifest = json.loads((out / "base-de" / "_manifest.json").read_text())
         assert manifest["metric"] == metric and manifest["test_set"].startswith(task)

@@ -62,7 +62,7 @@ def test_nli_predictions_are_the_argmax_of_the_saved_label_scores(tmp_path):
 
 
 def test_qa_generates_short_answers_on_held_out_xquad(tmp_path):
-    info = evaluate("squad", "th", Engine(), EvalConfig(limit=2, batch_size=2, max_new_tokens_qa=12,
+    info = evaluate("squad", "th", Engine(), EvalConfig(limit=2, batch_size=2, max_new_tokens={"squad": 12},
                                                               bootstrap_resamples=200), DATA, tmp_path / "qa")
     df = pd.read_parquet(tmp_path / "qa" / "predictions.parquet")
     assert len(df) == 2 and (df["completion_tokens"] <= 12).all()

@@ -42,7 +42,7 @@ CONFIG = {
     "generation": {"max_new_tokens_cap": 40},
     "build": {"sets": ["english", "self-translate-train"]},
     "train": {"rank": 4, "alpha": 8, "max_steps": 3, "batch_size": 2, "max_length": 96, "save_steps": 1},
-    "eval": {"limit": 2, "batch_size": 2, "max_new_tokens_math": 8, "quality_limit": 2, "include_english": False},
+    "eval": {"limit": 2, "batch_size": 2, "max_new_tokens": {"gsm8k": 8}, "quality_limit": 2, "include_english": False},
     "controls": {"equal_steps": False},
 }
 

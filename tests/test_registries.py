@@ -37,6 +37,7 @@ def test_engine_kinds_say_where_they_run_and_what_ends_a_hung_call():
 
     assert sorted(k for k, v in KINDS.items() if v.in_process) == ["llama-cpp", "transformers"]
     assert [k for k, v in KINDS.items() if v.batch_per_call] == ["transformers"]
+    assert {k: v.labels_on for k, v in KINDS.items() if v.labels_on} == {"llama-cpp": "transformers"}
     assert timeout_note(OpenAISettings(process="inline")).startswith("model jobs call an endpoint")
     assert timeout_note(VLLMBatchSettings()).startswith("model jobs call vLLM in its runner's")
     assert timeout_note(LlamaCppSettings(process="inline")).startswith("engine.process is inline")
@@ -109,8 +110,37 @@ def test_answer_kinds_read_check_and_write_answers():
     label = Label(("no", "yes"), (("0", "no"), ("1", "yes")))
     assert label.read("1", {}, None, "pawsx.yaml") == ("yes", "")
     assert label.read("2", {}, None, "pawsx.yaml") == (None, "label '2' is not one of 0, 1 (pawsx.yaml: labels)")
-    config = EvalConfig(max_new_tokens_math=7, max_new_tokens_qa=5)
-    assert (NUMBER.answer_tokens(config), SPAN.answer_tokens(config), label.answer_tokens(config)) == (7, 5, 0)
+    assert (NUMBER.max_new_tokens, SPAN.max_new_tokens, label.max_new_tokens) == (256, 32, 0)
+
+
+def test_a_tasks_own_settings_come_from_its_spec_unless_the_config_names_the_task(tmp_path):
+    from stt.config import load_run_config
+    from stt.errors import ConfigError
+    from stt.specs import get_task
+
+    def caps(config: EvalConfig) -> tuple[int, ...]:
+        return tuple(get_task(t).answer_tokens(config) for t in ("gsm8k", "squad", "mnli", "pawsx"))
+
+    assert caps(EvalConfig()) == (256, 32, 0, 0)
+    assert caps(EvalConfig(max_new_tokens={"gsm8k": 7, "squad": 5})) == (7, 5, 0, 0)
+    assert [get_task(t).test_split(EvalConfig(test_split={"mnli": "dev"})) for t in ("mnli", "gsm8k")] == \
+        ["dev", "test"]
+    with pytest.raises(ConfigError, match=r"eval.test_split: gsm8k has no labelled split 'dev' \(choose from test\)"):
+        get_task("gsm8k").test_split(EvalConfig(test_split={"gsm8k": "dev"}))
+    # A config saved before: the old settings at their defaults load; set otherwise, one line says what to write.
+    assert EvalConfig(max_new_tokens_math=256, max_new_tokens_qa=32, xnli_split="test") == EvalConfig()
+    with pytest.raises(ValueError, match=r"eval.max_new_tokens_math is now set per task: write "
+                                         r"eval.max_new_tokens: \{gsm8k: 96\} \(each math task by name\)"):
+        EvalConfig(max_new_tokens_math=96)
+    # Checked with the run's tasks, before any work.
+    for setting, message in (("max_new_tokens: {squad: 8}", "eval.max_new_tokens: 'squad' is not a task of this run"),
+                             ("max_new_tokens: {mnli: 8}", "eval.max_new_tokens: mnli's answers are scored, not"),
+                             ("test_split: {mnli: train}", "eval.test_split: mnli has no labelled split 'train'")):
+        path = tmp_path / "c.yaml"
+        path.write_text(f"name: t\ntasks: [mnli]\ninputs: {{mnli: xnli/xtreme_dev-en.tsv}}\ndata_dir: {DATA}\n"
+                        f"eval: {{{setting}}}\n")
+        with pytest.raises(ConfigError, match=message):
+            pipeline.check_run(load_run_config(path))
 
 
 def test_built_in_and_declared_tasks_share_the_answer_kinds():

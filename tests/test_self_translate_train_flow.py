@@ -24,7 +24,7 @@ def config(tmp_path_factory):
         # One epoch at batch size 1: each adapter takes as many steps as its set has rows, so the Self-Translate-
         # Train adapter (English + accepted translations) takes more than the English one.
         train=TrainConfig(rank=4, alpha=8, epochs=1, batch_size=1, max_length=96, save_steps=2),
-        eval=EvalConfig(limit=2, batch_size=2, max_new_tokens_math=8, quality_limit=2, bootstrap_resamples=500),
+        eval=EvalConfig(limit=2, batch_size=2, max_new_tokens={"gsm8k": 8}, quality_limit=2, bootstrap_resamples=500),
         controls=ControlsConfig(equal_steps=True, translate_test=True),
     )
 
@@ -118,7 +118,7 @@ def test_changing_only_evaluation_reruns_only_evaluation(first, config):
     adapters = config.root / "gsm8k" / "adapters"
     before = {p: (p / "_manifest.json").read_text() for p in adapters.iterdir()}
     quality_before = (config.root / "gsm8k" / "quality" / "de" / "_manifest.json").read_text()
-    changed = config.model_copy(update={"eval": config.eval.model_copy(update={"max_new_tokens_math": 4})})
+    changed = config.model_copy(update={"eval": config.eval.model_copy(update={"max_new_tokens": {"gsm8k": 4}})})
     RUNS.append("evaluation changed")
     again = self_translate_train(changed)
     assert {p: (p / "_manifest.json").read_text() for p in adapters.iterdir()} == before

@@ -73,14 +73,15 @@ TABLE: dict[str, tuple[Any, frozenset[str]]] = {
     "engine.adapter": ("TMP/adapter", ALL),
     "engine.n_ctx": (4096, NONE),
     "engine.threads": (1, NONE),
-    "engine.vllm_python": ("/nowhere/python", NONE),
-    "engine.tensor_parallel_size": (2, NONE),  # vLLM's settings matter only when kind is vllm-batch
+    # Each kind's own settings (stt/engine_settings.py): set on an engine of that kind (ON_TOP below).
+    "engine.vllm_python": ("/elsewhere/python", NONE),
+    "engine.tensor_parallel_size": (2, ALL),
     "engine.gpu_memory_utilization": (0.5, NONE),
-    "engine.max_model_len": (2048, NONE),
-    "engine.load_format": ("dummy", NONE),
+    "engine.max_model_len": (2048, ALL),
+    "engine.load_format": ("dummy", ALL),
     "engine.max_lora_rank": (8, NONE),
-    "engine.base_urls": (["http://127.0.0.1:9/v1"], NONE),  # the endpoint's settings only when kind is openai
-    "engine.served_model": ("other", NONE),
+    "engine.base_urls": (["http://127.0.0.1:8/v1"], NONE),
+    "engine.served_model": ("other", ALL),
     "engine.concurrency": (2, NONE),
     "engine.timeout_s": (10, NONE),
     "engine.max_retries": (1, NONE),
@@ -127,9 +128,10 @@ TABLE: dict[str, tuple[Any, frozenset[str]]] = {
     # MNLI's labels are scored by transformers, where the batch is speed only; a task that generates on
     # llama.cpp has it in its evaluation key (tests/test_stage_keys.py).
     "eval.batch_size": (1, NONE),
-    "eval.max_new_tokens_math": (8, EVAL),
-    "eval.max_new_tokens_qa": (8, EVAL),
-    "eval.xnli_split": ("dev", EVAL),
+    # Per task: a generated answer's cap (on a generating task, ON_TOP below; test_another_tasks_setting...),
+    # the split it is tested on.
+    "eval.max_new_tokens": ({"gsm8k": 8}, EVAL),
+    "eval.test_split": ({"mnli": "dev"}, EVAL),
     "eval.quality_limit": (3, frozenset({"quality"})),
     "eval.bootstrap_resamples": (200, NONE),
     "eval.bootstrap_seed": (1, NONE),
@@ -161,12 +163,17 @@ TABLE: dict[str, tuple[Any, frozenset[str]]] = {
 }
 
 # Changes made on top of another setting (the base config does not enable what they act on).
+VLLM = {"engine.kind": "vllm-batch", "engine.vllm_python": "/nowhere/python"}
+OPENAI = {"engine.kind": "openai", "engine.base_urls": ["http://127.0.0.1:9/v1"]}
 ON_TOP: dict[str, tuple[dict[str, Any], Any, frozenset[str]]] = {
     "round_trip.min_chrf": ({"round_trip.enabled": True}, 50.0, AFTER_TRANSLATE),
     "round_trip.min_chrf_by_language": ({"round_trip.enabled": True}, {"de": 10.0}, AFTER_TRANSLATE),
-    "engine.load_format": ({"engine.kind": "vllm-batch", "engine.vllm_python": "/nowhere/python"}, "dummy", ALL),
-    "engine.served_model": ({"engine.kind": "openai", "engine.base_urls": ["http://127.0.0.1:9/v1"]}, "other",
-                            ALL),
+    **{f"engine.{name}": (VLLM, *TABLE[f"engine.{name}"]) for name in (
+        "vllm_python", "tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "load_format",
+        "max_lora_rank")},
+    **{f"engine.{name}": (OPENAI, *TABLE[f"engine.{name}"]) for name in (
+        "base_urls", "served_model", "concurrency", "timeout_s", "max_retries")},
+    "eval.max_new_tokens": ({"tasks": ["mnli", "gsm8k"]}, {"gsm8k": 8}, EVAL),
 }
 
 # Jobs a structural change adds (task/stage/name), counted by hand from the plan's rules.
@@ -210,6 +217,11 @@ REMOVED: dict[str, set[str]] = {
 def leaf_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
     out = []
     for name, field in model.model_fields.items():
+        if prefix + name == "engine":  # a union of the kinds' settings: every kind's fields
+            from stt.engine_settings import KINDS
+
+            out += sorted({f"engine.{n}" for settings in KINDS.values() for n in settings.model_fields})
+            continue
         kind = field.annotation
         if isinstance(kind, type) and issubclass(kind, BaseModel):
             out += leaf_fields(kind, f"{prefix}{name}.")
@@ -336,6 +348,21 @@ def test_one_field_changes_exactly_the_stages_that_depend_on_it(field, base_keys
         assert set(before) - set(after) == REMOVED.get(field, set())
     if field in ("name", "run_dir", "data_dir"):
         assert after == before
+
+
+def test_a_tasks_own_evaluation_setting_changes_its_evaluations_alone(made, tmp_path):
+    """eval.max_new_tokens and eval.test_split are per task: changing gsm8k's answer cap reruns gsm8k's
+    evaluations (with translate-test, which answers through them) and no job of mnli's (before issue 36 every
+    evaluation key held every kind's cap and split)."""
+    both = {"tasks": ["mnli", "gsm8k"]}
+    before = stage_keys(_config(tmp_path / "before", made, both))
+    after = stage_keys(_config(tmp_path / "after", made, {**both, "eval.max_new_tokens": {"gsm8k": 8}}))
+    assert before.keys() == after.keys()
+    changed = sorted(job for job in before if before[job] != after[job])
+    assert changed == ["gsm8k/evaluate/base-de", "gsm8k/evaluate/base-en", "gsm8k/evaluate/self-translate-train-de",
+                       "gsm8k/evaluate/self-translate-train-de-on-en", "gsm8k/evaluate/zero-shot-de",
+                       "gsm8k/evaluate/zero-shot-en", "gsm8k/evaluate/zero-shot-equal-steps-de",
+                       "gsm8k/evaluate/zero-shot-equal-steps-de-on-en", "gsm8k/translate-test/translate-test-de"]
 
 
 def test_a_changed_upstream_output_reaches_every_later_key(base_keys, made, tmp_path):

@@ -167,7 +167,9 @@ class Recompute:
                             else meta["comparisons"])
         self.not_recomputable = meta.get("not_recomputable", {})
         config = json.loads((study / "config.json").read_text())
-        self.split = config.get("eval", {}).get("xnli_split", "test")
+        # Its XNLI split: per task since issue 36 (eval.test_split), a setting of its own before.
+        evaluation = config.get("eval", {})
+        self.split = evaluation.get("test_split", {}).get("mnli", evaluation.get("xnli_split", "test"))
         self.tasks = config["tasks"]
         self.problems: list[str] = []
         self.checked: set[tuple[int, str]] = set()

@@ -224,7 +224,7 @@ def test_math_and_qa_evaluation_with_an_adapter_run_through_the_runner(task, ada
 
     spec = get_task(task)
     items = spec.test_items(DATA, "de")[:4]
-    config = EvalConfig(limit=4, batch_size=4, max_new_tokens_math=48, max_new_tokens_qa=24)
+    config = EvalConfig(limit=4, batch_size=4, max_new_tokens={"gsm8k": 48, "squad": 24})
     rows = {kind: spec.eval_rows(get_engine(make(adapter=adapters["full"])), items, config, "de")
             for kind, make in (("vllm", vllm_config), ("tf", tf_config))}
     same = [v["output"] == t["output"] for v, t in zip(rows["vllm"], rows["tf"], strict=True)]

@@ -329,7 +329,7 @@ def keep_runner(keep: EngineConfig | None) -> None:
         return
     try:
         runner = _HOST.runner
-        if runner is not None and (keep is None or keep.kind != "vllm-batch"
+        if runner is not None and (not isinstance(keep, VLLMBatchSettings)
                                    or json.loads(runner.key)[2] != host_key(keep)):
             _HOST.drop()
     finally:

@@ -42,13 +42,15 @@ class Answer(ABC):
     uses_context: ClassVar[bool] = False
     uses_rationale: ClassVar[bool] = False
 
-    @abstractmethod
-    def answer_tokens(self, config: Any) -> int:
-        """Tokens an answer may take (EvalConfig); 0 when answers are scored, not generated."""
+    # Tokens an answer may take by default (a task's spec and eval.max_new_tokens may say otherwise); 0 when
+    # answers are scored, not generated.
+    max_new_tokens: ClassVar[int] = 0
 
     @abstractmethod
-    def eval_rows(self, engine: Any, prompts: list[str], golds: list[str], config: Any, language: str) -> list[Row]:
-        """The model's answer to each prompt: prompt, output, prediction, gold, token counts."""
+    def eval_rows(self, engine: Any, prompts: list[str], golds: list[str], max_new_tokens: int,
+                  language: str) -> list[Row]:
+        """The model's answer to each prompt (at most `max_new_tokens`): prompt, output, prediction, gold,
+        token counts."""
 
     @abstractmethod
     def item_scores(self, language: str, rows: list[Row]) -> dict[str, list[float]]:
@@ -120,12 +122,11 @@ class Number(Generated):
     uses_rationale = True
     # Base models run on past the answer into a new "Question:"; fine-tuned ones stop at EOS.
     stops = ("\nQuestion:", "\n\n")
+    max_new_tokens = 256  # a worked solution, then the number
 
-    def answer_tokens(self, config: Any) -> int:
-        return config.max_new_tokens_math
-
-    def eval_rows(self, engine: Any, prompts: list[str], golds: list[str], config: Any, language: str) -> list[Row]:
-        outs = self.generate(engine, prompts, config.max_new_tokens_math)
+    def eval_rows(self, engine: Any, prompts: list[str], golds: list[str], max_new_tokens: int,
+                  language: str) -> list[Row]:
+        outs = self.generate(engine, prompts, max_new_tokens)
         return [{"prompt": p, "output": o.text, "prediction": extract_final_number(o.text, language) or "",
                  "gold": g, "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens}
                 for p, g, o in zip(prompts, golds, outs, strict=True)]
@@ -158,16 +159,15 @@ class Span(Generated):
     primary_choices = ("f1", "exact_match")
     uses_context = True
     stops = ("\n",)
+    max_new_tokens = 32  # a span of the context
 
     def gold(self, value: str) -> str:
         return json.dumps([value], ensure_ascii=False)  # a list of gold answers (one here), as XQuAD's
 
-    def answer_tokens(self, config: Any) -> int:
-        return config.max_new_tokens_qa
-
-    def eval_rows(self, engine: Any, prompts: list[str], golds: list[str], config: Any, language: str) -> list[Row]:
+    def eval_rows(self, engine: Any, prompts: list[str], golds: list[str], max_new_tokens: int,
+                  language: str) -> list[Row]:
         """`golds`: each item's gold answers, a JSON list."""
-        outs = self.generate(engine, prompts, config.max_new_tokens_qa)
+        outs = self.generate(engine, prompts, max_new_tokens)
         return [{"prompt": p, "output": o.text, "prediction": o.text.strip(), "gold": g,
                  "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens}
                 for p, g, o in zip(prompts, golds, outs, strict=True)]
@@ -213,10 +213,8 @@ class Label(Answer):
     def declared(cls, d: Any) -> Answer:
         return cls(tuple(d.labels.values()), tuple(d.labels.items()))
 
-    def answer_tokens(self, config: Any) -> int:
-        return 0
-
-    def eval_rows(self, engine: Any, prompts: list[str], golds: list[str], config: Any, language: str) -> list[Row]:
+    def eval_rows(self, engine: Any, prompts: list[str], golds: list[str], max_new_tokens: int,
+                  language: str) -> list[Row]:
         return labels.score_rows(engine, [{"label": g} for g in golds], prompts, self.words)
 
     def item_scores(self, language: str, rows: list[Row]) -> dict[str, list[float]]:

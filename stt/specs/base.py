@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from stt import segments
 from stt.badrows import BadRows
+from stt.errors import ConfigError
 from stt.loaders import Example
 from stt.segments import SplitMode
 from stt.templates import TEMPLATE_VERSION, Pair
@@ -105,9 +106,16 @@ class TaskSpec(ABC):
     def primary_choices(self) -> tuple[str, ...]:
         return self.answer.primary_choices
 
+    # The labelled splits it can be tested on, the default first (eval.test_split chooses another).
+    test_splits: ClassVar[tuple[str, ...]] = ("test",)
+
     def test_split(self, config: Any) -> str:
-        """The test split an evaluation reads (EvalConfig): "test" unless the task has a setting for it."""
-        return "test"
+        """The split an evaluation reads: the task's default unless eval.test_split names another of its own."""
+        split = config.test_split.get(self.name, self.test_splits[0])
+        if split not in self.test_splits:
+            raise ConfigError(f"eval.test_split: {self.name} has no labelled split '{split}' "
+                              f"(choose from {', '.join(self.test_splits)})")
+        return split
 
     @abstractmethod
     def test_items(self, data_dir: Path, language: str, split: str = "test") -> list[Example]:
@@ -127,7 +135,7 @@ class TaskSpec(ABC):
     def eval_rows(self, engine: Any, items: list[Example], config: Any, language: str) -> list[dict[str, Any]]:
         """The model's answer to each item: prompt, output, prediction, gold, token counts."""
         return self.answer.eval_rows(engine, [self.prompt(it) for it in items], [self.gold(it) for it in items],
-                                     config, language)
+                                     self.answer_tokens(config), language)
 
     def item_scores(self, language: str, rows: list[dict[str, Any]]) -> dict[str, list[float]]:
         """Every per-item metric, recomputed from saved prediction rows."""
@@ -142,8 +150,15 @@ class TaskSpec(ABC):
         return self.answer.corpus_scores(rows)
 
     def answer_tokens(self, config: Any) -> int:
-        """Tokens an answer may take (generation tasks); 0 when answers are scored, not generated."""
-        return self.answer.answer_tokens(config)
+        """Tokens an answer may take (generation tasks: the answer kind's default, or eval.max_new_tokens for
+        this task); 0 when answers are scored, not generated."""
+        if not self.answer.max_new_tokens:
+            return 0
+        return config.max_new_tokens.get(self.name, self.answer.max_new_tokens)
+
+    def stops(self) -> tuple[str, ...]:
+        """Where a generated answer ends (none for scored answers)."""
+        return getattr(self.answer, "stops", ())
 
     # --- translation quality and translate-test -------------------------------------------------------
     # A field of reference_items() that is a single-line human translation of the English item.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from stt.badrows import BadRows
 from stt.errors import ConfigError
@@ -54,8 +54,7 @@ class NLISpec(TaskSpec):
     def pair(self, example: Example) -> Pair:
         return nli_pair(example)
 
-    def test_split(self, config: Any) -> str:
-        return config.xnli_split
+    test_splits = ("test", "dev")
 
     def test_items(self, data_dir: Path, language: str, split: str = "test") -> list[Example]:
         return load_xnli(data_dir, language, split)

@@ -28,11 +28,10 @@ class Inputs(ModelOnItems):  # engine: with the adapter, if any
 def eval_engine(config: RunConfig, plan: TaskPlan, job: EvalJob) -> EngineConfig:
     adapter = plan.adapter_dir(job.adapter) if job.adapter else None
     update: dict[str, Any] = {"adapter": adapter, "reuse_prefix_cache": False}
-    if config.engine.kind == "llama-cpp" and not get_task(plan.task).answer_tokens(config.eval):
-        # Label scoring is all prefill, where torch's fp32 beats llama.cpp's Q4 kernels on a CPU (with an
-        # adapter 8.5 vs 4.7 XNLI items/s, benchmarks/RESULTS.md); generation is llama.cpp's. Per task, not
-        # per column: the base model and every adapter of one table are scored by the same engine.
-        return config.engine.as_kind("transformers", **update)
+    if config.engine.labels_on and not get_task(plan.task).answer_tokens(config.eval):
+        # Label scoring on the kind that does it best (engine_settings: labels_on). Per task, not per column:
+        # the base model and every adapter of one table are scored by the same engine.
+        return config.engine.as_kind(config.engine.labels_on, **update)
     return config.engine.model_copy(update=update)
 
 

@@ -26,7 +26,7 @@ TINY = {
     "tasks": ["gsm8k"], "languages": ["de"], "limit": 3, "shard_size": 3,
     "engine": {"kind": "llama-cpp", "model": "gemma3-270m", "batch_size": 4}, "generation": {"max_new_tokens_cap": 40},
     "train": {"rank": 4, "alpha": 8, "max_steps": 1, "batch_size": 2, "max_length": 96},
-    "eval": {"limit": 2, "batch_size": 2, "max_new_tokens_math": 12, "quality_limit": 2},
+    "eval": {"limit": 2, "batch_size": 2, "max_new_tokens": {"gsm8k": 12}, "quality_limit": 2},
 }
 
 
@@ -168,7 +168,7 @@ def test_chained_deployments_run_in_order_and_rerun_only_evaluation(stack, first
     assert len(kept) == 1 + 2 + 2 + 1
     evals_before = _markers(run_dir, "gsm8k/eval/*/_manifest.json")
     config = RunConfig.model_validate({**json.loads(base.model_dump_json()), "name": "svc-chain",
-                                       "eval": {**TINY["eval"], "max_new_tokens_math": 8}})
+                                       "eval": {**TINY["eval"], "max_new_tokens": {"gsm8k": 8}}})
     t0 = time.time()
     wait(submit("translate-stage/chain", config=config), timeout=900)
     chain = [("build-sets", "chain"), ("finetune", "chain"), ("evaluate-stage", "chain"), ("report", "chain")]
