@@ -140,20 +140,27 @@ def evaluate(task: str, language: str, engine_config: EngineConfig, config: Eval
     `items` replaces the test items (translate-test passes the model's English translations of them);
     `output_language` is the language the model answers in, when it is not `language`.
     """
-    spec = get_task(task)
     if items is None:
         items = test_items(task, data_dir, language, config)
+    key = evaluate_key(task, language, engine_config, config, data_dir, items)
+    return markers.made_once(Path(out_folder), key, list(OUTPUTS), "evaluate", lambda: predict(
+        task, language, engine_config, config, Path(out_folder), key, label, items, output_language, extra))
+
+
+OUTPUTS = ("predictions.parquet",)
+
+
+def predict(task: str, language: str, engine_config: EngineConfig, config: EvalConfig, out_folder: Path, key: str,
+            label: str, items: list[dict], output_language: str | None = None,
+            extra: dict[str, Any] | None = None) -> tuple[list[str], dict[str, Any]]:
+    """The model's predictions on `items` and their scores, written in `out_folder` (the file is stamped with
+    `key`); returns the files and what the marker records (stt.markers.made_once writes it)."""
+    spec = get_task(task)
     output_language = output_language or language
     model = resolve_model(engine_config.model)
     adapter_sha = adapter_fingerprint(engine_config.adapter)
     data_sha = markers.stage_key(items=items)
     signature = engine_signature(_running(engine_config, config))
-    key = _key(task, language, model.weights_sha256, adapter_sha, data_sha, config, signature)
-    out_folder = Path(out_folder)
-    done = markers.read_done(out_folder, key)
-    if done:
-        return {**done, "folder": str(out_folder), "reused": True}
-    markers.clear(out_folder, ["predictions.parquet"])
     engine = get_engine(_running(engine_config, config))
     t0 = time.perf_counter()
     with faults.unit(f"eval:{label}-{language}"):
@@ -174,12 +181,10 @@ def evaluate(task: str, language: str, engine_config: EngineConfig, config: Eval
                   "tokens_per_s": round(tokens / seconds, 2) if seconds and tokens else None}
     log.info("%s %s %s: %s (%d items, %.1fs)", label, task, language,
              {k: round(v, 2) if isinstance(v, float) else v for k, v in scores.items()}, len(full), seconds)
-    info = markers.mark_done(out_folder, key, ["predictions.parquet"], stage="evaluate", task=task,
-                            language=language, model=label, metric=metric, scores=scores,
-                            throughput=throughput, model_id=model.model_id, weights_sha256=model.weights_sha256,
-                            adapter=str(engine_config.adapter) if engine_config.adapter else None,
-                            adapter_sha256=adapter_sha, data_sha256=data_sha, test_set=spec.test_set,
-                            engine=signature, template_version=spec.template_version,
-                            scoring_version=_scoring(signature["kind"]),
-                            config=config.model_dump(mode="json"), **(extra or {}))
-    return {**info, "folder": str(out_folder), "reused": False}
+    return list(OUTPUTS), dict(task=task, language=language, model=label, metric=metric, scores=scores,
+                               throughput=throughput, model_id=model.model_id, weights_sha256=model.weights_sha256,
+                               adapter=str(engine_config.adapter) if engine_config.adapter else None,
+                               adapter_sha256=adapter_sha, data_sha256=data_sha, test_set=spec.test_set,
+                               engine=signature, template_version=spec.template_version,
+                               scoring_version=_scoring(signature["kind"]),
+                               config=config.model_dump(mode="json"), **(extra or {}))

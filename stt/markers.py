@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,21 @@ def clear(folder: Path, outputs: list[str] = (), keep: str | None = None) -> lis
             path.unlink()
             removed.append(name)
     return removed
+
+
+def made_once(folder: Path, key: str, outputs: list[str], stage: str,
+              make: Callable[[], tuple[list[str], dict[str, Any]]]) -> dict[str, Any]:
+    """A folder's outputs made under `key`, once: a folder done under it is reused (`reused`: True);
+    otherwise the stale outputs are cleared, `make` writes the new ones and returns their names and what the
+    marker records beside them, and the marker is written last. How the runner does a stage's job
+    (stt.stages.base.StageDef.run), and how a stage's work does one inside a job (translate-test's answers)."""
+    done = read_done(folder, key)
+    if done:
+        return {**done, "folder": str(folder), "reused": True}
+    clear(folder, outputs)
+    files, record = make()
+    info = mark_done(folder, key, files, stage=stage, **record)
+    return {**info, "folder": str(folder), "reused": False}
 
 
 def inside(root: Path, path: Path) -> Path:

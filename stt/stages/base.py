@@ -92,13 +92,7 @@ class StageDef(ABC, Generic[I]):
         written last. A stage whose work still lives in its own module overrides this and keeps its folder
         the same way there."""
         key = self.key(i)
-        done = markers.read_done(folder, key)
-        if done:
-            return {**done, "folder": str(folder), "reused": True}
-        markers.clear(folder, list(self.outputs))
-        files, record = self.make(i, folder, key)
-        info = markers.mark_done(folder, key, files, stage=self.name, **record)
-        return {**info, "folder": str(folder), "reused": False}
+        return markers.made_once(folder, key, list(self.outputs), self.name, lambda: self.make(i, folder, key))
 
     def make(self, i: I, folder: Path, key: str) -> tuple[list[str], dict[str, Any]]:
         """Turn the inputs into the outputs: write them in `folder` and return their names and what the

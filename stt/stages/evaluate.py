@@ -59,10 +59,14 @@ class Evaluate(StageDef[Inputs]):
 
         return evaluate_key(i.task, i.language, i.engine, i.eval, i.data_dir)
 
-    def run(self, i: Inputs, folder: Path) -> dict[str, Any]:
-        from stt.evaluate import evaluate
+    outputs = ("predictions.parquet",)
 
-        return evaluate(i.task, i.language, i.engine, i.eval, i.data_dir, folder, i.label)
+    def make(self, i: Inputs, folder: Path, key: str) -> tuple[list[str], dict[str, Any]]:
+        from stt.evaluate import predict
+        from stt.specs import test_items
+
+        return predict(i.task, i.language, i.engine, i.eval, folder, key, i.label,
+                       test_items(i.task, i.data_dir, i.language, i.eval))
 
     def brief(self, info: dict[str, Any]) -> str:
         scores = info.get("scores") or {}
