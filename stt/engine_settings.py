@@ -5,7 +5,7 @@ picks the class. Read by `stt.engines` (loading, stage keys) and the app's log l
 themselves are imported only when a model loads.
 
 A new engine: its module (a class with the `stt.engines.base.Engine` interface), and here its settings class
-(a subclass of `EngineSettings`) listed in KINDS.
+(a subclass of `EngineSettings`) with its line in KINDS; the union `EngineConfig` is made from KINDS.
 
 A config written before the kinds had their own settings (every field on one class) still loads: another
 kind's field at its default is dropped; set to anything else, it fails with one line saying what to change.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, field_validator, model_validator
 
@@ -187,9 +187,9 @@ def _kind_of_input(value: Any) -> str:
     return value.get("kind", "transformers") if isinstance(value, dict) else getattr(value, "kind", "")
 
 
+# Made from KINDS, so a new kind is listed once.
 EngineConfig = Annotated[
-    Annotated[TransformersSettings, Tag("transformers")] | Annotated[LlamaCppSettings, Tag("llama-cpp")]
-    | Annotated[VLLMBatchSettings, Tag("vllm-batch")] | Annotated[OpenAISettings, Tag("openai")],
+    Union[tuple(Annotated[settings, Tag(kind)] for kind, settings in KINDS.items())],  # noqa: UP007 - a union built from KINDS
     Discriminator(_kind_of_input, custom_error_type="engine_kind",
                   custom_error_message=f"engine.kind must be one of: {', '.join(KINDS)}")]
 """A config's `engine:`: the settings class of its `kind`."""
