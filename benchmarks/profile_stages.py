@@ -63,7 +63,7 @@ def train_stage(tmp: Path) -> dict:
 
 
 def evaluate_stage(tmp: Path, task: str, limit: int) -> dict:
-    from stt.evaluate import evaluate
+    from stt.stages.evaluate import evaluate
 
     engine = TransformersSettings(batch_size=10, reuse_prefix_cache=False)
     info, secs = _timed(lambda: evaluate(task, "de", engine, EvalConfig(limit=limit, max_new_tokens={"gsm8k": 96}),

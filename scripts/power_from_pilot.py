@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from stt.evaluate import item_scores
+from stt.scoring import item_scores
 
 
 def per_item(path: str, task: str, language: str, metric: str) -> pd.Series:

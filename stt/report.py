@@ -15,8 +15,8 @@ import pyarrow as pa
 
 from stt.arms import COMPARISONS, GAIN_SHOWN, MODEL_COLUMNS, SHOWN
 from stt.errors import DataError
-from stt.evaluate import default_metric, item_scores
 from stt.files import atomic_path, write_parquet_atomic, write_text_atomic
+from stt.scoring import default_metric, item_scores
 from stt.stats import (
     RESAMPLES,
     SEED,

@@ -240,10 +240,10 @@ def _evaluate_settings(task: str, langs: list[str], settings: dict[str, object],
     """`stt evaluate`'s engine and evaluation settings and data folder, each checked before any work."""
     from stt.config import EvalConfig, resolve_data_dir, with_overrides
     from stt.engine_settings import engine_config
-    from stt.evaluate import adapter_fingerprint
     from stt.models import resolve_model
     from stt.prompts import language_name
     from stt.specs import get_task
+    from stt.stages.evaluate import adapter_fingerprint
 
     get_task(task)
     for lang in langs:

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from stt.calibration import calibrated_choices, fit_biases, macro_f1
-from stt.evaluate import score_predictions
 from stt.metrics import translation_scores
 from stt.report import write_report
+from stt.scoring import score_predictions
 from stt.stats import bootstrap_ci, holm, paired_bootstrap, seeded_ci, seeded_paired
 
 LABELS = ["entailment", "neutral", "contradiction"]

@@ -8,7 +8,7 @@ import pytest
 from stt.config import EvalConfig
 from stt.engine_settings import TransformersSettings as Engine  # the default kind
 from stt.engines import get_engine
-from stt.evaluate import evaluate
+from stt.stages.evaluate import evaluate
 
 from .conftest import DATA
 

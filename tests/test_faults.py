@@ -106,7 +106,7 @@ def test_evaluation_survives_a_transient_fault_and_a_permanent_one_keeps_the_fin
     and the languages already evaluated are kept (not scored again on the rerun)."""
     import pandas as pd
 
-    from stt.evaluate import evaluate
+    from stt.stages.evaluate import evaluate
     from stt_app.flows.evaluate import evaluate_model
 
     config, engine = EvalConfig(limit=6, batch_size=6), TransformersSettings(batch_size=6)

@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from stt.evaluate import score_predictions
 from stt.metrics import (
     char_f1,
     extract_final_number,
@@ -14,6 +13,7 @@ from stt.metrics import (
     squad_f1,
     translation_scores,
 )
+from stt.scoring import score_predictions
 from stt.specs.labels import choice
 from stt.templates import NLI_LABELS
 

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from stt.evaluate import score_predictions
 from stt.report import write_report
+from stt.scoring import score_predictions
 
 LABELS = ["entailment", "neutral", "contradiction"]
 

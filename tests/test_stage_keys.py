@@ -17,9 +17,9 @@ import pytest
 from stt.config import EvalConfig, load_run_config
 from stt.engine_settings import LlamaCppSettings, OpenAISettings, TransformersSettings
 from stt.engines import engine_signature
-from stt.evaluate import evaluate_key
 from stt.files import file_sha256
 from stt.jobs import run_pipeline
+from stt.stages.evaluate import evaluate_key
 
 from .conftest import DATA
 
@@ -200,7 +200,7 @@ def test_the_adapter_key_changes_with_the_training_code_version(monkeypatch):
 def test_the_endpoints_score_reading_version_rekeys_only_endpoint_evaluations(monkeypatch):
     """The endpoint engine changed how it reads scores (no config changed): its evaluations are redone, the
     other engines' are kept."""
-    from stt import evaluate
+    from stt.stages import evaluate
 
     config = EvalConfig(limit=2)
     endpoint = OpenAISettings(base_urls=("http://127.0.0.1:9/v1",))

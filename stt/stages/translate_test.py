@@ -4,7 +4,7 @@ adapter answers it; one job per (language, seed), run with the other evaluations
 
 The translated inputs are saved (`inputs_en.parquet`: every segment's source and output) under their
 own key, so the answering step can be redone without translating again; the predictions go through
-`stt.evaluate` with the translated items, and are scored against the original gold answers.
+the evaluate stage's `evaluate` with the translated items, and are scored against the original gold answers.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ from stt.config import EvalConfig, GenerationParams, PromptConfig, RunConfig, Ti
 from stt.engine_settings import EngineConfig
 from stt.engines import Request, engine_signature, get_engine
 from stt.errors import ConfigError, DataError
-from stt.evaluate import evaluate, evaluate_key
 from stt.models import resolve_model
 from stt.prompts import build_prompt_builder
 from stt.specs import get_task, test_items
 from stt.stages.base import Job
-from stt.stages.evaluate import Evaluate, eval_engine
+from stt.stages.evaluate import Evaluate, eval_engine, evaluate, evaluate_key
 from stt.stages.evaluate import Inputs as EvaluateInputs
 from stt.validate import clean_completion
 
