@@ -124,9 +124,9 @@ def training(args: argparse.Namespace) -> dict:
     import pyarrow as pa
 
     from stt.files import write_parquet_atomic
-    from stt.finetune import finetune
     from stt.loaders import load_gsm8k
     from stt.markers import mark_done
+    from stt.stages.finetune import finetune
     from stt.templates import math_pair
     from stt.trainsets import SET_SCHEMA
 

@@ -23,7 +23,7 @@ CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 
-import stt.finetune as ft
+import stt.stages.finetune as ft
 from stt.config import TrainConfig
 from stt.engines import give_memory_back
 

@@ -32,10 +32,10 @@ from stt.engine_settings import engine_config
 from stt.engines.llamacpp_engine import LlamaCppEngine
 from stt.engines.transformers_engine import TransformersEngine
 from stt.files import write_parquet_atomic
-from stt.finetune import finetune
 from stt.markers import mark_done
 from stt.models import resolve_model
 from stt.specs import get_task
+from stt.stages.finetune import finetune
 from stt.trainsets import SET_SCHEMA
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -51,7 +51,7 @@ def build_stage(tmp: Path) -> dict:
 
 
 def train_stage(tmp: Path) -> dict:
-    from stt.finetune import finetune
+    from stt.stages.finetune import finetune
 
     config = TrainConfig(rank=8, alpha=16, batch_size=4, max_length=192, learning_rate=3e-4, save_steps=4, epochs=1)
     info, secs = _timed(lambda: finetune("gemma3-270m", tmp / "sets" / "self-translate-train-de",
@@ -81,9 +81,9 @@ def training_step_ops(rows: int = 4) -> list[dict]:
     from torch.profiler import ProfilerActivity, profile
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stt.finetune import answer_only_loss, hf_folder, pad_collator, tokenize_pairs
     from stt.loaders import load_gsm8k
     from stt.models import resolve_model
+    from stt.stages.finetune import answer_only_loss, hf_folder, pad_collator, tokenize_pairs
     from stt.templates import math_pair
 
     folder = hf_folder(resolve_model("gemma3-270m"))

@@ -24,7 +24,7 @@ from stt.engine_settings import TransformersSettings  # noqa: E402
 from stt.engines import Request, get_engine  # noqa: E402
 from stt.prompts import build_prompt_builder  # noqa: E402
 from stt.specs import get_task  # noqa: E402
-from stt.translate import load_examples  # noqa: E402
+from stt.stages.translate import load_examples  # noqa: E402
 
 
 def _requests(config: TranslateConfig, engine) -> list[Request]:

@@ -40,7 +40,7 @@ from stt.engines import Request  # noqa: E402
 from stt.engines.vllm_batch import IN_SCHEMA, VLLMBatchEngine, vllm_python  # noqa: E402
 from stt.models import resolve_model  # noqa: E402
 from stt.prompts import build_prompt_builder  # noqa: E402
-from stt.translate import load_examples  # noqa: E402
+from stt.stages.translate import load_examples  # noqa: E402
 
 RAW = Path(__file__).with_name("_raw_vllm.py")
 

@@ -246,7 +246,7 @@ class EvalConfig(BaseModel):
     quality_limit: int | None = Field(32, ge=1)  # human-translated items scored for translation quality (chrF)
     # The metric of the gains, intervals, significance and plot, per task, declared before the run (default:
     # MGSM accuracy, XQuAD F1, XNLI calibrated accuracy; choices: each task's TaskSpec.primary_choices,
-    # checked with the tasks by stt.pipeline.check_run).
+    # checked with the tasks by stt.jobs.check_run).
     primary_metric: dict[str, str] = {}
     # Uncertainty: 95% bootstrap intervals over test items (paired for gains); recorded with every score.
     bootstrap_resamples: int = Field(10_000, ge=100)

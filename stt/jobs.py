@@ -34,12 +34,14 @@ from typing import Any, TypeVar
 from stt import pipeline
 from stt.config import EvalConfig, RunConfig, TimeoutConfig, TranslateConfig
 from stt.engine_settings import EngineConfig
-from stt.errors import DataError
+from stt.errors import ConfigError, DataError
 from stt.report import write_report
 from stt.runlock import run_lock
+from stt.specs import get_task
 from stt.stages import REGISTRY, Job, StageDef
 from stt.stages.evaluate import STAGE as EVALUATE
 from stt.stages.translate import STAGE as TRANSLATE
+from stt.stages.translate import check_config
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,28 @@ def _stage(name: str) -> StageDef:
 
 
 # --- planning: once per run ---------------------------------------------------------------------------------
+
+def check_run(config: RunConfig) -> None:
+    """Fail fast, before any work, on an unknown or badly declared task or a primary metric the task does not
+    have (the settings themselves are checked by pydantic; tasks may be declared in files)."""
+    for task in config.tasks:
+        check_config(config.translate_config(task))
+    for setting in ("max_new_tokens", "test_split"):
+        for task in getattr(config.eval, setting):
+            if task not in config.tasks:
+                raise ConfigError(f"eval.{setting}: '{task}' is not a task of this run "
+                                  f"(tasks: {', '.join(config.tasks)})")
+    for task in config.eval.max_new_tokens:
+        if not get_task(task).answer_tokens(config.eval):
+            raise ConfigError(f"eval.max_new_tokens: {task}'s answers are scored, not generated")
+    for task in config.eval.test_split:
+        get_task(task).test_split(config.eval)
+    for task, metric in config.eval.primary_metric.items():
+        choices = get_task(task).primary_choices
+        if metric not in choices:
+            raise ConfigError(f"eval.primary_metric: '{metric}' is not a per-item metric of {task} "
+                              f"(choose from {', '.join(choices)})")
+
 
 def plan_run(config: RunConfig, names: tuple[Stage, ...] = STAGES) -> dict[Stage, list[Job]]:
     """Every job of these stages, in plan order, done or not: the config is planned once, per task."""

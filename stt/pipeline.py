@@ -23,10 +23,9 @@ from typing import Any
 from stt import markers
 from stt.arms import MODEL_OF_SET
 from stt.config import RunConfig, SetKind
-from stt.errors import ConfigError, DataError
+from stt.errors import DataError
 from stt.specs import get_task
 from stt.trainsets import has_human, set_name, training_source
-from stt.translate import check_config
 
 log = logging.getLogger(__name__)
 
@@ -91,28 +90,6 @@ class TaskPlan:
     @property
     def translate_dir(self) -> Path:
         return self.root / "translate"
-
-
-def check_run(config: RunConfig) -> None:
-    """Fail fast, before any work, on an unknown or badly declared task or a primary metric the task does not
-    have (the settings themselves are checked by pydantic; tasks may be declared in files)."""
-    for task in config.tasks:
-        check_config(config.translate_config(task))
-    for setting in ("max_new_tokens", "test_split"):
-        for task in getattr(config.eval, setting):
-            if task not in config.tasks:
-                raise ConfigError(f"eval.{setting}: '{task}' is not a task of this run "
-                                  f"(tasks: {', '.join(config.tasks)})")
-    for task in config.eval.max_new_tokens:
-        if not get_task(task).answer_tokens(config.eval):
-            raise ConfigError(f"eval.max_new_tokens: {task}'s answers are scored, not generated")
-    for task in config.eval.test_split:
-        get_task(task).test_split(config.eval)
-    for task, metric in config.eval.primary_metric.items():
-        choices = get_task(task).primary_choices
-        if metric not in choices:
-            raise ConfigError(f"eval.primary_metric: '{metric}' is not a per-item metric of {task} "
-                              f"(choose from {', '.join(choices)})")
 
 
 def plan_task(config: RunConfig, task: str) -> TaskPlan:

@@ -343,7 +343,7 @@ def training_notes(adapters: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
 
 def translation_notes(root: Path) -> list[str]:
     """Per task and language: examples translated, rows accepted, set aside by reason (from the manifests)."""
-    from stt.translate import summarize
+    from stt.stages.translate import summarize
 
     notes = []
     for manifest in sorted(Path(root).glob("*/translate/_manifest.json")):

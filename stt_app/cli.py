@@ -106,7 +106,7 @@ def translate_cmd(
 ) -> None:
     """Translate English training data into the target languages; writes Parquet shards to --out."""
     from stt.config import TranslateConfig, with_overrides
-    from stt.translate import check_config, summarize
+    from stt.stages.translate import check_config, summarize
 
     with _reported():
         # The named options are shortcuts for settings of TranslateConfig, whose defaults they show.
@@ -164,7 +164,7 @@ def run_cmd(
 ) -> None:
     """Run the whole method: translate, build sets, fine-tune, evaluate, report (zero-shot vs Self-Translate-Train)."""
     from stt.config import load_run_config
-    from stt.pipeline import check_run
+    from stt.jobs import check_run
 
     with _reported():
         cfg = load_run_config(config, **{**_overrides(set_), "run_dir": run_dir})

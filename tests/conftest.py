@@ -106,8 +106,8 @@ def train_tiny_adapter(folder: Path, learning_rate: float) -> Path:
 
     from stt.config import TrainConfig
     from stt.files import write_parquet_atomic
-    from stt.finetune import finetune
     from stt.markers import mark_done
+    from stt.stages.finetune import finetune
     from stt.trainsets import SET_SCHEMA
 
     rows = [{"id": f"x:{i}", "source_id": f"x:{i}", "language": "en", "variant": "english",

@@ -89,7 +89,7 @@ def test_the_run_fails_only_above_the_share_and_says_where_the_rejects_are(tmp_p
     _write(f, [GOOD] * 9 + ["not json"])
     config = TranslateConfig(task="gsm8k", languages=("de",), input_path=f, out_dir=tmp_path / "out",
                              engine=TransformersSettings(), bad_rows=BadRowsConfig(max_share=0.05))
-    from stt.translate import BAD_ROWS_FILE, load_examples
+    from stt.stages.translate import BAD_ROWS_FILE, load_examples
 
     with pytest.raises(DataError, match=r"1 of 10 rows are bad \(10.0%, above bad_rows.max_share=5.0%\); first: "
                                         r"line 10: not valid JSON.*bad_rows.jsonl"):

@@ -327,8 +327,8 @@ def test_a_native_hang_in_fine_tuning_ends_at_its_deadline(tmp_path, monkeypatch
 
     from stt.config import TrainConfig
     from stt.files import write_parquet_atomic
-    from stt.finetune import finetune
     from stt.markers import mark_done
+    from stt.stages.finetune import finetune
     from stt.trainsets import SET_SCHEMA
 
     rows = [{"id": f"x:{i}", "source_id": f"x:{i}", "language": "en", "variant": "english",

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stt.finetune import answer_only_loss, output_layer_loss
+from stt.stages.finetune import answer_only_loss, output_layer_loss
 
 
 @pytest.mark.parametrize("cap", [None, 30.0])
@@ -65,7 +65,7 @@ def test_checkpointing_reaches_the_trainer_without_a_deprecation_warning(on, tmp
 
     from transformers import TrainingArguments
 
-    from stt.finetune import _checkpointing_argument
+    from stt.stages.finetune import _checkpointing_argument
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)

@@ -140,7 +140,7 @@ def test_a_tasks_own_settings_come_from_its_spec_unless_the_config_names_the_tas
         path.write_text(f"name: t\ntasks: [mnli]\ninputs: {{mnli: xnli/xtreme_dev-en.tsv}}\ndata_dir: {DATA}\n"
                         f"eval: {{{setting}}}\n")
         with pytest.raises(ConfigError, match=message):
-            pipeline.check_run(load_run_config(path))
+            jobs.check_run(load_run_config(path))
 
 
 def test_built_in_and_declared_tasks_share_the_answer_kinds():

@@ -9,10 +9,10 @@ import pytest
 from sacrebleu.metrics import CHRF
 
 from stt import jobs
-from stt import translate as lib
 from stt.config import BuildConfig, GenerationParams, RoundTripConfig, TranslateConfig
 from stt.engine_settings import LlamaCppSettings
 from stt.errors import ConfigError
+from stt.stages import translate as lib
 from stt.stages.build import build_set
 
 pytestmark = pytest.mark.model

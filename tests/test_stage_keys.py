@@ -187,9 +187,9 @@ def test_the_adapter_key_changes_with_the_training_code_version(monkeypatch):
     """Adapters made by older training code (before LoRA's init was seeded) are retrained, not reused."""
     from pathlib import Path
 
-    from stt import finetune
     from stt.config import TrainConfig
     from stt.models import ResolvedModel
+    from stt.stages import finetune
 
     model, config = ResolvedModel("m", Path("m"), "0" * 64, False), TrainConfig()
     now = finetune.train_key(model, "set", config)
@@ -216,9 +216,9 @@ def test_an_adapter_another_folder_holds_under_the_same_key_is_copied_not_traine
                                                                                    monkeypatch):
     """The equal-steps controls of two languages often take the same steps on the same English set: one
     trains, the other is a copy, marked as such. Another config is not a twin and trains."""
-    from stt import finetune as ft
     from stt.config import TrainConfig
     from stt.markers import read_done
+    from stt.stages import finetune as ft
 
     # The config tests/conftest.py trained the session's tiny adapter with.
     config = TrainConfig(rank=4, alpha=8, max_steps=1, batch_size=4, max_length=48, learning_rate=0.05)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from stt.finetune import pad_collator, tokenize_pairs
 from stt.loaders import load_gsm8k
 from stt.specs import get_task
+from stt.stages.finetune import pad_collator, tokenize_pairs
 from stt.templates import math_pair, qa_pair
 from stt.trainsets import build_rows
 

@@ -7,11 +7,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from stt import translate as lib
 from stt.config import GenerationParams, TranslateConfig
 from stt.engine_settings import LlamaCppSettings
 from stt.engines import loaded_engines
 from stt.files import file_sha256
+from stt.stages import translate as lib
 from stt_app.flows.translate import translate
 
 pytestmark = pytest.mark.model

@@ -6,7 +6,7 @@ import pytest
 from stt import jobs
 from stt.config import GenerationParams, TranslateConfig
 from stt.engine_settings import LlamaCppSettings
-from stt.translate import summarize
+from stt.stages.translate import summarize
 
 from .conftest import FIXTURES
 

@@ -31,7 +31,7 @@ from stt import jobs, pipeline
 from stt.config import RunConfig
 from stt.runlock import run_lock
 from stt.stages import REGISTRY
-from stt.translate import summarize
+from stt.stages.translate import summarize
 from stt_app.flows import fanout
 from stt_app.flows.run_jobs import run_here
 from stt_app.tasks.report import report_task

@@ -12,8 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from stt import jobs
 from stt.config import TranslateConfig
 from stt.runlock import run_lock
-from stt.stages.translate import STAGE
-from stt.translate import Plan, raw_complete, summarize
+from stt.stages.translate import STAGE, Plan, raw_complete, summarize
 from stt_app.flows.run_jobs import run_here
 
 
