@@ -187,11 +187,26 @@ def _kind_of_input(value: Any) -> str:
     return value.get("kind", "transformers") if isinstance(value, dict) else getattr(value, "kind", "")
 
 
+class _AnyKindInJsonSchema:
+    """The union's JSON schema as `anyOf`, not pydantic's `oneOf`. Prefect validates deployment parameters against
+    it, ignoring `required`: a settings object without `kind` (read as transformers) would match every kind's
+    schema, and `oneOf` would refuse it (the demo deployment's engine has no kind)."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler(core_schema)
+        if "oneOf" in schema:
+            schema["anyOf"] = schema.pop("oneOf")
+            schema.pop("discriminator", None)
+        return schema
+
+
 # Made from KINDS, so a new kind is listed once.
 EngineConfig = Annotated[
     Union[tuple(Annotated[settings, Tag(kind)] for kind, settings in KINDS.items())],  # noqa: UP007 - a union built from KINDS
     Discriminator(_kind_of_input, custom_error_type="engine_kind",
-                  custom_error_message=f"engine.kind must be one of: {', '.join(KINDS)}")]
+                  custom_error_message=f"engine.kind must be one of: {', '.join(KINDS)}"),
+    _AnyKindInJsonSchema]
 """A config's `engine:`: the settings class of its `kind`."""
 
 _ADAPTER: TypeAdapter[EngineSettings] = TypeAdapter(EngineConfig)

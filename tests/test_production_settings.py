@@ -77,3 +77,30 @@ def test_deployed_demo_arms_share_one_step_budget():
         config = RunConfig.model_validate(definitions[name])
         assert config.train.max_steps == 4, name
         assert config.controls.equal_steps is False, name
+
+
+def test_every_deployments_parameters_pass_the_servers_check_of_its_flows_schema():
+    """The server refuses a deployment whose parameters do not validate against its flow's parameter schema
+    (HTTP 422 at `prefect deploy`). The demo's engine names no kind: under a JSON-schema `oneOf` of the engine
+    kinds it matched all four and was refused, which only the full tier's service stack had shown."""
+    import importlib
+
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import ValidationError, validate
+
+    checked = 0
+    for deployment in yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())["deployments"]:
+        path, name = deployment["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+        schema = parameter_schema(flow.fn).model_dump()
+        parameters = deployment.get("parameters") or {}
+        validate(parameters, schema, raise_on_error=True, preprocess=True, ignore_required=True)
+        checked += bool(parameters)
+    assert checked >= 3
+    # The check itself can fail: another kind's setting on a llama.cpp engine is refused.
+    from stt_app.flows.self_translate_train import self_translate_train
+
+    schema = parameter_schema(self_translate_train.fn).model_dump()
+    with pytest.raises(ValidationError, match="config.engine"):
+        validate({"config": {"name": "x", "tasks": ["gsm8k"], "engine": {"kind": "llama-cpp", "concurrency": 3}}},
+                 schema, raise_on_error=True, preprocess=True, ignore_required=True)
