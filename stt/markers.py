@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 from stt.config import stable_json
 from stt.errors import ConfigError
 from stt.files import file_sha256, write_text_atomic
+
+log = logging.getLogger(__name__)
 
 MARKER = "_manifest.json"
 
@@ -80,15 +83,19 @@ def clear(folder: Path, outputs: list[str] = (), keep: str | None = None) -> lis
 
 
 def made_once(folder: Path, key: str, outputs: list[str], stage: str,
-              make: Callable[[], tuple[list[str], dict[str, Any]]]) -> dict[str, Any]:
+              make: Callable[[], tuple[list[str], dict[str, Any]]], keep: str | None = None) -> dict[str, Any]:
     """A folder's outputs made under `key`, once: a folder done under it is reused (`reused`: True);
     otherwise the stale outputs are cleared, `make` writes the new ones and returns their names and what the
-    marker records beside them, and the marker is written last. How the runner does a stage's job
-    (stt.stages.base.StageDef.run), and how a stage's work does one inside a job (translate-test's answers)."""
+    marker records beside them, and the marker is written last. `keep`: the subfolder of an output folder that
+    survives the clearing (fine-tuning's checkpoints of this key, to resume from). How the runner does a
+    stage's job (stt.stages.base.StageDef.run), and how a stage's work does one inside a job (translate-test's
+    answers)."""
     done = read_done(folder, key)
     if done:
         return {**done, "folder": str(folder), "reused": True}
-    clear(folder, outputs)
+    removed = clear(folder, outputs, keep)
+    if removed:
+        log.info("%s: removed stale outputs of another key: %s", folder, ", ".join(removed))
     files, record = make()
     info = mark_done(folder, key, files, stage=stage, **record)
     return {**info, "folder": str(folder), "reused": False}

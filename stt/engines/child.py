@@ -63,7 +63,7 @@ POLL_S = 0.2  # the parent's wait is a loop of short polls, so a Prefect timeout
 LOAD_TIMEOUT_S = 900.0  # a model that does not load in 15 minutes is stuck, not slow
 UNLOAD_TIMEOUT_S = 60.0
 # Functions a parent may run in the engine process (`run_supervised`): named, not pickled code.
-RUNNABLE = frozenset({"stt.stages.finetune:finetune"})
+RUNNABLE = frozenset({"stt.stages.finetune:make_adapter"})
 _BUDGET: contextvars.ContextVar[float | None] = contextvars.ContextVar("stt_engine_call_budget", default=None)
 _OOM_EVENTS: Path | None = None  # where the OOM killer's kill count is read; None: this process's cgroup
 

@@ -89,10 +89,14 @@ class StageDef(ABC, Generic[I]):
     def run(self, i: I, folder: Path) -> dict[str, Any]:
         """Do the job, or read it back: a folder done under the job's key is reused; otherwise the stale
         outputs are cleared, `make` writes the new ones, and the marker (key, checksums, `make`'s record) is
-        written last. A stage whose work still lives in its own module overrides this and keeps its folder
-        the same way there."""
+        written last."""
         key = self.key(i)
-        return markers.made_once(folder, key, list(self.outputs), self.name, lambda: self.make(i, folder, key))
+        return markers.made_once(folder, key, list(self.outputs), self.name, lambda: self.make(i, folder, key),
+                                 keep=self.kept(key))
+
+    def kept(self, key: str) -> str | None:
+        """The subfolder of an output folder that a redo keeps (a resumable stage's progress under this key)."""
+        return None
 
     def make(self, i: I, folder: Path, key: str) -> tuple[list[str], dict[str, Any]]:
         """Turn the inputs into the outputs: write them in `folder` and return their names and what the

@@ -266,63 +266,66 @@ def finetune_key(model_name: str, set_folder: Path, config: TrainConfig) -> str:
     return train_key(resolve_model(model_name), _set_info(set_folder)["key"], config)
 
 
-def _copy_twin(twins: Sequence[Path], out_folder: Path, key: str) -> dict[str, Any] | None:
+def _copy_twin(twins: Sequence[Path], out_folder: Path, key: str) -> tuple[list[str], dict[str, Any]] | None:
     """An adapter another folder already holds under the same key, copied here: the same base weights, set
     and config train the same bits (the demo's equal-steps controls of two languages often take the same
-    number of steps on the same English set). The marker says where it came from."""
+    number of steps on the same English set). Its marker's record is kept, naming where it came from."""
     for twin in twins:
         info = markers.read_done(Path(twin), key)
         if not info or Path(twin).resolve() == out_folder.resolve():
             continue
-        removed = markers.clear(out_folder, OUTPUTS)
-        if removed:
-            log.info("%s: removed stale outputs of another key: %s", out_folder, ", ".join(removed))
         out_folder.mkdir(parents=True, exist_ok=True)
         for name in info["files"]:
             shutil.copyfile(Path(twin) / name, out_folder / name)
         # A twin that was itself a copy names its own source: this copy names the folder it came from.
-        kept = {k: v for k, v in info.items() if k not in ("key", "finished", "files", "copied_from")}
-        done = markers.mark_done(out_folder, key, list(info["files"]), **kept, copied_from=str(twin))
+        kept = {k: v for k, v in info.items() if k not in ("key", "finished", "files", "copied_from", "stage")}
         log.info("adapter %s: the same key as %s, copied instead of trained", out_folder, twin)
-        return done
+        return list(info["files"]), {**kept, "copied_from": str(twin)}
     return None
+
+
+def adapter_key(model_name: str, set_folder: Path, config: TrainConfig) -> tuple[str, str]:
+    """The adapter's key and the name of its checkpoints' subfolder (a resume only ever continues a run of
+    the same key: a new key clears the others' checkpoints)."""
+    key = finetune_key(model_name, set_folder, config)
+    return key, key[:16]
+
+
+def make_adapter(model_name: str, set_folder: Path, out_folder: Path, config: TrainConfig, device: str, key: str,
+                 twins: Sequence[Path] = (), supervised: bool = False) -> tuple[list[str], dict[str, Any]]:
+    """The adapter of `key` in `out_folder` (stale outputs already cleared by the runner): copied from a twin
+    done under the same key, else trained. Returns its files and what the marker records beside them.
+    `supervised`: the training runs in the engine process (stt.engines.child.run_supervised), under the
+    caller's deadline, so a training step stuck in native code is ended there; a copy does not start it."""
+    set_folder, out_folder = Path(set_folder), Path(out_folder)
+    copied = _copy_twin(twins, out_folder, key)
+    if copied:
+        return copied
+    if supervised:
+        from stt.engines.child import run_supervised
+
+        return tuple(run_supervised("stt.stages.finetune:make_adapter",  # type: ignore[return-value]
+                                    {"model_name": model_name, "set_folder": set_folder, "out_folder": out_folder,
+                                     "config": config, "device": device, "key": key},
+                                    f"fine-tuning {out_folder.name}", unit=f"finetune:{out_folder.name}"))
+    return _train(resolve_model(model_name), set_folder, _set_info(set_folder), out_folder, config, device, key)
 
 
 def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainConfig = TrainConfig(),  # noqa: B008
              device: str = "auto", twins: Sequence[Path] = (), supervised: bool = False) -> dict[str, Any]:
-    """Train (or reuse) a LoRA adapter on one training set; returns the adapter's manifest. `twins`: other
-    adapter folders; one done under the same key is copied instead of training again. `supervised`: the
-    training itself runs in the engine process (stt.engines.child.run_supervised), under the caller's
-    deadline, so a training step stuck in native code is ended there; a reuse or a copy does not start it."""
-    set_folder, out_folder = Path(set_folder), Path(out_folder)
-    set_info = _set_info(set_folder)
-    model = resolve_model(model_name)
-    key = train_key(model, set_info["key"], config)
-    done = markers.read_done(out_folder, key)
-    if done:  # before importing torch, peft and the Trainer: a cached rerun should cost nothing
-        return {**done, "folder": str(out_folder), "reused": True}
-    copied = _copy_twin(twins, out_folder, key)
-    if copied:
-        return {**copied, "folder": str(out_folder), "reused": True}
-    if supervised:
-        from stt.engines.child import run_supervised
-
-        return run_supervised("stt.stages.finetune:finetune",
-                              {"model_name": model_name, "set_folder": set_folder, "out_folder": out_folder,
-                               "config": config, "device": device, "twins": tuple(twins)},
-                              f"fine-tuning {out_folder.name}", unit=f"finetune:{out_folder.name}")
-    return _train(model, set_folder, set_info, out_folder, config, device, key)
+    """Train (or reuse) a LoRA adapter on one training set, outside a run (benchmarks, tests): the stage's job
+    done the way the runner does it (stt.markers.made_once). Returns the adapter's manifest. `twins`: other
+    adapter folders; one done under the same key is copied instead of training again."""
+    key, checkpoints = adapter_key(model_name, set_folder, config)
+    return markers.made_once(Path(out_folder), key, OUTPUTS, "finetune", lambda: make_adapter(
+        model_name, set_folder, out_folder, config, device, key, twins, supervised), keep=checkpoints)
 
 
 def _train(model: ResolvedModel, set_folder: Path, set_info: dict[str, Any], out_folder: Path, config: TrainConfig,
-           device: str, key: str) -> dict[str, Any]:
-    """Train the adapter of this key (resuming its last complete checkpoint) and write its outputs."""
-    # Checkpoints live under the key: a resume only ever continues a run of the same key, and a new key
-    # starts clean (stale adapter files and other keys' checkpoints are removed).
+           device: str, key: str) -> tuple[list[str], dict[str, Any]]:
+    """Train the adapter of this key (resuming its last complete checkpoint) and write its outputs; returns
+    their names and the marker's record."""
     checkpoint_dir = out_folder / "checkpoints" / key[:16]
-    removed = markers.clear(out_folder, OUTPUTS, keep=checkpoint_dir.name)
-    if removed:
-        log.info("%s: removed stale outputs of another key: %s", out_folder, ", ".join(removed))
     out_folder.mkdir(parents=True, exist_ok=True)
     rows = pq.read_table(set_folder / "data.parquet").to_pylist()
     if not rows:
@@ -366,13 +369,11 @@ def _train(model: ResolvedModel, set_folder: Path, set_info: dict[str, Any], out
     write_text_atomic(out_folder / "train_config.json", config.model_dump_json(indent=2))
     files = [*ADAPTER_FILES, "loss.csv", "metrics.json", "train_config.json"]
     files += ["set_aside.parquet"] if set_aside else []
-    info = markers.mark_done(out_folder, key, files,
-                            stage="finetune", model_id=model.model_id, weights_sha256=model.weights_sha256,
-                            set_folder=str(set_folder), set_key=set_info["key"], set=set_info.get("set"),
-                            template_version=TEMPLATE_VERSION, config=config.model_dump(mode="json"),
-                            metrics={k: v for k, v in metrics.items() if k != "loss_curve"})
     log.info("adapter %s: %d steps, loss %.4f, %.1fs", out_folder, run["global_step"], train_loss, run["seconds"])
-    return {**info, "folder": str(out_folder), "reused": False}
+    return files, {"model_id": model.model_id, "weights_sha256": model.weights_sha256,
+                   "set_folder": str(set_folder), "set_key": set_info["key"], "set": set_info.get("set"),
+                   "template_version": TEMPLATE_VERSION, "config": config.model_dump(mode="json"),
+                   "metrics": {k: v for k, v in metrics.items() if k != "loss_curve"}}
 
 
 def _peft_model(model: ResolvedModel, config: TrainConfig, device: str) -> tuple[Any, Any, bool]:
@@ -518,14 +519,21 @@ class Finetune(StageDef[Inputs]):
                                 wave=1 if a.steps_like else 0))
         return out
 
+    outputs = tuple(OUTPUTS)
+
     def key(self, i: Inputs) -> str:
-        return finetune_key(i.model, i.set_folder, train_config(i))
+        return adapter_key(i.model, i.set_folder, train_config(i))[0]
+
+    def kept(self, key: str) -> str | None:
+        return key[:16]  # the checkpoints of this key: a rerun resumes from them
+
+    def make(self, i: Inputs, folder: Path, key: str) -> tuple[list[str], dict[str, Any]]:
+        return make_adapter(i.model, i.set_folder, folder, train_config(i), i.device, key, i.twins, i.supervised)
 
     def run(self, i: Inputs, folder: Path) -> dict[str, Any]:
         from stt.engines import give_memory_back
         try:
-            return finetune(i.model, i.set_folder, folder, train_config(i), i.device, twins=list(i.twins),
-                            supervised=i.supervised)
+            return super().run(i, folder)
         finally:
             give_memory_back()  # the model, its activations and the optimizer: 2 GB a later job never reuses
 
