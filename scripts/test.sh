@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Set up (once) and run the tests: real tiny model, real data, real Prefect.
-#   bash scripts/test.sh           the default tier (9 min 38 s on 2 cores, 2026-12-02)
-#   bash scripts/test.sh --full    adds the full tier: PostgreSQL + Prefect server + workers, server and
-#                                  database faults, fan-out and worker kills, every kill point, the
-#                                  model-running stage-key table, real vLLM (27 min 56 s, 2026-12-02)
+#   bash scripts/test.sh             the default tier (14 min 10 s on 2 cores, 2026-12-03)
+#   bash scripts/test.sh --full      both tiers: adds PostgreSQL + Prefect server + workers, server and
+#                                    database faults, fan-out and worker kills, every kill point, the
+#                                    model-running stage-key table, real vLLM
+#   bash scripts/test.sh --full-only the full tier's own tests (what --full adds; the kill trials at all
+#                                    sixteen points): .ci/run runs it after the default tier
 # Other arguments go to pytest (e.g. `bash scripts/test.sh -k keys`, `-m "not model"`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,8 +18,10 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=f
 # order set in tests/conftest.py, kept by --no-loadscope-reorder). Per-test time limits: tests/conftest.py.
 # Seconds per file are printed at the end.
 PYTEST=(.venv/bin/python -m pytest -q --durations=15)
-if [[ " $* " != *" --full "* ]]; then
-  exec "${PYTEST[@]}" -n 2 --dist loadgroup --no-loadscope-reorder "$@"
+args=("$@")
+[[ " $* " == *" --full-only "* && " $* " != *" --full "* ]] && args+=(--full)
+if [[ " ${args[*]} " != *" --full "* ]]; then
+  exec "${PYTEST[@]}" -n 2 --dist loadgroup --no-loadscope-reorder "${args[@]}"
 fi
 # The full tier needs the vLLM environment too (tests/test_vllm_engine.py): built once, then a stamp skips it.
 bash scripts/setup-vllm.sh
@@ -25,11 +29,11 @@ bash scripts/setup-vllm.sh
 # minutes waiting on heartbeats, restarts and workers, so they run in a third process beside the two that run
 # everything else; their output follows the others'.
 log=$(mktemp -t stt-services-XXXXXX.log)
-"${PYTEST[@]}" --services only "$@" >"$log" 2>&1 &
+"${PYTEST[@]}" --services only "${args[@]}" >"$log" 2>&1 &
 services=$!
 trap 'kill "$services" 2>/dev/null || true' EXIT
 rc=0
-"${PYTEST[@]}" -n 2 --dist loadgroup --no-loadscope-reorder --services without "$@" || rc=$?
+"${PYTEST[@]}" -n 2 --dist loadgroup --no-loadscope-reorder --services without "${args[@]}" || rc=$?
 services_rc=0
 wait "$services" || services_rc=$?
 trap - EXIT

@@ -55,6 +55,10 @@ TEST_TIMEOUT_S = {"default": 420, "full": 900}
 def pytest_addoption(parser):
     parser.addoption("--full", action="store_true", default=False,
                      help="run the full tier too: service stacks, every kill point, the model stage-key table")
+    parser.addoption("--full-only", action="store_true", default=False,
+                     help="with --full: only the tests the default tier does not run in the same way (marked "
+                          "full, or tiered: the kill trials at all sixteen points); .ci/run runs the default "
+                          "tier, then these")
     parser.addoption("--services", choices=("with", "only", "without"), default="with",
                      help="the service-stack tests: with the others (default), only them, or without them "
                           "(scripts/test.sh --full runs `only` in a process beside `without`)")
@@ -128,6 +132,13 @@ def pytest_collection_modifyitems(config, items):
         if skipped:
             config.hook.pytest_deselected(items=skipped)
             items[:] = [item for item in items if not item.get_closest_marker("full")]
+    if config.getoption("--full-only"):  # the full tier's own tests: CI runs the default tier just before
+        if not full:
+            raise pytest.UsageError("--full-only goes with --full (scripts/test.sh --full-only passes both)")
+        dropped = [item for item in items if not (item.get_closest_marker("full") or item.get_closest_marker("tiered"))]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = [item for item in items if item.get_closest_marker("full") or item.get_closest_marker("tiered")]
     services = config.getoption("--services")
     if services != "with":
         keep = services == "only"
