@@ -3,8 +3,9 @@ input into English with the translate stage's few-shot prompt (demonstrations re
 adapter answers it; one job per (language, seed), run with the other evaluations (the `translate_test` column).
 
 The translated inputs are saved (`inputs_en.parquet`: every segment's source and output) under their
-own key, so the answering step can be redone without translating again; the predictions go through
-the evaluate stage's `evaluate` with the translated items, and are scored against the original gold answers.
+own key, so the answering step can be redone without translating again; the predictions are the evaluate
+stage's `predict` on the translated items, scored against the original gold answers. The runner keeps the
+folder (its marker holds the job's key, which covers both).
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from stt import files, markers, segments, shards, timeouts
 from stt.config import EvalConfig, GenerationParams, PromptConfig, RunConfig, TimeoutConfig
 from stt.engine_settings import EngineConfig
 from stt.engines import Request, engine_signature, get_engine
-from stt.errors import ConfigError, DataError
+from stt.errors import ConfigError
 from stt.models import resolve_model
 from stt.prompts import build_prompt_builder
 from stt.specs import get_task, test_items
 from stt.stages.base import Job
-from stt.stages.evaluate import Evaluate, eval_engine, evaluate, evaluate_key
+from stt.stages.evaluate import Evaluate, eval_engine, evaluate_key, predict
 from stt.stages.evaluate import Inputs as EvaluateInputs
 from stt.validate import clean_completion
 
@@ -97,22 +98,6 @@ def translate_inputs(task: str, language: str, items: list[dict[str, Any]], engi
     return translated, key
 
 
-def translate_test(task: str, language: str, translator: EngineConfig, answerer: EngineConfig, config: EvalConfig,
-                   generation: GenerationParams, prompt: PromptConfig, data_dir: Path, out_folder: Path
-                   ) -> dict[str, Any]:
-    """Translate the test inputs into English with `translator` (the base model), answer with `answerer`."""
-    items = test_items(task, data_dir, language, config)
-    run_key = translate_test_key(task, language, translator, answerer, config, generation, prompt, data_dir)
-    translated, key = translate_inputs(task, language, items, translator, generation, prompt, data_dir, out_folder)
-    empty = sum(not it[f] for it in translated for f in fields(task))
-    if empty:
-        log.warning("translate-test %s %s: %d empty translated fields (answered as they are)", task, language, empty)
-    return evaluate(task, language, answerer, config, data_dir, out_folder, "translate-test", items=translated,
-                    output_language="en",
-                    extra={"translated_inputs": INPUTS_FILE, "translate_key": key, "run_key": run_key,
-                           "empty_translations": empty, "translator": json.loads(translator.model_dump_json())})
-
-
 class Inputs(EvaluateInputs):  # engine: the answerer, the English adapter
     translator: EngineConfig  # the base model, as in the translate stage
     generation: GenerationParams
@@ -136,19 +121,26 @@ class TranslateTest(Evaluate):
         return translate_test_key(i.task, i.language, i.translator, i.engine, i.eval, i.generation, i.prompt,
                                   i.data_dir)
 
-    def is_done(self, i: Inputs, folder: Path) -> bool:  # type: ignore[override]
-        # The marker holds the key of its answers; the run key says which translated inputs made them.
-        try:
-            key = self.key(i)
-        except DataError:  # an upstream output is missing: not done
-            return False
-        marker = folder / markers.MARKER
-        info = json.loads(marker.read_text()) if marker.is_file() else {}
-        return info.get("run_key") == key and markers.read_done(folder, info["key"]) is not None
+    # The answers; the translated inputs are stamped with their own key and kept across a redo, so a change
+    # that only touches the answering (the adapter, the eval settings) does not translate again.
+    outputs = ("predictions.parquet",)
 
-    def run(self, i: Inputs, folder: Path) -> dict[str, Any]:  # type: ignore[override]
-        return translate_test(i.task, i.language, i.translator, i.engine, i.eval, i.generation, i.prompt,
-                              i.data_dir, folder)
+    def make(self, i: Inputs, folder: Path, key: str) -> tuple[list[str], dict[str, Any]]:  # type: ignore[override]
+        """Translate the test inputs into English with the translator (the base model), answer with the
+        engine (the English adapter), score against the original gold answers."""
+        items = test_items(i.task, i.data_dir, i.language, i.eval)
+        translated, inputs_key_ = translate_inputs(i.task, i.language, items, i.translator, i.generation, i.prompt,
+                                                   i.data_dir, folder)
+        empty = sum(not it[f] for it in translated for f in fields(i.task))
+        if empty:
+            log.warning("translate-test %s %s: %d empty translated fields (answered as they are)", i.task,
+                        i.language, empty)
+        answers_key = evaluate_key(i.task, i.language, i.engine, i.eval, i.data_dir, translated)
+        files_, record = predict(i.task, i.language, i.engine, i.eval, folder, answers_key, "translate-test",
+                                 translated, output_language="en")
+        return [*files_, INPUTS_FILE], {**record, "translated_inputs": INPUTS_FILE, "inputs_key": inputs_key_,
+                                        "answers_key": answers_key, "empty_translations": empty,
+                                        "translator": json.loads(i.translator.model_dump_json())}
 
     def timeout_s(self, i: Inputs, timeouts_: TimeoutConfig) -> float | None:  # type: ignore[override]
         return timeouts.evaluation_timeout_s(i.task, i.eval, timeouts_, i.data_dir, i.language,
