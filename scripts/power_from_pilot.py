@@ -83,9 +83,16 @@ def main() -> None:
     for col in (args.baseline, args.new):
         print(f"- {col}: per seed {json.loads(row[f'{col}_per_seed'])}, seed SD {row[f'{col}_seed_sd']:.2f}")
     print(f"- {args.gain}: per seed {seed_means.round(2).tolist()}, mean {grand:.2f}, SD {seed_means.std(ddof=1):.2f}")
-    print(f"- two-way random effects on the per-item differences (points): sigma_seed = {math.sqrt(var_seed):.2f} "
-          f"(95% upper end {math.sqrt(var_seed_hi):.2f}), sigma_item = {math.sqrt(var_item):.1f}, "
-          f"sigma_res = {math.sqrt(ms_res):.1f}\n")
+    # Under the model MS_seed estimates sigma_res^2 + N sigma_seed^2, never less than MS_res on average. One far
+    # below it (the seeds agree more closely than the item noise allows) is a misfit: no bound on sigma_seed.
+    misfit = float(stats.f.cdf(ms_seed / ms_res, s_ - 1, (s_ - 1) * (n - 1)))
+    fit = f"sigma_seed = {math.sqrt(var_seed):.2f} (95% upper end {math.sqrt(var_seed_hi):.2f})"
+    seed_text = (fit if misfit >= 0.05
+                 else f"sigma_seed not estimable: the model does not fit (MS_seed {ms_seed:.1f} against MS_res "
+                      f"{ms_res:,.0f}; a ratio this small has probability {misfit:.3f} under the model), so 0 is no "
+                      "bound; the tables below use 0")
+    print(f"- two-way random effects on the per-item differences (points): {seed_text}, "
+          f"sigma_item = {math.sqrt(var_item):.1f}, sigma_res = {math.sqrt(ms_res):.1f}\n")
     print(f"Power to detect a {args.effect:g}-point gain, two-sided, alpha = 0.05 / {args.comparisons} "
           f"(Holm's first step):\n")
     print("| seeds S | test items N | SE | power | power at sigma_seed's upper end |\n|---|---|---|---|---|")

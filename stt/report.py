@@ -367,8 +367,12 @@ def _interval_note(df: pd.DataFrame, resamples: int, seed: int) -> str:
                 "seed per adapter: the intervals hold the sampling of test items only, not the variance between "
                 "training runs (set train.seeds to measure it).")
     k = int(max(df[c].max() for c in seeded))
+    few = f"; with {k} seeds the seed part cannot reach beyond the observed seeds, so it understates the seed " \
+        "uncertainty" if k < 5 else ""
     return (f"Intervals: two-level percentile bootstrap over {k} training seeds and then test items (each resample "
-            f"draws seeds with replacement, then items within each drawn seed), {resamples} resamples, seed {seed}; "
+            "draws the seeds with replacement and one sample of the test items with replacement, shared by every "
+            "drawn seed: every seed was scored on the same items, and drawing them anew per seed would shrink the "
+            f"items' share of the variance by the number of seeds{few}), {resamples} resamples, seed {seed}; "
             "gains are paired on seeds and items; `sd x/k` = the standard deviation of the k seeds' scores. The "
             "plot shows each seed's score as a dot.")
 

@@ -75,3 +75,18 @@ def test_a_gain_over_different_items_is_refused(tmp_path):
     config = {"name": "t", "engine": {"model": "m"}, "languages": ["de"], "tasks": ["mnli"]}
     with pytest.raises(Exception, match="same items"):
         write_report(tmp_path / "run", evaluations, [], config)
+
+
+def test_the_interval_note_describes_the_bootstrap_the_code_draws():
+    """Issue 37: the note said items were drawn within each drawn seed; stt.stats draws one item sample shared
+    by every drawn seed. With few seeds it says the seed part cannot reach beyond the seeds observed."""
+    import pandas as pd
+
+    from stt.report import _interval_note
+
+    three = _interval_note(pd.DataFrame({"stt_seeds": [3]}), 10000, 0)
+    assert "one sample of the test items with replacement, shared by every drawn seed" in three
+    assert "within each drawn seed" not in three
+    assert "with 3 seeds the seed part cannot reach beyond the observed seeds" in three
+    assert "cannot reach beyond" not in _interval_note(pd.DataFrame({"stt_seeds": [8]}), 10000, 0)
+    assert "over test items" in _interval_note(pd.DataFrame({"stt_seeds": [1]}), 10000, 0)
