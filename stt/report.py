@@ -428,18 +428,25 @@ def design_checks(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def primary_metric_line(used: dict[str, str], config: dict[str, Any]) -> str:
+    """Which metric each task's numbers use, and whether the config declared it or it is the task's default."""
+    declared = (config.get("eval") or {}).get("primary_metric") or {}
+    metrics = ", ".join(f"{t}: `{m}` ({'declared in the config' if t in declared else 'the task default'})"
+                        for t, m in used.items())
+    return (f"Primary metric, fixed before the run (`eval.primary_metric`, else the task's default): {metrics}. "
+            "Every score, interval, gain, p-value and the plot use it.")
+
+
 def markdown(df: pd.DataFrame, config: dict[str, Any], notes: list[str], checks: list[str] | None = None,
              english: pd.DataFrame | None = None) -> str:
     """The report: `checks` (design_checks, steps_check) first, then the table, the English reference
     (english_reference) and the notes."""
     checks = checks if checks is not None else design_checks(df)
     english = english if english is not None else pd.DataFrame()
-    metrics = ", ".join(f"{t}: `{m}`" for t, m in dict(zip(df["task"], df["metric"], strict=True)).items())
     lines = [f"# Self-Translate-Train: {config.get('name', 'run')}", "",
              f"Model `{config['engine']['model']}`, languages {', '.join(config['languages'])}, "
              f"tasks {', '.join(config['tasks'])}.", "",
-             f"Primary metric, declared in the config before the run (`eval.primary_metric`): {metrics}. "
-             "Every score, interval, gain, p-value and the plot use it.", "",
+             primary_metric_line(dict(zip(df["task"], df["metric"], strict=True)), config), "",
              "## Design checks (read these first)", "", *[f"- {c}" for c in checks], "",
              "## Results", "",
              "Columns: the task metric (%) with its 95% bootstrap interval over test items, of the base model, "
@@ -468,6 +475,16 @@ def markdown(df: pd.DataFrame, config: dict[str, Any], notes: list[str], checks:
     return "\n".join(lines)
 
 
+def resolved_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's config as saved with its results: `eval.primary_metric` names every task's primary metric, the
+    declared ones and the task defaults alike, so the saved config says what every number was computed on (and
+    runs again on the same metrics). The report says which were declared."""
+    ev = dict(config.get("eval") or {})
+    declared = ev.get("primary_metric") or {}
+    ev["primary_metric"] = {t: declared.get(t) or default_metric(t) for t in config.get("tasks", [])}
+    return {**config, "eval": ev}
+
+
 def write_report(root: Path, evaluations: list[dict[str, Any]], quality: list[dict[str, Any]],
                  config: dict[str, Any], notes: list[str] | None = None) -> dict[str, Any]:
     root = Path(root)
@@ -487,6 +504,6 @@ def write_report(root: Path, evaluations: list[dict[str, Any]], quality: list[di
         plot(df, tmp_plot)
     md = markdown(df, config, notes or [], design_checks(df) + steps_check(adapters), english)
     write_text_atomic(root / "report.md", md)
-    write_text_atomic(root / "config.json", json.dumps(config, indent=2, default=str))
+    write_text_atomic(root / "config.json", json.dumps(resolved_config(config), indent=2, default=str))
     return {"results": str(root / "results.parquet"), "report": str(root / "report.md"),
             "plot": str(root / "plot.png"), "markdown": md, "table": display_table(df)}

@@ -90,3 +90,16 @@ def test_the_interval_note_describes_the_bootstrap_the_code_draws():
     assert "with 3 seeds the seed part cannot reach beyond the observed seeds" in three
     assert "cannot reach beyond" not in _interval_note(pd.DataFrame({"stt_seeds": [8]}), 10000, 0)
     assert "over test items" in _interval_note(pd.DataFrame({"stt_seeds": [1]}), 10000, 0)
+
+
+def test_the_saved_config_names_every_tasks_primary_metric_and_the_report_says_which_were_declared():
+    from stt.report import primary_metric_line, resolved_config
+
+    config = {"name": "r", "tasks": ["mnli", "squad", "gsm8k"], "languages": ["de"],
+              "engine": {"model": "m"}, "eval": {"primary_metric": {"squad": "exact_match"}, "limit": 5}}
+    saved = resolved_config(config)
+    assert saved["eval"] == {"primary_metric": {"mnli": "accuracy_calibrated", "squad": "exact_match",
+                                                "gsm8k": "accuracy"}, "limit": 5}
+    assert config["eval"]["primary_metric"] == {"squad": "exact_match"}  # the caller's dict is left alone
+    text = primary_metric_line({"mnli": "accuracy_calibrated", "squad": "exact_match"}, config)
+    assert "mnli: `accuracy_calibrated` (the task default), squad: `exact_match` (declared in the config)" in text

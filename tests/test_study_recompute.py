@@ -423,3 +423,17 @@ def test_one_changed_gold_label_fails_the_recompute(study: Path, tmp_path):
     check = Recompute(study, data, stop_at_first_problem=True)
     check.run()
     assert any("recomputed" in p for p in check.problems), check.problems[:5]
+
+
+@pytest.mark.skipif(not STUDIES, reason="no committed study under experiments/")
+@pytest.mark.parametrize("study", STUDIES, ids=[p.name for p in STUDIES])
+def test_the_committed_config_records_the_primary_metric_its_results_use(study: Path):
+    """Issue 37: v2's config said `eval.primary_metric: {}` while its numbers are calibrated accuracy (the code's
+    default). Every committed config names each task's primary metric, and it is the one results.parquet used."""
+    import pandas as pd
+
+    config = json.loads((study / "config.json").read_text())
+    named = config["eval"].get("primary_metric") or {}
+    used = dict(zip(*pd.read_parquet(study / "results.parquet")[["task", "metric"]].T.values, strict=True))
+    assert set(named) == set(config["tasks"]), f"{study.name}: eval.primary_metric names {named}"
+    assert named == used
