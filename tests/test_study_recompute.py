@@ -14,6 +14,14 @@ with this file's own code: nothing from `stt` is imported.
   scipy, macro-F1); per-seed scores and seed SDs; chrF and BLEU from the exported translations.
 - Anything in the results file that was not checked fails the test, except what the study declares not
   recomputable (with its reason).
+- Issue 37's blind spots: the raw files must have the SHA-256 their folder's SOURCE.md records; each trained
+  column has predictions for exactly the config's `train.seeds`, each file is the one its evaluation manifest
+  vouches for, and that evaluation's adapter was trained with the file's seed; every prompt holds the raw input
+  of the item its id names; the files' `gold` and `score` columns are the raw data's and the recomputed ones;
+  intervals and p-values are drawn from the published scheme's own stream (stt.stats: PCG64 from the bootstrap
+  seed, chunks of 500) and must be equal, not close; Holm is applied to this file's own p-values. Each is shown
+  failing on a corrupted copy of the XQuAD study (`test_a_corrupted_copy_of_a_study_fails_the_recompute`).
+  Not checked yet: report.md, power.md and timings.md.
 """
 
 from __future__ import annotations
@@ -44,6 +52,33 @@ def raw_gold(data: Path, language: str, split: str) -> list[str]:
         return (data / "xnli" / "xnli_test_labels.txt").read_text(encoding="utf-8").split()
     lines = (data / "xnli" / f"xtreme_dev-{language}.tsv").read_text(encoding="utf-8").splitlines()
     return [line.split("\t")[2].strip() for line in lines if line.strip()]
+
+
+def raw_xnli_inputs(data: Path, language: str, split: str) -> list[tuple[str, str]]:
+    """(premise, hypothesis) of every XNLI item in file order: what each prompt must hold."""
+    name = f"xtreme_test-{language}.tsv" if split == "test" else f"xtreme_dev-{language}.tsv"
+    lines = (data / "xnli" / name).read_text(encoding="utf-8").splitlines()
+    return [(cells[0].strip(), cells[1].strip()) for cells in (line.split("\t") for line in lines if line.strip())]
+
+
+def raw_files(task: str, language: str, split: str) -> list[str]:
+    """The raw files the recompute reads for one row (relative to the data folder)."""
+    if task == "squad":
+        return [f"xquad/xquad.{language}.json"]
+    inputs = f"xnli/xtreme_test-{language}.tsv" if split == "test" else f"xnli/xtreme_dev-{language}.tsv"
+    return [inputs, "xnli/xnli_test_labels.txt"] if split == "test" else [inputs]
+
+
+def source_hashes(folder: Path) -> dict[str, str]:
+    """file name -> SHA-256 from the folder's SOURCE.md tables (the last cell of a row, 64 hex digits)."""
+    import re
+
+    out = {}
+    for line in (folder / "SOURCE.md").read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 1 and re.fullmatch(r"[0-9a-f]{64}", cells[-1]):
+            out[cells[0]] = cells[-1]
+    return out
 
 
 def raw_xquad(data: Path, language: str) -> list[dict]:
@@ -87,32 +122,35 @@ def squad_metrics(prediction: str, golds: list[str], language: str) -> dict[str,
     return out
 
 
+# The published scheme's stream (stt.stats, documented there): numpy's PCG64 from the bootstrap seed, resamples
+# drawn in chunks of 500, each chunk's seed indices (two-level) before its item indices. Drawn the same way here,
+# the intervals and p-values must equal the study's to its 4 recorded decimals: a wrong scheme, resample count or
+# seed moves them.
+CHUNK = 500
+EXACT = 1e-3  # the results round to 4 decimals; the sums' order may differ in the last bits
+
+
 def bootstrap(values: np.ndarray, resamples: int, seed: int) -> tuple[float, float, np.ndarray]:
     rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    means = np.concatenate([values[rng.integers(0, len(values), size=(min(CHUNK, resamples - start), len(values)))]
+                            .mean(axis=1) for start in range(0, resamples, CHUNK)])
     lo, hi = np.quantile(means, [0.025, 0.975])
     return float(lo), float(hi), means
 
 
 def two_level(values: np.ndarray, resamples: int, seed: int) -> tuple[float, float, np.ndarray]:
     """seeds x items (every seed on the same items): each resample draws seeds with replacement and one set of
-    items shared by them (drawn here from a stream of its own, so the study's interval agrees within Monte
-    Carlo error)."""
-    rng = np.random.default_rng(seed + 12345)
+    items shared by them."""
+    rng = np.random.default_rng(seed)
     s, n = values.shape
-    means = np.empty(resamples)
-    for _ in range(resamples):
-        drawn = rng.integers(0, s, size=s)
-        items = rng.integers(0, n, size=n)
-        means[_] = values[np.ix_(drawn, items)].mean()
+    means = []
+    for start in range(0, resamples, CHUNK):
+        k = min(CHUNK, resamples - start)
+        drawn, items = rng.integers(0, s, size=(k, s)), rng.integers(0, n, size=(k, n))
+        means += [values[np.ix_(drawn[r], items[r])].mean() for r in range(k)]
+    means = np.array(means)
     lo, hi = np.quantile(means, [0.025, 0.975])
     return float(lo), float(hi), means
-
-
-def mc_error(means: np.ndarray, batches: int = 20) -> float:
-    """Monte Carlo standard error of a 95% interval end from `means` (batch means of the two quantiles)."""
-    ends = np.array([np.quantile(b, [0.025, 0.975]) for b in np.array_split(means, batches)])
-    return float(ends.std(axis=0, ddof=1).max() / np.sqrt(batches))
 
 
 def prior_matched(logprobs: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -171,7 +209,10 @@ class Recompute:
         evaluation = config.get("eval", {})
         self.split = evaluation.get("test_split", {}).get("mnli", evaluation.get("xnli_split", "test"))
         self.tasks = config["tasks"]
+        train = config.get("train", {})
+        self.seeds = sorted(train.get("seeds") or [train.get("seed", 0)])
         self.problems: list[str] = []
+        self.sources_checked: set[str] = set()
         self.checked: set[tuple[int, str]] = set()
         self.files_checked = 0
 
@@ -200,8 +241,10 @@ class Recompute:
         columns = [c.removesuffix("_predictions") for c in self.df.columns if c.endswith("_predictions")]
         family: list[tuple[int, str, float]] = []
         for i, row in self.df.iterrows():
+            self.check_sources(row["task"], row["language"])
             gold_all = (raw_xquad(self.data, row["language"]) if row["task"] == "squad"
                         else raw_gold(self.data, row["language"], self.split))
+            inputs = None if row["task"] == "squad" else raw_xnli_inputs(self.data, row["language"], self.split)
             resamples, seed = int(row["bootstrap_resamples"]), int(row["bootstrap_seed"])
             per_item: dict[str, pd.Series] = {}
             for col in columns:
@@ -211,9 +254,13 @@ class Recompute:
                 by_seed = row.get(f"{col}_predictions_by_seed")
                 paths = json.loads(by_seed) if isinstance(by_seed, str) else {"-": rel}
                 seeds = {}
+                trained = sorted(int(k) for k in paths if k.isdigit())
+                if trained:  # a column of adapters: one per seed of the config, no more, no fewer
+                    self.expect(i, f"{col}_predictions_by_seed", trained == self.seeds,
+                                f"predictions of seeds {trained}; the config's train.seeds is {self.seeds}")
                 for seed_key, path in sorted(paths.items()):
-                    seeds[seed_key] = self.load(i, col, path, gold_all, row)
-                    self.expect(i, f"{col}_predictions_by_seed", True, "")
+                    seeds[seed_key] = self.load(i, col, path, gold_all, row, inputs)
+                    self.check_provenance(i, col, row["task"], seed_key, Path(path).name)
                 first = seeds[sorted(paths, key=lambda k: paths[k] != rel)[0]]
                 per_item[col] = {k: v[0] for k, v in seeds.items()}
                 self.check_column(i, col, row, per_item[col], first, resamples, seed)
@@ -226,10 +273,10 @@ class Recompute:
             for name, new, base in pairs:
                 if new not in per_item or base not in per_item or name not in self.df:
                     continue
-                lo, hi = self.check_gain(i, name, row, per_item[new], per_item[base], resamples, seed)
+                lo, hi, p = self.check_gain(i, name, row, per_item[new], per_item[base], resamples, seed)
                 if name == "learned":
                     continue
-                family.append((i, name, float(row[f"{name}_p"])))
+                family.append((i, name, p))  # Holm from this file's own p-values, not the study's
                 if f"{name}_p_holm" not in self.df:  # before Holm: significant = the interval excludes 0
                     self.expect(i, f"{name}_significant", bool(row[f"{name}_significant"]) == (not lo <= 0 <= hi),
                                 "significance flag")
@@ -244,7 +291,8 @@ class Recompute:
                 self.expect(i, f"{name}_significant", bool(self.df.at[i, f"{name}_significant"]) == (adj < 0.05),
                             "significance at the Holm-adjusted p")
 
-    def load(self, i: int, col: str, rel: str, gold_all: list, row: pd.Series) -> tuple[pd.Series, dict, tuple | None]:
+    def load(self, i: int, col: str, rel: str, gold_all: list, row: pd.Series, inputs: list | None
+             ) -> tuple[pd.Series, dict, tuple | None]:
         recorded = self.recorded
         name = Path(rel).name
         self.expect(i, f"{col}_predictions", name in recorded, f"no recorded checksum for {name}")
@@ -252,13 +300,29 @@ class Recompute:
         slim = pd.read_parquet(self.study / rel)
         index = np.array([int(x.rsplit(":", 1)[1]) for x in full["id"]])
         metric = row["metric"]
+        same_ids = list(slim["id"]) == list(full["id"]) and list(slim["index"]) == list(full["index"]) == index.tolist()
+        self.expect(i, f"{col}_predictions", same_ids, f"{name}: ids and indices disagree")
+        # Each prompt holds the raw input of the item its id names (items aligned before export).
+        if row["task"] == "squad":
+            held = [gold_all[k]["question"].strip() in prompt for prompt, k in zip(full["prompt"], index, strict=True)]
+        else:
+            held = [inputs[k][0] in prompt and inputs[k][1] in prompt
+                    for prompt, k in zip(full["prompt"], index, strict=True)]
+        misaligned = [int(k) for k, ok in zip(index, held, strict=True) if not ok]
+        self.expect(i, f"{col}_predictions", not misaligned,
+                    f"{name}: the prompts of items {misaligned[:5]} do not hold their raw inputs")
         if row["task"] == "squad":
             self.expect(i, f"{col}_predictions", list(slim["prediction"]) == list(full["prediction"]),
                         "slim and full files disagree")
             per_item = [squad_metrics(p, gold_all[k]["answers"], row["language"])
                         for p, k in zip(full["prediction"], index, strict=True)]
             metrics = {m: np.array([x[m] for x in per_item]) for m in per_item[0]}
+            self.check_gold_and_score(i, col, name, [json.loads(g) for g in slim["gold"]],
+                                      [gold_all[k]["answers"] for k in index], slim, full, metrics["f1"])
             return pd.Series(metrics[metric] * 100, index=index), metrics, None
+        self.check_gold_and_score(i, col, name, list(slim["gold"]), [gold_all[k] for k in index], slim, full,
+                                  (np.array(list(full["prediction"])) == np.array([gold_all[k] for k in index]))
+                                  .astype(float))
         gold = np.array([LABELS.index(gold_all[k]) for k in index])
         logprobs = np.array([[json.loads(o)[lab] for lab in LABELS] for o in full["output"]])
         pred = np.array([LABELS.index(p) for p in full["prediction"]])
@@ -271,21 +335,61 @@ class Recompute:
                    "accuracy_calibrated": (calibrated == gold).astype(float)}
         return pd.Series(metrics[metric] * 100, index=index), metrics, (pred, calibrated, gold)
 
+    def check_gold_and_score(self, i: int, col: str, name: str, gold: list, raw: list, slim: pd.DataFrame,
+                             full: pd.DataFrame, score: np.ndarray) -> None:
+        """The files' `gold` (slim and full) is the raw data's, and `score` is the per-item score recomputed here
+        (raw accuracy; SQuAD F1 as a fraction)."""
+        full_gold = [json.loads(g) for g in full["gold"]] if isinstance(gold[0], list) else list(full["gold"])
+        wrong = [k for k, (g, r, f) in enumerate(zip(gold, raw, full_gold, strict=True)) if not g == r == f]
+        self.expect(i, f"{col}_predictions", not wrong, f"{name}: gold of rows {wrong[:5]} is not the raw data's")
+        for which, frame in (("slim", slim), ("full", full)):
+            off = np.flatnonzero(~np.isclose(frame["score"].to_numpy(dtype=float), score, atol=1e-9))
+            self.expect(i, f"{col}_predictions", not len(off),
+                        f"{name}: {which} score of rows {off[:5].tolist()} is not the recomputed one")
+
+    def check_sources(self, task: str, language: str) -> None:
+        """The raw files read here are the ones the data folder's SOURCE.md records (SHA-256): a corrupted file
+        would move the study and this recomputation alike."""
+        for rel in raw_files(task, language, self.split):
+            if rel in self.sources_checked:
+                continue
+            self.sources_checked.add(rel)
+            folder, name = (self.data / rel).parent, Path(rel).name
+            recorded = source_hashes(folder).get(name)
+            sha = hashlib.sha256((self.data / rel).read_bytes()).hexdigest()
+            if sha != recorded:
+                self.problems.append(f"data {rel}: SHA-256 {sha[:12]} is not the {str(recorded)[:12]} of its SOURCE.md")
+
+    def check_provenance(self, i: int, col: str, task: str, seed_key: str, name: str) -> None:
+        """The evaluation's manifest vouches for this prediction file, and the adapter it names was trained with
+        this seed (a seed dropped or swapped before export shows here)."""
+        folder = self.study / "manifests" / task / "eval" / name.removesuffix(".parquet")
+        marker = folder / "_manifest.json"
+        if not marker.is_file():
+            self.expect(i, f"{col}_predictions_by_seed", False,
+                        f"no evaluation manifest {marker.relative_to(self.study)}")
+            return
+        info = json.loads(marker.read_text())
+        self.expect(i, f"{col}_predictions_by_seed",
+                    info["files"].get("predictions.parquet") == self.recorded.get(name, {}).get("sha256"),
+                    f"{name}: not the predictions its evaluation manifest vouches for")
+        if info.get("adapter"):
+            adapter = self.study / "manifests" / task / "adapters" / Path(info["adapter"]).name / "_manifest.json"
+            trained = json.loads(adapter.read_text())["config"].get("seed") if adapter.is_file() else None
+            self.expect(i, f"{col}_predictions_by_seed", adapter.is_file() and (
+                not seed_key.isdigit() or trained == int(seed_key)),
+                f"{name}: adapter {Path(info['adapter']).name} has no manifest or another seed ({trained})")
+
     def check_column(self, i: int, col: str, row: pd.Series, by_seed: dict[str, pd.Series], first: tuple,
                      resamples: int, seed: int) -> None:
         order = sorted(by_seed, key=lambda k: (k in ("None", "-"), int(k) if k.lstrip("-").isdigit() else 0))
         values = np.array([by_seed[k].loc[by_seed[order[0]].index].to_numpy() for k in order])
         n = values.shape[1]
+        tol = EXACT
         if len(order) == 1:
             lo, hi, _ = bootstrap(values[0], resamples, seed)
-            tol = 0.06
         else:
             lo, hi, means = two_level(values, resamples, seed)
-            # Two independent Monte Carlo streams: the ends agree within their error, which grows with the
-            # spread of per-item scores (QA F1 spreads far more than accuracy) and is lumpy with few seeds.
-            # Its size from 20 batches of this stream's own resamples; a wrong scheme (items drawn per seed,
-            # seeds not resampled) moves an end by several points, far outside it.
-            tol = max(0.4, 6 * mc_error(means))
             per_seed = values.mean(axis=1)
             self.expect(i, f"{col}_per_seed", json.loads(row[f"{col}_per_seed"]) == pytest.approx(per_seed, abs=0.006),
                         f"per seed {row[f'{col}_per_seed']} vs {per_seed.round(2)}")
@@ -304,19 +408,18 @@ class Recompute:
         self.check_scores(i, col, json.loads(row[f"{col}_scores"]), metrics, choices, n, (flo, fhi), row)
 
     def check_gain(self, i: int, name: str, row: pd.Series, new: dict[str, pd.Series], base: dict[str, pd.Series],
-                   resamples: int, seed: int) -> tuple[float, float]:
+                   resamples: int, seed: int) -> tuple[float, float, float]:
         keys = sorted(k for k in new if k not in ("None", "-")) or sorted(new)
         index = next(iter(new.values())).index
         self.expect(i, name, all(list(s.index) == list(index) for s in [*new.values(), *base.values()]),
                     "the two columns scored different items")
         base_of = {k: base.get(k, base.get("None", base.get("-"))) for k in keys}
         diff = np.array([new[k].to_numpy() - base_of[k].to_numpy() for k in keys])
+        tol, ptol = EXACT, 1e-5
         if len(keys) == 1:
             lo, hi, means = bootstrap(diff[0], resamples, seed)
-            tol, ptol = 0.06, 0.005
         else:
             lo, hi, means = two_level(diff, resamples, seed)
-            tol, ptol = 0.4, 0.01
             per_seed = diff.mean(axis=1)
             self.expect(i, f"{name}_per_seed", json.loads(row[f"{name}_per_seed"]) == pytest.approx(per_seed,
                         abs=0.006), "per-seed gains")
@@ -329,8 +432,8 @@ class Recompute:
         self.expect(i, name, round(obs, 2) == pytest.approx(row[name], abs=0.006), f"{row[name]} vs {obs:.2f}")
         self.expect(i, f"{name}_lo", row[f"{name}_lo"] == pytest.approx(lo, abs=tol), f"lo vs {lo:.2f}")
         self.expect(i, f"{name}_hi", row[f"{name}_hi"] == pytest.approx(hi, abs=tol), f"hi vs {hi:.2f}")
-        self.expect(i, f"{name}_p", row[f"{name}_p"] == pytest.approx(p, abs=ptol), f"p {row[f'{name}_p']} vs {p:.4f}")
-        return lo, hi
+        self.expect(i, f"{name}_p", row[f"{name}_p"] == pytest.approx(p, abs=ptol), f"p {row[f'{name}_p']} vs {p:.6f}")
+        return lo, hi, p
 
     def check_translations(self, i: int, row: pd.Series) -> None:
         """chrF and BLEU from the exported translations, references read from the raw XNLI dev files (XQuAD:
@@ -369,7 +472,7 @@ class Recompute:
             if key not in expected:
                 self.expect(i, f"{col}_scores", False, f"'{key}' has no independent recomputation here")
                 continue
-            tol = 0.06 if key in ("ci_lo", "ci_hi") else 0.006
+            tol = EXACT if key in ("ci_lo", "ci_hi") else 0.006
             self.expect(i, f"{col}_scores", value == pytest.approx(expected[key], abs=tol), f"{key} {value}")
 
     def unchecked(self) -> list[str]:
@@ -423,6 +526,9 @@ def test_one_changed_gold_label_fails_the_recompute(study: Path, tmp_path):
     check = Recompute(study, data, stop_at_first_problem=True)
     check.run()
     assert any("recomputed" in p for p in check.problems), check.problems[:5]
+    # The file no longer has the SHA-256 its SOURCE.md records: caught before any number is compared, even
+    # when both the study and this recomputation read the same corrupted file.
+    assert any("of its SOURCE.md" in p for p in check.problems), check.problems[:5]
 
 
 @pytest.mark.skipif(not STUDIES, reason="no committed study under experiments/")
@@ -437,3 +543,88 @@ def test_the_committed_config_records_the_primary_metric_its_results_use(study: 
     used = dict(zip(*pd.read_parquet(study / "results.parquet")[["task", "metric"]].T.values, strict=True))
     assert set(named) == set(config["tasks"]), f"{study.name}: eval.primary_metric names {named}"
     assert named == used
+
+
+# --- the blind spots of issue 37: each corruption of a copy of a study fails the recompute with its own line ----
+
+QA_STUDY = ROOT / "experiments" / "xquad-study"
+
+
+def _set_cell(study: Path, column: str, language: str, change) -> None:
+    df = pd.read_parquet(study / "results.parquet")
+    row = df.index[df["language"] == language][0]
+    df.at[row, column] = change(df.at[row, column])
+    df.to_parquet(study / "results.parquet", index=False)
+
+
+def _rewrite_full(study: Path, name: str, change) -> None:
+    """Change a full prediction file and record its new checksum (what a consistent bad export would do)."""
+    path = study / "predictions" / name.replace(".parquet", ".full.parquet")
+    frame = change(pd.read_parquet(path))
+    frame.to_parquet(path, index=False)
+    sums = json.loads((study / "predictions" / "full_checksums.json").read_text())
+    sums["files"][name]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (study / "predictions" / "full_checksums.json").write_text(json.dumps(sums))
+
+
+def _rotate_prompts(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["prompt"] = list(frame["prompt"].iloc[1:]) + [frame["prompt"].iloc[0]]
+    return frame
+
+
+def _config(study: Path, change) -> None:
+    config = json.loads((study / "config.json").read_text())
+    change(config)
+    (study / "config.json").write_text(json.dumps(config))
+
+
+def _adapter_seed(study: Path, adapter: str, seed: int) -> None:
+    path = study / "manifests" / "squad" / "adapters" / adapter / "_manifest.json"
+    info = json.loads(path.read_text())
+    info["config"]["seed"] = seed
+    path.write_text(json.dumps(info))
+
+
+def _slim(study: Path, name: str, change) -> None:
+    path = study / "predictions" / name
+    change(pd.read_parquet(path)).to_parquet(path, index=False)
+
+
+def _flip_score(frame: pd.DataFrame) -> pd.DataFrame:
+    frame.loc[0, "score"] = 1.0 - frame.loc[0, "score"]
+    return frame
+
+
+def _other_gold(frame: pd.DataFrame) -> pd.DataFrame:
+    frame.loc[0, "gold"] = json.dumps(["something else"])
+    return frame
+
+
+BLIND_SPOTS = {
+    # a seed dropped consistently: the config trained four, the study reports three
+    "seed dropped": (lambda d: _config(d, lambda c: c["train"].update(seeds=[0, 1, 2, 3])),
+                     "the config's train.seeds is [0, 1, 2, 3]"),
+    "adapter of another seed": (lambda d: _adapter_seed(d, "english.seed1", 2), "has no manifest or another seed"),
+    "items misaligned before export": (lambda d: _rewrite_full(d, "zero-shot-de.parquet", _rotate_prompts),
+                                       "do not hold their raw inputs"),
+    "a wrong score column": (lambda d: _slim(d, "zero-shot-de.parquet", _flip_score),
+                             "slim score of rows [0] is not the recomputed one"),
+    "a wrong gold column": (lambda d: _slim(d, "zero-shot-de.parquet", _other_gold), "gold of rows [0]"),
+    # 0.05 inside the old 0.4 tolerance: the scheme is deterministic, so the end must be equal
+    "an interval end off by 0.05": (lambda d: _set_cell(d, "gain_lo", "de", lambda v: v + 0.05), "gain_lo: lo vs"),
+    # a p-value inside the old tolerance, its Holm value made consistent with it
+    "a p-value off by 0.004": (lambda d: (_set_cell(d, "gain_p", "de", lambda v: v + 0.004),
+                                          _set_cell(d, "gain_p_holm", "de", lambda v: v + 0.008)), "gain_p: p"),
+}
+
+
+@pytest.mark.skipif(not (QA_STUDY / "results.parquet").is_file(), reason="the committed XQuAD study is needed")
+@pytest.mark.parametrize("case", sorted(BLIND_SPOTS))
+def test_a_corrupted_copy_of_a_study_fails_the_recompute(case: str, tmp_path):
+    study = tmp_path / "study"
+    shutil.copytree(QA_STUDY, study)
+    corrupt, expected = BLIND_SPOTS[case]
+    corrupt(study)
+    check = Recompute(study, data_dir())
+    check.run()
+    assert any(expected in p for p in check.problems), check.problems[:8]
