@@ -21,7 +21,7 @@ with this file's own code: nothing from `stt` is imported.
   intervals and p-values are drawn from the published scheme's own stream (stt.stats: PCG64 from the bootstrap
   seed, chunks of 500) and must be equal, not close; Holm is applied to this file's own p-values. Each is shown
   failing on a corrupted copy of the XQuAD study (`test_a_corrupted_copy_of_a_study_fails_the_recompute`).
-  report.md's results table must show the same numbers. Not checked yet: power.md and timings.md.
+  report.md's results table must show the same numbers. power.md and timings.md: tests/test_study_files.py.
 """
 
 from __future__ import annotations
