@@ -49,6 +49,12 @@ ARMS: tuple[Arm, ...] = (
     Arm("human_tt", "human-translate-train", "human translate-train", set_kind="human-translate-train",
         comparisons=(Comparison("human_gain", "zero_shot", "human TT - zero-shot"),)),
     Arm("translate_test", "translate-test", "translate-test"),
+    # The positive control independent of the model's translations (issue 37): every translated item's human
+    # translation, with English 1:1 and alone. Built when build.sets names them.
+    Arm("human_all", "human-translate-train-all", "human TT (all items)", set_kind="human-translate-train-all",
+        comparisons=(Comparison("human_all_gain", "zero_shot", "human TT (all items) - zero-shot"),)),
+    Arm("human_only", "human-only", "human target only (all items)", set_kind="human-only",
+        comparisons=(Comparison("human_only_gain", "zero_shot", "human target only - zero-shot"),)),
 )
 
 # Column -> evaluation model label, in the report's order.

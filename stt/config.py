@@ -172,7 +172,7 @@ def stable_json(obj: object) -> str:
 # filter set aside (the "without the filter" column; needs translate.round_trip.enabled).
 # english-equal-data: English only, as many distinct rows as the language's self-translate-train set (stt.trainsets).
 SetKind = Literal["english", "self-translate-train", "self-translate-train-unfiltered", "code-switch",
-                  "human-translate-train", "english-equal-data"]
+                  "human-translate-train", "english-equal-data", "human-translate-train-all", "human-only"]
 
 
 class BuildConfig(BaseModel):

@@ -11,7 +11,10 @@
 - `english-equal-data` (a control, one per language): English only, with as many distinct rows as that
   language's self-translate-train set: the translated English items plus as many further English items,
   in file order, as there are accepted translations (items no other arm uses). Separates "more distinct
-  training rows" from "rows in the target language".
+  training rows" from "rows in the target language";
+- `human-translate-train-all` (the positive control that does not depend on the model's translations):
+  English + the human translations of *every* translated English item, 1:1, whatever the filter accepted;
+- `human-only` (its target-language-only twin): the human translations of every translated item, no English.
 
 Each set is a folder with `data.parquet` (one row per training pair: prompt, target, provenance)
 and `_manifest.json` (how the set was mixed, from what, with checksums).
@@ -130,7 +133,7 @@ def _switched(spec: TaskSpec, english: dict[str, Any], translated: dict[str, Any
 def build_rows(spec: TaskSpec, kind: SetKind, language: str | None, english: list[dict[str, Any]],
                translated: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
     recipe = RECIPES[kind]
-    rows = [_row(spec, ex, "en", "english") for ex in english]
+    rows = [_row(spec, ex, "en", "english") for ex in english] if recipe.english else []
     if recipe.target:
         assert language is not None
         rows += [_row(spec, ex, language, recipe.variant) for ex in translated]
@@ -149,6 +152,17 @@ def _human_for_accepted(task: str, source: Path | None, language: str, translate
         raise DataError("human-translate-train needs the training file the translate stage read (inputs:)")
     accepted = {r["id"] for r in translated_examples(translate_dir, language)}
     return [r for r in human_examples(task, source, language) if r["id"] in accepted]
+
+
+def _human_for_all(task: str, source: Path | None, language: str, translate_dir: Path) -> list[dict[str, Any]]:
+    if source is None:
+        raise DataError("human-translate-train-all needs the training file the translate stage read (inputs:)")
+    read = {r["id"] for r in english_examples(translate_dir)}
+    rows = [r for r in human_examples(task, source, language) if r["id"] in read]
+    if len(rows) < len(read):
+        raise DataError(f"{len(read) - len(rows)} of the {len(read)} translated items have no human translation "
+                        f"into '{language}' in {Path(source).name}: the all-items control needs every one")
+    return rows
 
 
 def unused_english(task: str, source: Path | None, language: str, translate_dir: Path) -> list[dict[str, Any]]:
@@ -197,6 +211,7 @@ class Recipe:
     side_key: str = ""
     side_is_english: bool = False
     code_switch: bool = False  # each translated example also as mixed copies (one field group switched)
+    english: bool = True  # the translated English items are in the set (human-only: none)
 
     @property
     def per_language(self) -> bool:
@@ -210,6 +225,8 @@ RECIPES: dict[str, Recipe] = {
     "code-switch": Recipe(target=_accepted, code_switch=True),
     "human-translate-train": Recipe(target=_the_side, variant="human", side=_human_for_accepted, side_key="rows"),
     "english-equal-data": Recipe(side=unused_english, side_key="extra_english", side_is_english=True),
+    "human-translate-train-all": Recipe(target=_the_side, variant="human", side=_human_for_all, side_key="rows"),
+    "human-only": Recipe(target=_the_side, variant="human", side=_human_for_all, side_key="rows", english=False),
 }
 
 

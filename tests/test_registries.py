@@ -158,11 +158,13 @@ def test_the_arms_give_the_reports_columns_and_comparisons():
     assert MODEL_OF_SET == {"english": "zero-shot", "english-equal-data": "zero-shot-equal-data",
                             "self-translate-train": "self-translate-train",
                             "self-translate-train-unfiltered": "self-translate-train-unfiltered",
-                            "code-switch": "code-switch", "human-translate-train": "human-translate-train"}
+                            "code-switch": "code-switch", "human-translate-train": "human-translate-train",
+                            "human-translate-train-all": "human-translate-train-all", "human-only": "human-only"}
     assert COMPARISONS == [("gain", "stt", "zero_shot"), ("gain_vs_equal_steps", "stt", "zero_shot_steps"),
                            ("gain_vs_translate_test", "stt", "translate_test"),
                            ("filter_gain", "stt", "stt_unfiltered"), ("gain_vs_equal_data", "stt", "zero_shot_data"),
-                           ("human_gain", "human_tt", "zero_shot")]
+                           ("human_gain", "human_tt", "zero_shot"), ("human_all_gain", "human_all", "zero_shot"),
+                           ("human_only_gain", "human_only", "zero_shot")]
     assert SHOWN["zero_shot_steps"] == "zero-shot (equal steps)"
 
 

@@ -144,3 +144,30 @@ def pq_rows(path):
     import pyarrow.parquet as pq
 
     return pq.read_table(path).to_pylist()
+
+
+def test_the_all_items_controls_take_every_translated_items_human_translation_whatever_was_accepted(tmp_path):
+    """Issue 37: the positive control no longer depends on the model's translations. 4 English items translated,
+    2 accepted: human-translate-train-all has the 4 English rows and the 4 human German ones (1:1), human-only
+    the 4 German rows alone; the same-items control keeps its 2."""
+    from stt.config import BuildConfig
+    from stt.stages.build import build_set
+
+    source = DATA / "xnli" / "xtreme_dev-en.tsv"
+    dev = get_task("mnli").load(source)
+    german = get_task("mnli").load(DATA / "xnli" / "xtreme_dev-de.tsv")
+    folder = _translate_dir(tmp_path / "translate", dev[:4], [{**german[0], "id": dev[0]["id"]},
+                                                              {**german[2], "id": dev[2]["id"]}])
+    ids = sorted(d["id"] for d in dev[:4])
+    both = build_set("mnli", "human-translate-train-all", "de", folder, tmp_path / "sets", BuildConfig(), source)
+    rows = pq_rows(tmp_path / "sets" / "human-translate-train-all-de" / "data.parquet")
+    assert both["rows"] == 8 and both["mixing"] == {"english": 4, "human": 4}
+    assert sorted(r["id"] for r in rows if r["language"] == "de") == ids
+    assert sorted(r["id"] for r in rows if r["language"] == "en") == ids
+    # The German row of item 1 (not accepted) is XNLI's human premise, in the prompt.
+    assert any(german[1]["premise"] in r["prompt"] for r in rows if r["language"] == "de")
+    alone = build_set("mnli", "human-only", "de", folder, tmp_path / "sets", BuildConfig(), source)
+    rows = pq_rows(tmp_path / "sets" / "human-only-de" / "data.parquet")
+    assert alone["rows"] == 4 and {r["language"] for r in rows} == {"de"} and sorted(r["id"] for r in rows) == ids
+    same = build_set("mnli", "human-translate-train", "de", folder, tmp_path / "sets", BuildConfig(), source)
+    assert same["mixing"] == {"english": 4, "human": 2}
