@@ -284,11 +284,10 @@ def _copy_twin(twins: Sequence[Path], out_folder: Path, key: str) -> tuple[list[
     return None
 
 
-def adapter_key(model_name: str, set_folder: Path, config: TrainConfig) -> tuple[str, str]:
-    """The adapter's key and the name of its checkpoints' subfolder (a resume only ever continues a run of
-    the same key: a new key clears the others' checkpoints)."""
-    key = finetune_key(model_name, set_folder, config)
-    return key, key[:16]
+def checkpoints_of(key: str) -> str:
+    """The subfolder of `checkpoints/` that holds this key's checkpoints: a resume only ever continues a run of
+    the same key, and a redo under a new key clears the others' (stt.markers.made_once's `keep`)."""
+    return key[:16]
 
 
 def make_adapter(model_name: str, set_folder: Path, out_folder: Path, config: TrainConfig, device: str, key: str,
@@ -316,16 +315,16 @@ def finetune(model_name: str, set_folder: Path, out_folder: Path, config: TrainC
     """Train (or reuse) a LoRA adapter on one training set, outside a run (benchmarks, tests): the stage's job
     done the way the runner does it (stt.markers.made_once). Returns the adapter's manifest. `twins`: other
     adapter folders; one done under the same key is copied instead of training again."""
-    key, checkpoints = adapter_key(model_name, set_folder, config)
+    key = finetune_key(model_name, set_folder, config)
     return markers.made_once(Path(out_folder), key, OUTPUTS, "finetune", lambda: make_adapter(
-        model_name, set_folder, out_folder, config, device, key, twins, supervised), keep=checkpoints)
+        model_name, set_folder, out_folder, config, device, key, twins, supervised), keep=checkpoints_of(key))
 
 
 def _train(model: ResolvedModel, set_folder: Path, set_info: dict[str, Any], out_folder: Path, config: TrainConfig,
            device: str, key: str) -> tuple[list[str], dict[str, Any]]:
     """Train the adapter of this key (resuming its last complete checkpoint) and write its outputs; returns
     their names and the marker's record."""
-    checkpoint_dir = out_folder / "checkpoints" / key[:16]
+    checkpoint_dir = out_folder / "checkpoints" / checkpoints_of(key)
     out_folder.mkdir(parents=True, exist_ok=True)
     rows = pq.read_table(set_folder / "data.parquet").to_pylist()
     if not rows:
@@ -522,10 +521,10 @@ class Finetune(StageDef[Inputs]):
     outputs = tuple(OUTPUTS)
 
     def key(self, i: Inputs) -> str:
-        return adapter_key(i.model, i.set_folder, train_config(i))[0]
+        return finetune_key(i.model, i.set_folder, train_config(i))
 
     def kept(self, key: str) -> str | None:
-        return key[:16]  # the checkpoints of this key: a rerun resumes from them
+        return checkpoints_of(key)  # a rerun resumes from this key's checkpoints
 
     def make(self, i: Inputs, folder: Path, key: str) -> tuple[list[str], dict[str, Any]]:
         return make_adapter(i.model, i.set_folder, folder, train_config(i), i.device, key, i.twins, i.supervised)
