@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--comparisons", type=int, default=6, help="comparisons in the v2 table (Holm family)")
     ap.add_argument("--items", default="500,1500,5010",
                     help="test-set sizes to tabulate (XNLI test: 5,010; XQuAD's held-out articles: 558)")
+    ap.add_argument("--seeds", default="3,5,8", help="seed counts to tabulate")
     args = ap.parse_args()
 
     df = pd.read_parquet(args.run / "results.parquet")
@@ -113,7 +114,7 @@ def main() -> None:
           f"MS_item {ms_item:.1f}, MS_res {ms_res:.1f}).\n")
     print("| seeds S | test items N | SE | SD* | power (SE) | power of the bootstrap test | bootstrap test at "
           "sigma_seed's upper end |\n|---|---|---|---|---|---|---|")
-    for seeds_n in (3, 5, 8):
+    for seeds_n in [int(x) for x in args.seeds.split(",")]:
         for items in [int(x) for x in args.items.split(",")]:
             cells = []
             for v_seed in (var_seed, var_seed_hi):

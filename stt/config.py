@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from stt.engine_settings import EngineConfig, TransformersSettings  # each engine kind's settings
 from stt.errors import ConfigError
+from stt.store import is_url, mirror_root
 
 
 class GenerationParams(BaseModel):
@@ -310,7 +311,9 @@ class RunConfig(TranslationSettings):
     """One end-to-end Self-Translate-Train experiment. Saved as the run directory's config.json."""
 
     name: str = "run"
-    run_dir: Path | None = None  # default: runs/<name>
+    # default: runs/<name>. A URL (s3://bucket/prefix, gs://...) puts the run on object storage (stt.store): each
+    # worker then works in a local mirror of it and the runner moves every job's inputs and outputs.
+    run_dir: Annotated[str | None, BeforeValidator(lambda v: None if v is None else str(v))] = None
     tasks: Names = ("gsm8k",)  # built-in (gsm8k, squad, mnli) or declared in configs/tasks/<name>.yaml
     inputs: dict[str, Path] = {}  # task -> training file (needed for mnli; default: the task's file in data_dir)
     build: BuildConfig = BuildConfig()
@@ -328,7 +331,15 @@ class RunConfig(TranslationSettings):
         return value
 
     @property
+    def store(self) -> str | None:
+        """The run's URL when it lives on object storage, else None."""
+        return self.run_dir.rstrip("/") if is_url(self.run_dir) else None
+
+    @property
     def root(self) -> Path:
+        """The run folder on this machine (for a run on object storage: this worker's mirror of it)."""
+        if is_url(self.run_dir):
+            return mirror_root(str(self.run_dir))
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
 
     def translate_config(self, task: str) -> TranslateConfig:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stt import pipeline
+from stt import pipeline, stored
 from stt.config import EvalConfig, RunConfig, TimeoutConfig, TranslateConfig
 from stt.engine_settings import EngineConfig
 from stt.errors import ConfigError, DataError
@@ -42,6 +42,7 @@ from stt.stages import REGISTRY, Job, StageDef
 from stt.stages.evaluate import STAGE as EVALUATE
 from stt.stages.translate import STAGE as TRANSLATE
 from stt.stages.translate import check_config
+from stt.store import RunStore
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,16 @@ def check_run(config: RunConfig) -> None:
 
 
 def plan_run(config: RunConfig, names: tuple[Stage, ...] = STAGES) -> dict[Stage, list[Job]]:
-    """Every job of these stages, in plan order, done or not: the config is planned once, per task."""
+    """Every job of these stages, in plan order, done or not: the config is planned once, per task. For a run
+    on object storage, each job names the store, and what planning wrote (translation's input shards) is
+    published for workers elsewhere."""
     plans = [pipeline.plan_task(config, task) for task in config.tasks]
-    return {stage: [job for plan in plans for job in _stage(stage).plan_jobs(config, plan)] for stage in names}
+    planned = {stage: [job for plan in plans for job in _stage(stage).plan_jobs(config, plan)] for stage in names}
+    if config.store:
+        planned = {stage: [j.model_copy(update={"store": config.store, "root": str(config.root)}) for j in jobs]
+                   for stage, jobs in planned.items()}
+        stored.publish_plans(RunStore(config.store, config.root), planned)
+    return planned
 
 
 def stage_jobs(config: RunConfig, stage: Stage) -> list[Job]:
@@ -139,12 +147,17 @@ def brief(job: Job, info: dict[str, Any]) -> str:
 def key(job: Job) -> str:
     """The stage's content key of this job (as written in its marker)."""
     stage = _stage(job.stage)
+    if job.store:
+        stored.pull_inputs(job)
     return stage.key(stage.inputs(job))
 
 
 def is_done(job: Job) -> bool:
-    """The job's outputs are on disk under its current key, every file matching its checksum."""
+    """The job's outputs are on disk under its current key, every file matching its checksum (on a run's
+    object store: its unit is claimed under that key)."""
     stage = _stage(job.stage)
+    if job.store:
+        return stored.is_done(job, stage)
     return stage.is_done(stage.inputs(job), Path(job.folder))
 
 
@@ -166,12 +179,16 @@ def run(job: Job) -> dict[str, Any]:
     if stage.uses_model:
         release_engines(keep=stage.engine_kept(inputs))
     with deadline(stage.timeout_s(inputs, job.timeouts)):
+        if job.store:  # inputs down from the run's object store, the job here, its unit up
+            return stored.run(job, stage, lambda: stage.run(inputs, folder))
         return stage.run(inputs, folder)
 
 
 def result(job: Job) -> dict[str, Any]:
     """A done job's record, read back from its folder (what `run` returned, for a job another runner did)."""
     stage = _stage(job.stage)
+    if job.store:
+        stored.pull_inputs(job)
     return summary(stage.result(stage.inputs(job), Path(job.folder)))
 
 
@@ -233,11 +250,24 @@ def _clock(seconds: float) -> str:
 def run_pipeline(config: RunConfig) -> dict[str, Any]:
     """The whole method in one process, without Prefect (the flows run the same jobs as tasks): every job
     of the plan, then the report from the run folder (the same reading as the Prefect report flow)."""
-    with run_lock(config.root):  # one run per run folder at a time
+    with run_lock(config.root):  # one run per run folder at a time (on object storage: per mirror)
         run_plan(config)
-        evaluations, quality = pipeline.collect(config)
-        return write_report(config.root, evaluations, quality, json.loads(config.model_dump_json()),
-                            pipeline.notes(config))
+        return report(config)
+
+
+def report(config: RunConfig) -> dict[str, Any]:
+    """The report from the finished evaluations (for a run on object storage: pulled first, the report
+    uploaded after)."""
+    rs = RunStore(config.store, config.root) if config.store else None
+    if rs:
+        rs.pull(Path(c["folder"]) for c in rs.claims())
+    evaluations, quality = pipeline.collect(config)
+    out = write_report(config.root, evaluations, quality, json.loads(config.model_dump_json()),
+                       pipeline.notes(config))
+    if rs:
+        rs.put_plain(config.root, sorted(p.name for p in config.root.iterdir() if p.is_file()
+                                         and not p.name.startswith(".")))
+    return out
 
 
 def translate(config: TranslateConfig) -> Path:

@@ -159,7 +159,8 @@ def run_cmd(
     set_: Annotated[list[str], typer.Option("--set", help="Override a setting of the preset: --set eval.limit=8 "
                                                           "(repeatable; YAML values).")]
     = [],  # noqa: B006 - typer needs a literal default
-    run_dir: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<name>).")] = None,
+    run_dir: Annotated[str | None, typer.Option(help="Run directory (default: runs/<name>), or a URL on object "
+                                                      "storage: s3://bucket/prefix.")] = None,
     prefect: Annotated[bool, typer.Option(help="Run as the Prefect flow (--no-prefect: plain Python).")] = True,
 ) -> None:
     """Run the whole method: translate, build sets, fine-tune, evaluate, report (zero-shot vs Self-Translate-Train)."""

@@ -161,7 +161,8 @@ def test_report_primary_metric_holm_and_positive_control(tmp_path):
     assert r["human_gain_p_holm"] == pytest.approx(by_hand[r["human_gain_p"]])
     assert r["comparisons_in_family"] == 2
     md = (tmp_path / "run" / "report.md").read_text()
-    assert "Positive control, mnli de (accuracy): **passed**" in md
+    assert ("Positive control, mnli de (accuracy), human translations of the items the self-translation passed: "
+            "**passed**") in md
     assert md.index("Design checks") < md.index("## Results")
 
     # The same adapters, human translate-train no better than zero-shot: the gate says the run cannot judge.
@@ -169,6 +170,17 @@ def test_report_primary_metric_holm_and_positive_control(tmp_path):
     write_report(tmp_path / "run2", evaluations, [], config)
     md = (tmp_path / "run2" / "report.md").read_text()
     assert "**failed**" in md and "cannot judge Self-Translate-Train" in md
+
+    # The all-items controls: each is judged on its own; one passing is enough to judge the run.
+    evaluations += [_predictions(tmp_path / "ha", "human-translate-train-all", "de", _knows(golds, human), golds),
+                    _predictions(tmp_path / "ho", "human-only", "de", _knows(golds, zero), golds)]
+    write_report(tmp_path / "run3", evaluations, [], config)
+    md = (tmp_path / "run3" / "report.md").read_text()
+    assert ("Positive control, mnli de (accuracy), human translations of every training item, with English 1:1: "
+            "**passed** (+20.0 [") in md
+    assert "Positive control, mnli de (accuracy), human translations of every training item, alone: **failed**" in md
+    assert "human translations of the items the self-translation passed: **failed**" in md
+    assert "cannot judge Self-Translate-Train" not in md
 
 
 def test_report_defaults_to_calibrated_accuracy_for_nli(tmp_path):

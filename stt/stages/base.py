@@ -20,6 +20,7 @@ from stt import markers
 from stt.config import RunConfig, TimeoutConfig
 from stt.engine_settings import EngineConfig
 from stt.errors import DataError
+from stt.store import Unit
 
 if TYPE_CHECKING:
     from stt.pipeline import TaskPlan
@@ -37,6 +38,10 @@ class Job(BaseModel):
     inputs: dict[str, Any]  # the stage's Inputs, as JSON
     wave: int = 0  # jobs of a wave start once every job of the earlier waves is done
     timeouts: TimeoutConfig = TimeoutConfig()  # when a model job counts as hung, and its retries
+    # A run on object storage (stt.store): its URL, and the mirror folder the paths above are under (relative
+    # to the worker's working directory unless STT_MIRROR is absolute). None: a run folder on this disk.
+    store: str | None = None
+    root: str | None = None
 
     @property
     def id(self) -> str:
@@ -112,6 +117,18 @@ class StageDef(ABC, Generic[I]):
 
     def result(self, i: I, folder: Path) -> dict[str, Any]:
         return {**json.loads((folder / markers.MARKER).read_text()), "folder": str(folder)}
+
+    def unit_name(self, i: I) -> str:
+        """The job's unit on a run's object store: one per folder, unless several jobs share a folder."""
+        return "folder"
+
+    def unit(self, i: I, folder: Path, info: dict[str, Any]) -> Unit:
+        """What a finished job publishes to a run's object store: its files and its marker, last."""
+        return Unit(self.unit_name(i), (*info.get("files", {}), markers.MARKER))
+
+    def planned(self, folder: Path) -> Unit | None:
+        """Files the stage's planning wrote in a job folder (workers elsewhere need them), or None."""
+        return None
 
     def brief(self, info: dict[str, Any]) -> str:
         """One line on a finished job for the logs, from its result."""

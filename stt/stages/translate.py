@@ -35,6 +35,7 @@ from stt.prompts import PromptBuilder, build_prompt_builder
 from stt.shards import read_manifest
 from stt.specs import TaskSpec, get_task
 from stt.stages.base import Job, StageDef
+from stt.store import Unit
 from stt.validate import VALIDATION_VERSION, clean_completion, segment_reasons
 
 if TYPE_CHECKING:
@@ -574,6 +575,22 @@ class Translate(StageDef[Inputs]):
 
     def result(self, i: Inputs, folder: Path) -> dict[str, Any]:
         return {"shard": i.shard.shard, **read_manifest(folder)["shards"][i.shard.shard], "folder": str(folder)}
+
+    def unit_name(self, i: Inputs) -> str:
+        return i.shard.shard  # the shards share one folder: each is its own unit
+
+    def unit(self, i: Inputs, folder: Path, info: dict[str, Any]) -> Unit:
+        entry = read_manifest(folder)["shards"][i.shard.shard]
+        names = tuple(n for n in (entry.get("file"), entry.get("rejects_file")) if n)
+        return Unit(i.shard.shard, names, merge={"shard": i.shard.shard, "entry": entry})
+
+    def planned(self, folder: Path) -> Unit | None:
+        # The input shards and the manifest's plan, written by planning in the parent; a worker on another
+        # machine reads them.
+        names = ["_config.json", *(p.relative_to(folder).as_posix() for p in sorted((folder / "_input").rglob("*"))
+                                   if p.is_file())]
+        top = {k: v for k, v in read_manifest(folder).items() if k not in ("shards", "updated")}
+        return Unit("plan", tuple(names), merge={"top": top})
 
     def brief(self, info: dict[str, Any]) -> str:
         return f"{info.get('rows')} rows accepted, {info.get('rejects')} set aside {info.get('reject_reasons') or ''}"

@@ -112,9 +112,7 @@ def evaluate_stage(config: RunConfig = RunConfig()) -> dict[str, Any]:  # noqa: 
 @flow(name="report", log_prints=True, persist_result=True, result_serializer="json")
 def report(config: RunConfig = RunConfig(), timings: dict[str, float] | None = None) -> dict[str, Any]:  # noqa: B008
     """Collect the evaluations from the run directory; write and publish the comparison."""
-    evaluations, quality = pipeline.collect(config)
-    out = report_task(str(config.root), evaluations, quality, json.loads(config.model_dump_json()),
-                   pipeline.notes(config))
+    out = report_task(config)
     create_table_artifact(key="stt-results", table=out["table"],
                           description=f"Self-Translate-Train vs zero-shot transfer ({config.name})")
     md = out["markdown"] + (_timings_md(timings) if timings else "")

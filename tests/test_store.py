@@ -1,0 +1,167 @@
+"""A run's object store (stt.store) against a real S3 server (SeaweedFS): claims are exactly-once under a race,
+a half-published unit is invisible, a shared folder's units merge into one manifest, and a store that cannot
+be used fails in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stt import shards
+from stt.store import RunStore, StoreError, Unit
+
+from .object_store import s3_server
+from .services.stack import ROOT, free_port
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        saved = {k: os.environ.get(k) for k in server.env()}
+        os.environ.update(server.env())
+        yield server
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def _worker(tmp_path: Path, url: str, name: str) -> RunStore:
+    """A worker's view of the run: its own mirror folder, nothing shared but the bucket."""
+    return RunStore(url, tmp_path / name / "mirror")
+
+
+def _write(folder: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+
+
+def test_two_workers_racing_on_one_job_leave_one_result_and_the_same_bits(s3, tmp_path):
+    url = s3.url()
+    a, b = _worker(tmp_path, url, "a"), _worker(tmp_path, url, "b")
+    fa, fb = a.root / "gsm8k/adapters/english", b.root / "gsm8k/adapters/english"
+    # Each did the job; their outputs differ (as on GPUs without determinism).
+    _write(fa, {"adapter.bin": b"weights of worker a", "_manifest.json": b'{"key": "k1", "by": "a"}'})
+    _write(fb, {"adapter.bin": b"weights of worker b", "_manifest.json": b'{"key": "k1", "by": "b"}'})
+    unit = Unit("folder", ("adapter.bin", "_manifest.json"))
+    first, won_a = a.publish(fa, unit, "k1", {"by": "a"})
+    second, won_b = b.publish(fb, unit, "k1", {"by": "b"})
+    assert (won_a, won_b) == (True, False)
+    assert second["record"] == {"by": "a"} and second["attempt"] == first["attempt"]
+    # The loser now holds the winner's bits, and its own upload is gone from the store: one result.
+    assert (fb / "adapter.bin").read_bytes() == b"weights of worker a"
+    assert json.loads((fb / "_manifest.json").read_text())["by"] == "a"
+    a.fs.invalidate_cache()
+    left = a.fs.find(f"{a.remote(fa)}/_objects")
+    assert sorted(p.rsplit("/_objects/", 1)[1] for p in left) == [f"{first['attempt']}/_manifest.json",
+                                                                   f"{first['attempt']}/adapter.bin"]
+    # A third worker with an empty mirror reads the same result.
+    c = _worker(tmp_path, url, "c")
+    assert c.pull([c.root / "gsm8k/adapters/english"]) == 2
+    assert (c.root / "gsm8k/adapters/english/adapter.bin").read_bytes() == b"weights of worker a"
+
+
+def test_a_unit_uploaded_but_not_claimed_is_invisible(s3, tmp_path, monkeypatch):
+    url = s3.url()
+    a = _worker(tmp_path, url, "a")
+    folder = a.root / "gsm8k/eval/base-de"
+    _write(folder, {"predictions.parquet": b"rows", "_manifest.json": b"{}"})
+
+    def killed(path: str, body: bytes) -> None:  # the worker dies between its uploads and its claim
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(a, "_create", killed)
+    with pytest.raises(KeyboardInterrupt):
+        a.publish(folder, Unit("folder", ("predictions.parquet", "_manifest.json")), "k1", {})
+    assert a.fs.find(f"{a.remote(folder)}/_objects")  # the files are up...
+    reader = _worker(tmp_path, url, "reader")
+    assert reader.claimed(reader.root / "gsm8k/eval/base-de", "folder", "k1") is None  # ...but not done
+    assert reader.pull([reader.root / "gsm8k/eval/base-de"]) == 0
+    assert not (reader.root / "gsm8k/eval/base-de").exists()
+
+
+def test_a_shared_folders_units_merge_into_one_manifest(s3, tmp_path):
+    """Translation's shards share a folder: its plan and each shard are units; a reader's manifest has the
+    plan's top-level fields and every published shard's entry, the latest claim per shard."""
+    url = s3.url()
+    a, b = _worker(tmp_path, url, "a"), _worker(tmp_path, url, "b")
+    ta, tb = a.root / "gsm8k/translate", b.root / "gsm8k/translate"
+    _write(ta, {"_input/shard-00000.parquet": b"in0", "_config.json": b"{}"})
+    a.publish(ta, Unit("plan", ("_input/shard-00000.parquet", "_config.json"),
+                       merge={"top": {"plan": ["de-00000", "th-00000"], "task": "gsm8k"}}), "p1", {})
+    _write(ta, {"de-00000.parquet": b"de rows"})
+    a.publish(ta, Unit("de-00000", ("de-00000.parquet",), merge={"shard": "de-00000", "entry": {"rows": 3}}),
+              "s-de", {})
+    _write(tb, {"th-00000.parquet": b"th rows"})
+    b.publish(tb, Unit("th-00000", ("th-00000.parquet",), merge={"shard": "th-00000", "entry": {"rows": 5}}),
+              "s-th", {})
+    reader = _worker(tmp_path, url, "reader")
+    folder = reader.root / "gsm8k/translate"
+    assert reader.pull([folder]) == 4
+    manifest = shards.read_manifest(folder)
+    assert manifest["plan"] == ["de-00000", "th-00000"] and manifest["task"] == "gsm8k"
+    assert manifest["shards"] == {"de-00000": {"rows": 3}, "th-00000": {"rows": 5}}
+    assert (folder / "th-00000.parquet").read_bytes() == b"th rows"
+    assert (folder / "_input/shard-00000.parquet").read_bytes() == b"in0"
+
+
+_PROBE = """
+import sys
+from pathlib import Path
+from stt.store import RunStore, StoreError
+try:
+    RunStore(sys.argv[1], Path("mirror"), attempts=2).check()
+except StoreError as exc:
+    print("error:", exc)
+    sys.exit(2)
+print("ok")
+"""
+
+
+def _probe(url: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _PROBE, url], env={"PATH": os.environ["PATH"], "HOME": str(cwd),
+                          "PYTHONPATH": str(ROOT), **env}, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_missing_credentials_and_an_unreachable_store_fail_in_one_line(s3, tmp_path):
+    url = s3.url()
+    env = s3.env()
+    assert _probe(url, env, tmp_path).stdout.strip() == "ok"
+    no_keys = {k: v for k, v in env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    out = _probe(url, no_keys, tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stdout.strip() == (f"error: no credentials for {url}: set AWS_ACCESS_KEY_ID and "
+                                  "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or ~/.aws/credentials) in the worker's "
+                                  "environment")
+    nowhere = {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+               "AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard"}
+    out = _probe(url, nowhere, tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {url}: the store cannot be reached"), out.stdout
+    assert "retrying" in out.stderr  # retried before giving up
+
+
+def test_a_wrong_secret_is_named_as_such(s3, tmp_path):
+    url = s3.url()
+    out = _probe(url, {**s3.env(), "AWS_SECRET_ACCESS_KEY": "not-the-secret"}, tmp_path)
+    assert out.returncode == 2
+    assert out.stdout.startswith(f"error: {url}: access denied"), out.stdout
+    assert "not-the-secret" not in out.stdout + out.stderr  # never in the logs
+
+
+def test_a_damaged_object_is_refused_not_adopted(s3, tmp_path):
+    url = s3.url()
+    a = _worker(tmp_path, url, "a")
+    folder = a.root / "gsm8k/sets/english"
+    _write(folder, {"data.parquet": b"the rows", "_manifest.json": b"{}"})
+    claim, _ = a.publish(folder, Unit("folder", ("data.parquet", "_manifest.json")), "k1", {})
+    a.fs.pipe_file(f"{a.remote(folder)}/{claim['objects']['data.parquet']}", b"other rows")
+    reader = _worker(tmp_path, url, "reader")
+    with pytest.raises(StoreError, match="checksum differs from its claim"):
+        reader.pull([reader.root / "gsm8k/sets/english"])
+    assert not (reader.root / "gsm8k/sets/english/data.parquet").exists()

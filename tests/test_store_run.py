@@ -1,0 +1,114 @@
+"""A whole run on object storage (run_dir: s3://...) against a real S3 server (SeaweedFS), by workers that share
+nothing but the bucket (each its own working directory, HOME and mirror): it equals the same run on a local
+disk bit for bit, and a second worker finds every job done and reads the same files from the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stt.files import file_sha256
+
+from .object_store import s3_server
+from .services.stack import VENV_BIN
+from .test_kill_resume import CONFIG
+
+pytestmark = [pytest.mark.model, pytest.mark.full, pytest.mark.timeout(1800)]
+
+
+def _stt_run(cwd: Path, run_dir: str, config: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    cwd.mkdir(parents=True, exist_ok=True)
+    (cwd / "home").mkdir(exist_ok=True)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "STT_"))}
+    full_env.update({"HOME": str(cwd / "home"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **env})
+    return subprocess.run([str(VENV_BIN / "stt"), "run", "--config", str(config), "--no-prefect", "--run-dir",
+                           run_dir], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=1500)
+
+
+# Files that record the machine, not the result: the training's wall time, and peft's adapter config, which
+# names the worker's own copy of the base model and lists the target modules in set order (hash-seeded).
+MACHINE = {"metrics.json": ("seconds", "seconds_per_step", "step_seconds", "peak_memory_gb"),
+           "adapter_config.json": ("base_model_name_or_path",)}
+
+
+def _content(path: Path) -> object:
+    if path.name not in MACHINE:
+        return file_sha256(path)
+    data = json.loads(path.read_text())
+    for field in MACHINE[path.name]:
+        data.pop(field, None)
+    if isinstance(data.get("target_modules"), list):
+        data["target_modules"] = sorted(data["target_modules"])
+    return data
+
+
+def _vouched(root: Path) -> dict[str, object]:
+    """Every file a marker vouches for, relative to the run folder: its checksum as found on disk (for the two
+    machine-recording files, their content less the machine's fields)."""
+    out = {}
+    for marker in root.rglob("_manifest.json"):
+        info = json.loads(marker.read_text())
+        names = list(info.get("files", {}))
+        names += [e[f] for e in info.get("shards", {}).values() for f in ("file", "rejects_file") if e.get(f)]
+        for name in names:
+            path = marker.parent / name
+            out[str(path.relative_to(root))] = _content(path)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("store-run")
+    config = base / "config.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    with s3_server(base / "s3") as server:
+        url = server.url()
+        first = _stt_run(base / "worker-a", url, config, server.env())
+        assert first.returncode == 0, first.stderr[-3000:]
+        second = _stt_run(base / "worker-b", url, config, server.env())
+        assert second.returncode == 0, second.stderr[-3000:]
+        import fsspec
+
+        os.environ.update(server.env())
+        try:
+            fs, path = fsspec.core.url_to_fs(url)
+            listing = sorted(p[len(path):] for p in fs.find(path))
+        finally:
+            for k in server.env():
+                os.environ.pop(k, None)
+    local = _stt_run(base / "local", str(base / "local" / "run"), config, {})
+    assert local.returncode == 0, local.stderr[-3000:]
+    mirror = lambda w: next((base / w / ".stt-mirror" / "s3").glob("*/*"))  # noqa: E731
+    return {"a": mirror("worker-a"), "b": mirror("worker-b"), "local": base / "local" / "run",
+            "first": first, "second": second, "listing": listing}
+
+
+def test_the_run_on_s3_equals_the_run_on_local_disk_bit_for_bit(runs):
+    on_s3, local = _vouched(runs["a"]), _vouched(runs["local"])
+    # 2 shards, 2 sets, 2 adapters, 3 evaluations and the quality check, as counted by hand from CONFIG.
+    assert sum(n.endswith("adapter_model.safetensors") for n in local) == 2
+    assert sum("/eval/" in n and n.endswith("predictions.parquet") for n in local) == 3
+    assert on_s3 == local
+
+
+def test_a_second_worker_reads_every_job_from_the_store(runs):
+    assert "loaded gemma3-270m" in runs["first"].stderr
+    assert "loaded gemma3-270m" not in runs["second"].stderr  # no model: every job's unit was claimed
+    assert _vouched(runs["b"]) == _vouched(runs["a"])
+    assert (runs["b"] / "results.parquet").read_bytes() == (runs["a"] / "results.parquet").read_bytes()
+
+
+def test_the_store_holds_one_claim_per_unit_and_only_claimed_uploads(runs):
+    claims = [p for p in runs["listing"] if "/_units/" in p]
+    units = {p.rsplit("/", 1)[0] for p in claims}
+    assert len(claims) == len(units)  # one key per unit: nothing done twice
+    # translate: the plan and 2 shards; quality 1; sets 2; adapters 2; evaluations 3.
+    assert len(claims) == 3 + 1 + 2 + 2 + 3
+    objects = {p.split("/_objects/")[1].split("/")[0] for p in runs["listing"] if "/_objects/" in p}
+    assert len(objects) == len(claims)  # every upload is a claimed attempt's: none left behind
+    assert "/report.md" in runs["listing"] and "/results.parquet" in runs["listing"]
