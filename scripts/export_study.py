@@ -68,6 +68,9 @@ def export(run: Path, out: Path, config_file: Path | None) -> None:
     for column in [c for c in df.columns if c.endswith("_predictions_by_seed")]:  # every training seed's file
         df[column] = [json.dumps({k: copy(p) for k, p in json.loads(v).items()}) if isinstance(v, str) else v
                       for v in df[column]]
+    # Evaluations outside the table's columns (the English reference of target-language adapters), too.
+    for source in sorted(run.glob("*/eval/*/predictions.parquet")):
+        copy(str(source))
     # The model's translations behind each row's chrF / BLEU (small), so those recompute too.
     translations = out / "translations"
     shutil.rmtree(translations, ignore_errors=True)
