@@ -30,7 +30,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 UNITS = "_units"  # <folder>/_units/<unit>/<key>.json: the claims (completion markers on the store)
 OBJECTS = "_objects"  # <folder>/_objects/<attempt>/<name>: each attempt's uploads, under a name of its own
+PROGRESS = "progress-"  # units of a running job's progress (checkpoints), not of its result
 T = TypeVar("T")
 
 
@@ -99,7 +100,6 @@ class RunStore:
     url: str
     root: Path
     attempts: int = 4
-    _claims: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @cached_property
     def fs(self) -> Any:
@@ -158,9 +158,11 @@ class RunStore:
         except FileNotFoundError:
             return None
 
-    def publish(self, folder: Path, unit: Unit, key: str, record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    def publish(self, folder: Path, unit: Unit, key: str, record: dict[str, Any], adopt: bool = True
+                ) -> tuple[dict[str, Any], bool]:
         """Upload the unit's files under a fresh attempt name, then claim it under `key`. Returns the claim
-        that holds and whether it is ours: if another worker claimed first, its files are adopted here."""
+        that holds and whether it is ours: if another worker claimed first, its files are adopted here (unless
+        `adopt` is False: progress a running job must not have overwritten)."""
         folder = Path(folder)
         attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         prefix = f"{self.remote(folder)}/{OBJECTS}/{attempt}"
@@ -184,7 +186,8 @@ class RunStore:
             self.call(f"remove {prefix}", lambda: self.fs.rm(uploaded))
             winner = self.claimed(folder, unit.name, key)
             assert winner is not None
-            self.adopt(folder, winner)
+            if adopt:
+                self.adopt(folder, winner)
             return winner, False
         return claim, True
 
@@ -223,17 +226,35 @@ class RunStore:
 
     def pull(self, folders: Iterable[Path]) -> int:
         """Bring these folders' published units into the mirror (per unit, the latest claim), skipping files
-        already here with the right checksum. Returns the files downloaded."""
+        already here with the right checksum, and progress (pull_progress). Returns the files downloaded."""
         wanted = {Path(f) for f in folders}
         latest: dict[tuple[str, str], dict[str, Any]] = {}
         for claim in self.claims():
-            if Path(claim["folder"]) in wanted:
+            if Path(claim["folder"]) in wanted and not claim["unit"].startswith(PROGRESS):
                 slot = (claim["folder"], claim["unit"])
                 if slot not in latest or claim["published"] > latest[slot]["published"]:
                     latest[slot] = claim
         # Folder-level plans first (translation's "plan" unit sets the manifest the shard entries join).
         ordered = sorted(latest.values(), key=lambda c: (c["folder"], c["unit"] != "plan", c["unit"]))
         return sum(self.adopt(Path(c["folder"]), c) for c in ordered)
+
+    def progress_claims(self, folder: Path, key: str) -> list[dict[str, Any]]:
+        return [c for c in self.claims() if Path(c["folder"]) == Path(folder) and c["unit"].startswith(PROGRESS)
+                and c["key"] == key]
+
+    def pull_progress(self, folder: Path, key: str) -> int:
+        """This key's published progress (checkpoints of a job killed elsewhere) into the mirror."""
+        return sum(self.adopt(Path(folder), c) for c in self.progress_claims(folder, key))
+
+    def drop_progress(self, folder: Path, key: str) -> None:
+        """Delete this key's progress from the store once its result is published (best effort)."""
+        for claim in self.progress_claims(folder, key):
+            paths = [f"{self.remote(folder)}/{obj}" for obj in claim["objects"].values()]
+            paths.append(self.claim_path(Path(folder), claim["unit"], key))
+            try:
+                self.call(f"remove progress {claim['unit']}", lambda p=paths: self.fs.rm(p))
+            except (StoreError, FileNotFoundError) as exc:
+                log.warning("store: progress %s of %s not removed: %s", claim["unit"], folder, exc)
 
     def adopt(self, folder: Path, claim: dict[str, Any]) -> int:
         """Make the mirror's folder hold a claim's files (downloaded whole, verified, renamed into place) and

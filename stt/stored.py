@@ -8,13 +8,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from stt.errors import DataError
 from stt.stages.base import Job, StageDef
-from stt.store import RunStore
+from stt.store import RunStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +77,51 @@ def run(job: Job, stage: StageDef, make: Callable[[], dict[str, Any]]) -> dict[s
     if claim:
         rs.adopt(folder, claim)
         return {**stage.result(inputs, folder), "reused": True, "pulled": pulled}
-    info = make()
+    resumed = rs.pull_progress(folder, key)
+    if resumed:
+        log.info("%s: %d files of its progress under this key pulled from the store (a worker stopped before "
+                 "it finished)", job.id, resumed)
+    watcher = Progress(rs, stage, inputs, folder, key)
+    watcher.start()
+    try:
+        info = make()
+    finally:
+        watcher.stop()
     _, won = rs.publish(folder, stage.unit(inputs, folder, info), key, _small(info))
+    rs.drop_progress(folder, key)
     return info if won else {**stage.result(inputs, folder), "reused": True}
+
+
+class Progress(threading.Thread):
+    """Publishes a running job's new progress (stage.progress: fine-tuning's complete checkpoints) every
+    STT_PROGRESS_S seconds, so a job killed here resumes on another machine from its last checkpoint."""
+
+    def __init__(self, rs: RunStore, stage: StageDef, inputs: Any, folder: Path, key: str) -> None:
+        super().__init__(name=f"progress {folder.name}", daemon=True)
+        self.rs, self.stage, self.inputs, self.folder, self.key = rs, stage, inputs, folder, key
+        self.every = float(os.environ.get("STT_PROGRESS_S", "30"))
+        self.halt = threading.Event()
+        self.published: set[str] = set()
+
+    def run(self) -> None:
+        while not self.halt.wait(self.every):
+            self.sweep()
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join()
+
+    def sweep(self) -> None:
+        for unit in self.stage.progress(self.inputs, self.folder, self.key):
+            if unit.name in self.published:
+                continue
+            try:
+                self.rs.publish(self.folder, unit, self.key, {"progress": unit.name}, adopt=False)
+                self.published.add(unit.name)
+            except FileNotFoundError:
+                continue  # the Trainer rotated that checkpoint away while it was being uploaded
+            except StoreError as exc:
+                log.warning("%s: progress %s not published (%s); the job goes on", self.folder, unit.name, exc)
 
 
 def _small(info: dict[str, Any]) -> dict[str, Any]:

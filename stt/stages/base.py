@@ -126,6 +126,11 @@ class StageDef(ABC, Generic[I]):
         """What a finished job publishes to a run's object store: its files and its marker, last."""
         return Unit(self.unit_name(i), (*info.get("files", {}), markers.MARKER))
 
+    def progress(self, i: I, folder: Path, key: str) -> list[Unit]:
+        """A running job's progress that another worker can resume from (fine-tuning's complete checkpoints):
+        on a run's object store it is published while the job runs. Read only: the job is still writing."""
+        return []
+
     def planned(self, folder: Path) -> Unit | None:
         """Files the stage's planning wrote in a job folder (workers elsewhere need them), or None."""
         return None

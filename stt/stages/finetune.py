@@ -33,6 +33,7 @@ from stt.errors import DataError
 from stt.files import write_text_atomic
 from stt.models import ResolvedModel, hf_folder, resolve_model
 from stt.stages.base import Job, StageDef
+from stt.store import Unit
 from stt.templates import TEMPLATE_VERSION
 
 if TYPE_CHECKING:
@@ -525,6 +526,15 @@ class Finetune(StageDef[Inputs]):
 
     def kept(self, key: str) -> str | None:
         return checkpoints_of(key)  # a rerun resumes from this key's checkpoints
+
+    def progress(self, i: Inputs, folder: Path, key: str) -> list[Unit]:
+        units = []
+        for checkpoint in sorted((folder / "checkpoints" / checkpoints_of(key)).glob("checkpoint-*")):
+            if not (checkpoint / "trainer_state.json").is_file():  # the Trainer writes it last
+                continue
+            names = tuple(p.relative_to(folder).as_posix() for p in sorted(checkpoint.rglob("*")) if p.is_file())
+            units.append(Unit(f"progress-{checkpoint.name}", names))
+        return units
 
     def make(self, i: Inputs, folder: Path, key: str) -> tuple[list[str], dict[str, Any]]:
         return make_adapter(i.model, i.set_folder, folder, train_config(i), i.device, key, i.twins, i.supervised)
