@@ -284,6 +284,20 @@ def prepare_model_cmd(
     typer.echo(f"{resolved.model_id} (sha256 {resolved.weights_sha256[:12]}): {Path(folder).resolve()}")
 
 
+@app.command("result-storage")
+def result_storage_cmd(
+    url: Annotated[str, typer.Argument(help="Where Prefect keeps flow and task results: s3://bucket/prefix.")],
+    name: Annotated[str, typer.Option(help="The S3Bucket block's name.")] = "stt-results",
+) -> None:
+    """Keep Prefect's results on S3 (an S3Bucket block; credentials stay with each worker's AWS settings)."""
+    from stt_app.result_storage import register
+
+    with _reported("result-storage"):
+        value = register(url, name)
+    typer.echo(f"S3Bucket block {name!r} -> {url}. In every worker's environment (its flow runs inherit it):\n"
+               f"  export PREFECT_DEFAULT_RESULT_STORAGE_BLOCK={value} PREFECT_RESULTS_PERSIST_BY_DEFAULT=true")
+
+
 @app.command("models")
 def models_cmd() -> None:
     """List the model short names."""

@@ -165,3 +165,88 @@ def test_a_damaged_object_is_refused_not_adopted(s3, tmp_path):
     with pytest.raises(StoreError, match="checksum differs from its claim"):
         reader.pull([reader.root / "gsm8k/sets/english"])
     assert not (reader.root / "gsm8k/sets/english/data.parquet").exists()
+
+
+def test_prefect_results_go_to_the_bucket_through_an_s3bucket_block(s3, prefect_server, data_dir):
+    """`stt result-storage s3://...` saves an S3Bucket block holding no secret; a flow run with
+    PREFECT_DEFAULT_RESULT_STORAGE_BLOCK naming it persists its result in the bucket, where a run on another
+    machine reads it."""
+    from prefect.blocks.core import Block
+    from prefect.settings import PREFECT_DEFAULT_RESULT_STORAGE_BLOCK, temporary_settings
+    from typer.testing import CliRunner
+
+    from stt_app.cli import app
+    from stt_app.flows.check_data import check_data
+
+    url = s3.url()
+    out = CliRunner().invoke(app, ["result-storage", url, "--name", "stt-results-test"])
+    assert out.exit_code == 0, out.output
+    assert "PREFECT_DEFAULT_RESULT_STORAGE_BLOCK=s3-bucket/stt-results-test" in out.output
+    block = Block.load("s3-bucket/stt-results-test")
+    assert (block.bucket_name, block.bucket_folder) == tuple(url.removeprefix("s3://").split("/", 1))
+    creds = block.credentials
+    assert (creds.aws_access_key_id, creds.aws_secret_access_key, creds.profile_name) == (None, None, None)
+    bucket, prefix = url.removeprefix("s3://").split("/", 1)
+    with temporary_settings({PREFECT_DEFAULT_RESULT_STORAGE_BLOCK: "s3-bucket/stt-results-test"}):
+        state = check_data(data_dir=str(data_dir), return_state=True)
+    assert state.is_completed()
+    objects = s3.client().list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/")["Contents"]
+    assert len(objects) == 1  # the flow's result record, and nothing else
+    stored = json.loads(s3.client().get_object(Bucket=bucket, Key=objects[0]["Key"])["Body"].read())
+    assert stored == state.result() and stored["data_dir"] == str(data_dir)  # the flow's JSON result
+    bad = CliRunner().invoke(app, ["result-storage", "gs://bucket/runs"])
+    assert bad.exit_code != 0 and bad.output.strip().splitlines()[-1] == (
+        "error: result storage must be an s3:// URL (s3://bucket/prefix), not 'gs://bucket/runs'")
+
+
+_JOB = """
+import sys
+from pathlib import Path
+from stt.store import RunStore, StoreError, Unit
+url, mirror, action, folder = sys.argv[1:5]
+rs = RunStore(url, Path(mirror))
+try:
+    if action == "publish":  # a job's outputs are in its mirror folder: publish them as its unit
+        rs.publish(rs.root / folder, Unit("folder", ("data.parquet", "_manifest.json")), folder.replace("/", "-"), {})
+    else:
+        rs.pull([rs.root / f for f in folder.split(",")])
+except StoreError as exc:
+    print("error:", exc)
+    sys.exit(2)
+print("ok")
+"""
+
+
+def test_a_store_down_mid_run_fails_the_job_in_one_line_and_nothing_is_lost(s3, tmp_path):
+    """The store goes down between two jobs of a run: the second job's publish is retried, then fails in one
+    line; its outputs stay in the worker's mirror; once the store is back (the same server restarted on its
+    data) the same job publishes, and another worker reads both jobs' bits. Last in the file: it stops the
+    module's server."""
+    server = s3
+    url = server.url()
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), **server.env(),
+           "AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard"}
+
+    def job(mirror: str, action: str, folders: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _JOB, url, mirror, action, folders], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+
+    outputs = {f: {"data.parquet": f"rows of {f}".encode(), "_manifest.json": b"{}"}
+               for f in ("gsm8k/sets/english", "gsm8k/sets/stt")}
+    for f, files in outputs.items():
+        _write(tmp_path / "a" / f, files)
+    assert job("a", "publish", "gsm8k/sets/english").stdout.strip() == "ok"
+    server.stop()
+    down = job("a", "publish", "gsm8k/sets/stt")
+    assert down.returncode == 2, down.stderr[-2000:]
+    lines = down.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {url}: the store cannot be reached"), lines
+    assert lines[0].endswith("nothing published is lost: rerun the same config to resume")
+    assert "retrying" in down.stderr
+    for f, files in outputs.items():  # nothing in the worker's mirror was touched
+        assert {n: (tmp_path / "a" / f / n).read_bytes() for n in files} == files
+    server.start()
+    assert job("a", "publish", "gsm8k/sets/stt").stdout.strip() == "ok"
+    assert job("b", "pull", ",".join(outputs)).stdout.strip() == "ok"
+    for f, files in outputs.items():
+        assert {n: (tmp_path / "b" / f / n).read_bytes() for n in files} == files
