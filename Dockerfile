@@ -18,10 +18,11 @@ COPY pyproject.toml README.md ./
 COPY stt stt
 COPY stt_app stt_app
 RUN if [ -n "$TORCH_INDEX" ]; then pip install torch --index-url "$TORCH_INDEX"; fi \
-    && pip install -e .
+    && pip install -e ".[s3]"
 COPY configs configs
 COPY deployments deployments
 COPY scripts scripts
 
-# Workers run flows from /app (prefect.yaml's pull step: STT_PROJECT_DIR); outputs go to the runs volume.
+# Workers run flows from /app (prefect.yaml's pull step: STT_PROJECT_DIR); outputs go to the runs volume, or
+# to object storage (run_dir: s3://..., the [s3] extra) where workers share no disk.
 CMD ["prefect", "worker", "start", "--pool", "cpu", "--type", "process"]

@@ -179,13 +179,17 @@ class RunStore:
         try:
             self.call(f"claim {path}", lambda: self._create(path, body))
         except FileExistsError:
+            winner = self.claimed(folder, unit.name, key)
+            if winner is None:
+                raise StoreError(f"{path}: the store refused the claim as existing but cannot read it; "
+                                 "rerun the same config") from None
+            if winner.get("attempt") == attempt:  # ours: the create succeeded, its answer was lost, the retry hit it
+                return winner, True
             # Another worker did this job too and claimed it first: its result is the result.
             log.info("store: %s/%s under %s was published first by another worker; adopting it",
                      folder, unit.name, key[:12])
             uploaded = [f"{prefix}/{name}" for name in objects]  # by name: a listing may be stale
             self.call(f"remove {prefix}", lambda: self.fs.rm(uploaded))
-            winner = self.claimed(folder, unit.name, key)
-            assert winner is not None
             if adopt:
                 self.adopt(folder, winner)
             return winner, False
@@ -243,15 +247,27 @@ class RunStore:
                 and c["key"] == key]
 
     def pull_progress(self, folder: Path, key: str) -> int:
-        """This key's published progress (checkpoints of a job killed elsewhere) into the mirror."""
-        return sum(self.adopt(Path(folder), c) for c in self.progress_claims(folder, key))
+        """This key's published progress (checkpoints of a job killed elsewhere) into the mirror. A unit whose
+        objects are gone (deleted once another worker published the result) is skipped, its partial files
+        removed: a checkpoint is used whole or not at all."""
+        pulled = 0
+        for claim in self.progress_claims(folder, key):
+            try:
+                pulled += self.adopt(Path(folder), claim)
+            except StoreError as exc:
+                log.warning("store: progress %s of %s not pulled: %s", claim["unit"], folder, exc)
+                for name in claim["files"]:
+                    (Path(folder) / name).unlink(missing_ok=True)
+        return pulled
 
     def drop_progress(self, folder: Path, key: str) -> None:
-        """Delete this key's progress from the store once its result is published (best effort)."""
+        """Delete this key's progress from the store once its result is published (best effort): each claim
+        first, then its objects, so no reader finds a claim whose objects are gone."""
         for claim in self.progress_claims(folder, key):
             paths = [f"{self.remote(folder)}/{obj}" for obj in claim["objects"].values()]
-            paths.append(self.claim_path(Path(folder), claim["unit"], key))
             try:
+                self.call(f"remove progress {claim['unit']}",
+                          lambda c=claim: self.fs.rm(self.claim_path(Path(folder), c["unit"], key)))
                 self.call(f"remove progress {claim['unit']}", lambda p=paths: self.fs.rm(p))
             except (StoreError, FileNotFoundError) as exc:
                 log.warning("store: progress %s of %s not removed: %s", claim["unit"], folder, exc)
@@ -268,7 +284,13 @@ class RunStore:
                 continue
             source = f"{self.remote(folder)}/{claim['objects'][name]}"
             with atomic_path(target) as tmp:
-                self.call(f"download {source}", lambda s=source, t=tmp: self.fs.get_file(s, str(t)))
+                try:
+                    self.call(f"download {source}", lambda s=source, t=tmp: self.fs.get_file(s, str(t)))
+                except FileNotFoundError:
+                    raise StoreError(f"{source}: missing, though the claim {claim['unit']} under "
+                                     f"{claim['key'][:12]} names it; delete the claim "
+                                     f"{self.claim_path(Path(folder), claim['unit'], claim['key'])} to redo "
+                                     "it") from None
                 if file_sha256(tmp) != sha:
                     raise StoreError(f"{source}: checksum differs from its claim ({claim['unit']} under "
                                      f"{claim['key'][:12]}): the store's copy is damaged; delete the claim "

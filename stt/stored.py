@@ -16,7 +16,7 @@ from typing import Any
 
 from stt.errors import DataError
 from stt.stages.base import Job, StageDef
-from stt.store import RunStore, StoreError
+from stt.store import RunStore
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,11 @@ class Progress(threading.Thread):
         self.join()
 
     def sweep(self) -> None:
-        for unit in self.stage.progress(self.inputs, self.folder, self.key):
+        try:
+            units = list(self.stage.progress(self.inputs, self.folder, self.key))
+        except OSError:  # the Trainer rotated a checkpoint away while it was listed: the next sweep sees it
+            return
+        for unit in units:
             if unit.name in self.published:
                 continue
             try:
@@ -120,7 +124,7 @@ class Progress(threading.Thread):
                 self.published.add(unit.name)
             except FileNotFoundError:
                 continue  # the Trainer rotated that checkpoint away while it was being uploaded
-            except StoreError as exc:
+            except Exception as exc:  # progress is an extra: a failure here must not end the thread or the job
                 log.warning("%s: progress %s not published (%s); the job goes on", self.folder, unit.name, exc)
 
 

@@ -65,6 +65,60 @@ def test_two_workers_racing_on_one_job_leave_one_result_and_the_same_bits(s3, tm
     assert (c.root / "gsm8k/adapters/english/adapter.bin").read_bytes() == b"weights of worker a"
 
 
+
+def test_two_workers_claiming_at_the_same_moment_leave_one_result(s3, tmp_path):
+    """The same race with both claims sent at once (threads behind a barrier), five times: each time exactly
+    one claim is created and both workers end with its bits."""
+    import threading
+
+    url = s3.url()
+    workers = {w: _worker(tmp_path, url, w) for w in "ab"}
+    unit = Unit("folder", ("adapter.bin",))
+    for round_ in range(5):
+        key, barrier, out = f"k{round_}", threading.Barrier(2), {}
+        folders = {w: rs.root / f"gsm8k/adapters/round-{round_}" for w, rs in workers.items()}
+
+        def race(w: str, key: str = key, barrier: threading.Barrier = barrier, out: dict = out,
+                 folders: dict = folders) -> None:
+            _write(folders[w], {"adapter.bin": f"weights of {w}".encode()})
+            barrier.wait()
+            out[w] = workers[w].publish(folders[w], unit, key, {"by": w})
+
+        threads = [threading.Thread(target=race, args=(w,)) for w in workers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(won for _, won in out.values()) == [False, True], out
+        [winner] = [w for w, (_, won) in out.items() if won]
+        assert {w: (f / "adapter.bin").read_bytes() for w, f in folders.items()} == {
+            "a": f"weights of {winner}".encode(), "b": f"weights of {winner}".encode()}
+
+
+
+def test_a_claim_whose_answer_was_lost_is_kept_not_taken_for_another_workers(s3, tmp_path, monkeypatch):
+    """The create succeeds on the store but its answer is lost (a dropped connection): the retried create meets
+    the claim. It is this attempt's own: the unit stays published, its objects are not deleted."""
+    url = s3.url()
+    a = _worker(tmp_path, url, "a")
+    folder = a.root / "gsm8k/sets/english"
+    _write(folder, {"data.parquet": b"the rows"})
+    create, calls = RunStore._create, []
+
+    def lossy(self, path, body):
+        calls.append(path)
+        create(self, path, body)
+        if len(calls) == 1:
+            raise ConnectionError("connection reset after the request was sent")
+
+    monkeypatch.setattr(RunStore, "_create", lossy)
+    claim, won = a.publish(folder, Unit("folder", ("data.parquet",)), "k1", {})
+    assert won and len(calls) == 2  # retried once, and the second create found the first
+    reader = _worker(tmp_path, url, "reader")
+    assert reader.pull([reader.root / "gsm8k/sets/english"]) == 1
+    assert (reader.root / "gsm8k/sets/english/data.parquet").read_bytes() == b"the rows"
+
+
 def test_a_unit_uploaded_but_not_claimed_is_invisible(s3, tmp_path, monkeypatch):
     url = s3.url()
     a = _worker(tmp_path, url, "a")

@@ -95,6 +95,9 @@ def runs(tmp_path_factory):
         try:
             fs, path = fsspec.core.url_to_fs(url)
             listing = sorted(p[len(path):] for p in fs.find(path))
+            fs.invalidate_cache()
+            _, moved_path = fsspec.core.url_to_fs(moved)
+            moved_listing = sorted(p[len(moved_path):] for p in fs.find(moved_path))
         finally:
             for k in server.env():
                 os.environ.pop(k, None)
@@ -102,7 +105,8 @@ def runs(tmp_path_factory):
     assert local.returncode == 0, local.stderr[-3000:]
     mirror = lambda w: next((base / w / ".stt-mirror" / "s3").glob("*/*"))  # noqa: E731
     return {"a": mirror("worker-a"), "b": mirror("worker-b"), "d": mirror("worker-d"), "local": base / "local" / "run",
-            "first": first, "second": second, "takeover": takeover, "listing": listing}
+            "first": first, "second": second, "takeover": takeover, "listing": listing,
+            "moved_listing": moved_listing}
 
 
 def test_the_run_on_s3_equals_the_run_on_local_disk_bit_for_bit(runs):
@@ -139,4 +143,7 @@ def test_fine_tuning_killed_on_one_worker_resumes_on_another_from_the_store(runs
     assert "resuming from" in log and "/checkpoint-2" in log
     metrics = json.loads((runs["d"] / "gsm8k/adapters/english/metrics.json").read_text())
     assert metrics["resumed_from"].endswith("/checkpoint-2")
+    # Once the adapter was published its progress was deleted from the store; the adapter's claim is there.
+    assert [p for p in runs["moved_listing"] if "/_units/progress-" in p] == []
+    assert [p for p in runs["moved_listing"] if p.startswith("/gsm8k/adapters/english/_units/folder/")]
     assert _vouched(runs["d"]) == _vouched(runs["local"])

@@ -6,11 +6,16 @@ workers (one flow run at a time each, each with its own model slot, as scripts/w
 GPU) take them. The output must equal a single-process run of the same config row for row. Then a worker
 is SIGKILLed while its flow run is on a shard group: the run is marked Crashed once its heartbeats stop
 (deployments/automations.yaml), the parent submits the group again, another worker does it, and the
-output again equals the single-process run, with no row lost and none twice.
+output again equals the single-process run, with no row lost and none twice. That second run lives on object
+storage (a real S3 server, SeaweedFS): the parent and every gpu worker are separate "machines" (own working
+directory, HOME, mirror, Prefect home and result folder), sharing only the bucket; the workers keep Prefect's
+results in it too (an S3Bucket block, PREFECT_DEFAULT_RESULT_STORAGE_BLOCK).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -19,6 +24,8 @@ import pytest
 
 from stt.config import RunConfig
 
+from ..object_store import s3_server
+from .stack import ROOT
 from .test_services import _client, _until
 
 pytestmark = [pytest.mark.model, pytest.mark.services, pytest.mark.full]
@@ -33,7 +40,7 @@ CONFIG = {
 WORKERS = 3
 
 
-def _config(name: str, run_dir: Path, **update) -> RunConfig:
+def _config(name: str, run_dir: Path | str, **update) -> RunConfig:
     return RunConfig.model_validate({**CONFIG, "name": name, "run_dir": str(run_dir), **update})
 
 
@@ -79,24 +86,63 @@ def reference(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def workers(stack):
-    """Three gpu workers (two more beside the stack's own), one flow run at a time each, own model slots.
+def s3(stack, tmp_path_factory):
+    """The S3 server, and Prefect's result storage in it (the S3Bucket block the workers name)."""
+    from stt_app.result_storage import register
+
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        results_url = server.url()
+        env = server.env()
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # this process reads the run back from the store
+        env["PREFECT_DEFAULT_RESULT_STORAGE_BLOCK"] = register(results_url, "stt-results-scale-out")
+        env["PREFECT_RESULTS_PERSIST_BY_DEFAULT"] = "true"
+        yield {"server": server, "env": env, "results": results_url}
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def _machine(folder: Path, s3_env: dict[str, str]) -> dict[str, str]:
+    """A worker's environment as on a machine of its own: its own checkout (the flows run there, and the run's
+    mirror is relative to it), HOME, Prefect home and local result folder; the data and the installed
+    packages as an image would hold them; the store's credentials."""
+    checkout = folder / "stt"
+    for part in ("stt", "stt_app", "configs", "deployments"):
+        shutil.copytree(ROOT / part, checkout / part, ignore=shutil.ignore_patterns("__pycache__"))
+    from stt.config import resolve_data_dir
+
+    return {**s3_env, "STT_PROJECT_DIR": str(checkout), "HOME": str(folder / "home"),
+            "PREFECT_HOME": str(folder / "prefect-home"), "PREFECT_LOCAL_STORAGE_PATH": str(folder / "results"),
+            "STT_DATA_DIR": str(resolve_data_dir(None))}
+
+
+@pytest.fixture(scope="module")
+def workers(stack, s3, tmp_path_factory):
+    """Three gpu workers (two more beside the stack's own), one flow run at a time each, own model slots; they
+    and the cpu worker (the fan-out's parent) each on a machine of its own (_machine).
     Afterwards the stack is as the other service tests expect it: one gpu worker, a pool limit of 1."""
     from prefect.client.schemas.actions import WorkPoolUpdate
 
     with _client() as client:
         client.update_work_pool("gpu", WorkPoolUpdate(concurrency_limit=WORKERS))
+    stack["procs"].kill("worker-gpu")
+    stack["start_worker"]("gpu", "test-gpu", extra_env=_machine(tmp_path_factory.mktemp("machine-gpu-1"), s3["env"]))
+    stack["procs"].kill("worker-cpu")
+    stack["start_worker"]("cpu", "test-cpu-planner",
+                          extra_env=_machine(tmp_path_factory.mktemp("machine-cpu"), s3["env"]))
     names = {"test-gpu": "worker-gpu"}  # worker name -> process name (to kill it)
     for i in range(2, WORKERS + 1):
         name = f"test-gpu-{i}"
-        stack["start_worker"]("gpu", name, process=name, extra_env={"STT_MODEL_SLOT": f"stt-model-{name}"})
+        stack["start_worker"]("gpu", name, process=name, extra_env={
+            **_machine(tmp_path_factory.mktemp(f"machine-gpu-{i}"), s3["env"]), "STT_MODEL_SLOT": f"stt-model-{name}"})
         names[name] = name
     yield names
     for name in names:
         if name != "test-gpu":
             stack["procs"].kill(name)
-    if stack["procs"].latest("worker-gpu").poll() is not None:  # the stack's own worker was the one killed
-        stack["start_worker"]("gpu")
+    for process, pool in (("worker-gpu", "gpu"), ("worker-cpu", "cpu")):  # back to the stack's own settings
+        stack["procs"].kill(process)
+        stack["start_worker"](pool, f"test-{pool}")
     with _client() as client:
         client.update_work_pool("gpu", WorkPoolUpdate(concurrency_limit=1))
 
@@ -122,10 +168,18 @@ def test_a_translation_spreads_over_three_workers_and_equals_one_process(stack, 
           f"process; {len(_rows(got))} rows compared, 0 lost, 0 twice")
 
 
-def test_a_worker_killed_mid_shard_is_replaced_and_nothing_is_lost_or_doubled(stack, workers, reference, tmp_path):
+def test_a_worker_killed_mid_shard_is_replaced_and_nothing_is_lost_or_doubled(stack, s3, workers, reference,
+                                                                              tmp_path):
+    """On S3, machines sharing only the bucket."""
+    from stt.store import RunStore
     from stt_app.client import submit, wait
 
-    config = _config("fan-kill", tmp_path / "kill")
+    url = s3["server"].url()
+    config = _config("fan-kill", url)
+    results = s3["results"].removeprefix("s3://")
+    reader = RunStore(url, tmp_path / "reader")  # this process: another machine, reading the run from the store
+    reader.fs.invalidate_cache()
+    results_before = set(reader.fs.find(results))
     t0 = time.time()
     handle = submit("translate-stage/fan-out", config=config)
 
@@ -145,9 +199,14 @@ def test_a_worker_killed_mid_shard_is_replaced_and_nothing_is_lost_or_doubled(st
     again = [r for r in runs.values() if r.name.startswith(victim.name.rsplit(" #", 1)[0]) and r.id != victim.id]
     assert again and all(r.state.type.value == "COMPLETED" for r in again), [(r.name, r.state) for r in again]
     assert all(r.labels["prefect.worker.name"] != worker for r in again)
-    got = _outputs(tmp_path / "kill")
+    reader.pull([reader.root / "gsm8k" / "translate", reader.root / "gsm8k" / "quality" / "de"])
+    got = _outputs(reader.root)
     _assert_same(got, reference["outputs"])
     assert sorted(_rows(got)) == sorted(_rows(reference["outputs"])) and len(set(_rows(got))) == SHARDS
+    # This run's Prefect results went to the bucket too (the flows' and their stage-job tasks' records).
+    reader.fs.invalidate_cache()
+    new_results = set(reader.fs.find(results)) - results_before
+    assert len(new_results) >= SHARDS, f"{len(new_results)} new Prefect results in {s3['results']}"
     # The fan-out deployment runs the stage alone (announce: false): no chained stage was started by either run.
     from .test_services import _runs_of
 
