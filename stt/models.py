@@ -76,10 +76,14 @@ class ResolvedModel:
 
 
 def resolve_model(name: str) -> ResolvedModel:
-    """Turn a short name, a .gguf path or a local HF folder into pinned weights. Raises ConfigError."""
+    """Turn a short name, a .gguf path or a local HF folder (or either on object storage: s3://...) into
+    pinned weights. Raises ConfigError."""
     if name in SHORT_NAMES:
         path = SHORT_NAMES[name].locate()
         return ResolvedModel(name, path, file_sha256_cached(path), True)
+    if "://" in name:  # the model id stays the URL: every worker's keys name the same weights
+        local = resolve_model(str(fetched(name)))
+        return ResolvedModel(name, local.path, local.weights_sha256, local.is_gguf)
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return ResolvedModel(str(path), path.resolve(), file_sha256_cached(path), True)
@@ -96,6 +100,34 @@ def resolve_model(name: str) -> ResolvedModel:
         f"unknown model '{name}': use a short name ({known}), a .gguf file or a local Hugging Face folder "
         "(hub ids are not resolved here; download the folder first)"
     )
+
+
+def fetched(url: str) -> Path:
+    """A model on object storage (a .gguf file or a Hugging Face folder), downloaded once per worker into the
+    cache under a name from its URL and the store's version of it (ETag, size): a changed object is fetched
+    again, an unchanged one never. Credentials as for a run's store (the worker's AWS settings)."""
+    import fsspec
+
+    from stt.store import RunStore, StoreError
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        store = RunStore(url, cache_dir())
+        info = store.call(f"stat {url}", lambda: fs.info(path))
+    except FileNotFoundError:
+        raise ConfigError(f"model {url}: no such object or folder on the store") from None
+    except (StoreError, ImportError, ValueError) as exc:
+        raise ConfigError(f"model {url}: {exc}") from None
+    version = json.dumps([url, info.get("ETag") or info.get("etag"), info.get("size"), info.get("type")])
+    target = cache_dir() / "remote-models" / hashlib.sha256(version.encode()).hexdigest()[:16] / Path(path).name
+    with exclusive(target.parent.with_suffix(".lock")):
+        if not target.exists():
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            recursive = info.get("type") == "directory"
+            store.call(f"download {url}", lambda: fs.get(path, str(tmp), recursive=recursive))
+            os.replace(tmp, target)
+    return target
 
 
 def file_sha256_cached(path: Path) -> str:

@@ -253,6 +253,31 @@ def test_prefect_results_go_to_the_bucket_through_an_s3bucket_block(s3, prefect_
         "error: result storage must be an s3:// URL (s3://bucket/prefix), not 'gs://bucket/runs'")
 
 
+
+def test_a_model_on_the_store_is_fetched_once_per_worker_and_keeps_its_url_as_its_id(s3, tmp_path, monkeypatch):
+    """engine.model may be a URL on the store: each worker downloads it once into its cache; its id (in every
+    stage key) is the URL and its checksum the weights' own, on every worker alike."""
+    import fsspec
+
+    from stt.errors import ConfigError
+    from stt.files import file_sha256
+    from stt.models import SHORT_NAMES, resolve_model
+
+    weights = SHORT_NAMES["gemma3-270m"].locate()
+    url = f"{s3.url()}/models/{weights.name}"
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.put_file(str(weights), path)
+    monkeypatch.setenv("STT_CACHE_DIR", str(tmp_path / "cache"))
+    model = resolve_model(url)
+    assert model.model_id == url and model.is_gguf
+    assert model.path.is_relative_to(tmp_path / "cache") and model.weights_sha256 == file_sha256(weights)
+    mtime = model.path.stat().st_mtime_ns
+    again = resolve_model(url)  # the same object: not fetched again
+    assert again.path == model.path and again.path.stat().st_mtime_ns == mtime
+    with pytest.raises(ConfigError, match=r"no such object or folder on the store"):
+        resolve_model(f"{s3.url()}/models/none.gguf")
+
+
 _JOB = """
 import sys
 from pathlib import Path
