@@ -4,8 +4,9 @@
 
 Runs `stt run --no-prefect --config configs/demo.yaml` as a fresh process per run, alternating a local run
 folder and `s3://` on a real S3 server on this machine (SeaweedFS, as the tests start it), each run from
-nothing (fresh folder, fresh mirror, fresh prefix): wall time of the whole command. A local server has no network latency: on a cloud store each published unit costs round
-trips more; the figure here is the runner's own cost (pulls, checksums, uploads, claims).
+nothing (fresh folder, fresh mirror, fresh prefix): wall time of the whole command. A local server has no
+network latency: on a cloud store each published unit costs round trips more; the figure here is the runner's
+own cost (pulls, checksums, uploads, claims).
 """
 
 from __future__ import annotations

@@ -314,6 +314,9 @@ class RunConfig(TranslationSettings):
     # default: runs/<name>. A URL (s3://bucket/prefix, gs://...) puts the run on object storage (stt.store): each
     # worker then works in a local mirror of it and the runner moves every job's inputs and outputs.
     run_dir: Annotated[str | None, BeforeValidator(lambda v: None if v is None else str(v))] = None
+    # Prefect runs: the name of an AwsCredentials block holding the run store's credentials, which every worker
+    # loads (stt_app.result_storage). None: each worker's own AWS settings. Never the keys themselves.
+    store_credentials: str | None = None
     tasks: Names = ("gsm8k",)  # built-in (gsm8k, squad, mnli) or declared in configs/tasks/<name>.yaml
     inputs: dict[str, Path] = {}  # task -> training file (needed for mnli; default: the task's file in data_dir)
     build: BuildConfig = BuildConfig()

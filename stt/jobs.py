@@ -107,8 +107,8 @@ def plan_run(config: RunConfig, names: tuple[Stage, ...] = STAGES) -> dict[Stage
     plans = [pipeline.plan_task(config, task) for task in config.tasks]
     planned = {stage: [job for plan in plans for job in _stage(stage).plan_jobs(config, plan)] for stage in names}
     if config.store:
-        planned = {stage: [j.model_copy(update={"store": config.store, "root": str(config.root)}) for j in jobs]
-                   for stage, jobs in planned.items()}
+        stamp = {"store": config.store, "root": str(config.root), "store_credentials": config.store_credentials}
+        planned = {stage: [j.model_copy(update=stamp) for j in jobs] for stage, jobs in planned.items()}
         stored.publish_plans(RunStore(config.store, config.root), planned)
     return planned
 

@@ -169,6 +169,10 @@ def run_cmd(
 
     with _reported():
         cfg = load_run_config(config, **{**_overrides(set_), "run_dir": run_dir})
+        if cfg.store_credentials:  # a Prefect block, loaded here for the plain runner too
+            from stt_app.tasks.store_blocks import use_store_credentials
+
+            use_store_credentials(cfg.store_credentials)
         check_run(cfg)
     with _reported("run"):
         if prefect:
@@ -290,7 +294,7 @@ def result_storage_cmd(
     name: Annotated[str, typer.Option(help="The S3Bucket block's name.")] = "stt-results",
 ) -> None:
     """Keep Prefect's results on S3 (an S3Bucket block; credentials stay with each worker's AWS settings)."""
-    from stt_app.result_storage import register
+    from stt_app.tasks.store_blocks import register
 
     with _reported("result-storage"):
         value = register(url, name)

@@ -51,6 +51,7 @@ TABLE: dict[str, tuple[Any, frozenset[str]]] = {
     # Where things live is not what they are: a moved run or data folder reuses everything.
     "name": ("renamed", NONE),
     "run_dir": ("TMP/moved", NONE),
+    "store_credentials": ("aws-credentials/other", NONE),  # how a worker reaches the store, not what it holds
     "data_dir": ("TMP/data-copy", NONE),
     # The translate fingerprint covers every language's shards: a new language is new English-set input too.
     "tasks": (["mnli", "gsm8k"], NONE),
@@ -346,7 +347,7 @@ def test_one_field_changes_exactly_the_stages_that_depend_on_it(field, base_keys
         assert set(after) - set(before) == (ADDED.get(field) or (
             {j for j in after if j.startswith("gsm8k/")} if field == "tasks" else set()))
         assert set(before) - set(after) == REMOVED.get(field, set())
-    if field in ("name", "run_dir", "data_dir"):
+    if field in ("name", "run_dir", "data_dir", "store_credentials"):
         assert after == before
 
 

@@ -278,6 +278,52 @@ def test_a_model_on_the_store_is_fetched_once_per_worker_and_keeps_its_url_as_it
         resolve_model(f"{s3.url()}/models/none.gguf")
 
 
+
+_CREDS_PROBE = """
+import sys
+from pathlib import Path
+from stt.errors import SttError
+from stt.store import RunStore
+from stt_app.tasks.store_blocks import use_store_credentials
+try:
+    use_store_credentials(sys.argv[2])
+    RunStore(sys.argv[1], Path("mirror"), attempts=1).check()
+except SttError as exc:
+    print("error:", exc)
+    sys.exit(2)
+print("ok")
+"""
+
+
+def test_the_stores_credentials_can_come_from_a_prefect_block(s3, prefect_server, tmp_path):
+    """config store_credentials names an AwsCredentials block: a worker with no AWS settings of its own reaches
+    the store through it, and the secret is never printed."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect_aws import AwsCredentials
+
+    from .object_store import KEY, SECRET
+
+    AwsCredentials(aws_access_key_id=KEY, aws_secret_access_key=SECRET, region_name="us-east-1",
+                   aws_client_parameters={"endpoint_url": s3.endpoint}).save("stt-store-test", overwrite=True)
+    url = s3.url()
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": str(ROOT),
+           "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": os.environ["PREFECT_HOME"],
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "1"}
+
+    def probe(block: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _CREDS_PROBE, url, block], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+
+    without = probe("")  # no block, no AWS settings: the store cannot be used
+    assert without.returncode == 2 and without.stdout.startswith(f"error: no credentials for {url}"), without.stdout
+    through = probe("aws-credentials/stt-store-test")
+    assert through.stdout.strip() == "ok", through.stdout + through.stderr[-2000:]
+    assert SECRET not in through.stdout + through.stderr
+    unknown = probe("no-such-block")
+    assert unknown.returncode == 2 and unknown.stdout.startswith(
+        "error: store_credentials: no AwsCredentials block named 'no-such-block'"), unknown.stdout
+
+
 _JOB = """
 import sys
 from pathlib import Path

@@ -42,6 +42,7 @@ class Job(BaseModel):
     # to the worker's working directory unless STT_MIRROR is absolute). None: a run folder on this disk.
     store: str | None = None
     root: str | None = None
+    store_credentials: str | None = None  # the config's: a Prefect block name the app loads before the job
 
     @property
     def id(self) -> str:

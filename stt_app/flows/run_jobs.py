@@ -12,6 +12,7 @@ from stt import jobs
 from stt.engine_settings import EngineConfig
 from stt_app.tasks.jobs import job_options, run_job
 from stt_app.tasks.logs import say_once_how_timeouts_end
+from stt_app.tasks.store_blocks import use_store_credentials
 
 
 def run_here(planned: list[jobs.Job], engine: EngineConfig | None = None) -> list[dict[str, Any]]:
@@ -24,6 +25,8 @@ def run_here(planned: list[jobs.Job], engine: EngineConfig | None = None) -> lis
     results: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
     total = len(planned)
+    for name in {job.store_credentials for job in planned if job.store_credentials}:
+        use_store_credentials(name)
     for wave in jobs.waves(planned):
         if failed:  # a later wave needs the earlier ones
             break

@@ -35,6 +35,7 @@ from stt.stages.translate import summarize
 from stt_app.flows import fanout
 from stt_app.flows.run_jobs import run_here
 from stt_app.tasks.report import report_task
+from stt_app.tasks.store_blocks import use_store_credentials
 
 
 def _announce(event: str, config: RunConfig, **payload: Any) -> None:
@@ -57,6 +58,7 @@ def run_stages(config: RunConfig, names: tuple[jobs.Stage, ...]) -> dict[str, li
     """Run the plan's jobs of these stages: as tasks of this flow run, or (scale_out.mode = deployments)
     as flow runs of the run-jobs deployment spread over the gpu pool's workers. The same jobs either way."""
     out: dict[str, list[dict[str, Any]]] = {}
+    use_store_credentials(config.store_credentials)
     for stage, planned in jobs.plan_run(config, names).items():
         if config.scale_out.mode == "deployments" and stage in jobs.MODEL_STAGES:
             out[stage] = fanout.run_on_workers(config, stage, planned)

@@ -88,7 +88,7 @@ def reference(tmp_path_factory):
 @pytest.fixture(scope="module")
 def s3(stack, tmp_path_factory):
     """The S3 server, and Prefect's result storage in it (the S3Bucket block the workers name)."""
-    from stt_app.result_storage import register
+    from stt_app.tasks.store_blocks import register
 
     with s3_server(tmp_path_factory.mktemp("s3")) as server:
         results_url = server.url()
