@@ -18,7 +18,7 @@ COPY pyproject.toml README.md ./
 COPY stt stt
 COPY stt_app stt_app
 RUN if [ -n "$TORCH_INDEX" ]; then pip install torch --index-url "$TORCH_INDEX"; fi \
-    && pip install -e ".[s3]"
+    && pip install -e ".[s3]" && pip install "prefect-aws>=0.7,<0.8"
 COPY configs configs
 COPY deployments deployments
 COPY scripts scripts

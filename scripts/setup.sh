@@ -25,6 +25,9 @@ pip_quiet -c constraints/cpu.txt torch
 # AVX2 build: the default native build crashed in libggml-cpu (AVX-512/AMX paths) on this machine type.
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF}"
 pip_quiet -c constraints/cpu.txt -e ".[dev]"
+# prefect-aws (Prefect's results and store credentials on S3: stt result-storage, store_credentials) on its own,
+# its dependencies already there: listed in the dev extra it sent pip's resolver into a backtrack of 20+ minutes.
+pip_quiet -c constraints/cpu.txt "prefect-aws>=0.7,<0.8"
 # llama.cpp's LoRA converter (for adapters on the llama-cpp engine) ships in llama-cpp-python's source
 # distribution: downloaded once into ~/.cache/stt/sdist (76 MB), only its conversion scripts are extracted.
 .venv/bin/python -c "from stt.lora_gguf import converter_dir; converter_dir()"

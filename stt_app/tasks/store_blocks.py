@@ -21,7 +21,7 @@ def register(url: str, name: str = DEFAULT_BLOCK) -> str:
     try:
         from prefect_aws import AwsCredentials, S3Bucket
     except ImportError as exc:
-        raise ConfigError("result storage on S3 needs prefect-aws: pip install 'stt[s3]'") from exc
+        raise ConfigError("result storage on S3 needs prefect-aws: pip install prefect-aws") from exc
     bucket, _, folder = url.removeprefix("s3://").partition("/")
     # No keys in the block: boto3 resolves them on each worker (AwsCredentials with no fields set).
     S3Bucket(bucket_name=bucket, bucket_folder=folder.strip("/"), credentials=AwsCredentials()).save(
@@ -41,7 +41,7 @@ def use_store_credentials(name: str | None) -> None:
     try:
         from prefect_aws import AwsCredentials
     except ImportError as exc:
-        raise ConfigError("store_credentials needs prefect-aws: pip install 'stt[s3]'") from exc
+        raise ConfigError("store_credentials needs prefect-aws: pip install prefect-aws") from exc
     try:
         creds = AwsCredentials.load(name.removeprefix("aws-credentials/"))
     except ValueError as exc:
