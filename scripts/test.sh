@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (once) and run the tests: real tiny model, real data, real Prefect.
-#   bash scripts/test.sh             the default tier (13 min 37 s on 2 cores, 2026-12-03)
+#   bash scripts/test.sh             the default tier (14 min 11 s on 2 cores, 2026-12-03)
 #   bash scripts/test.sh --full      both tiers: adds PostgreSQL + Prefect server + workers, server and
 #                                    database faults, fan-out and worker kills, every kill point, the
 #                                    model-running stage-key table, real vLLM
