@@ -28,7 +28,9 @@ from ..object_store import s3_server
 from .stack import ROOT
 from .test_services import _client, _until
 
-pytestmark = [pytest.mark.model, pytest.mark.services, pytest.mark.full]
+# 1,800 s, not the full tier's 900: the first test also builds the service stack (about 6 min in CI), and four
+# machines of their own (each its own HOME: the model unpacked and hashed once per worker) share 2 cores there.
+pytestmark = [pytest.mark.model, pytest.mark.services, pytest.mark.full, pytest.mark.timeout(1800)]
 
 SHARDS = 6
 CONFIG = {
