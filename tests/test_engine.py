@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from stt.config import GenerationParams, PromptConfig
+from stt.config import GenerationParams
 from stt.engine_settings import TransformersSettings
 from stt.engines import Request, get_engine
 from stt.prompts import build_prompt_builder
 
-from .conftest import DATA
+from .conftest import DATA, ENGINE_TEST_PROMPT
 
 pytestmark = pytest.mark.model
 
@@ -18,7 +18,7 @@ SOURCES = ["Weng earns $12 an hour for babysitting.", "How much did she earn?",
 
 @pytest.fixture(scope="module")
 def prompts():
-    builder = build_prompt_builder("de", PromptConfig(), DATA)
+    builder = build_prompt_builder("de", ENGINE_TEST_PROMPT, DATA)
     return [builder.completion_prompt(s) for s in SOURCES]
 
 
@@ -31,7 +31,7 @@ def test_batched_generation_with_prefix_cache_matches_plain_and_keeps_order(prom
         assert c.text and "\n" not in c.text
         assert c.finish_reason == "stop"
         assert 0 < c.completion_tokens <= 32
-        assert c.prompt_tokens > 500  # 8-shot prefix
+        assert c.prompt_tokens > 150  # the two-shot prefix (ENGINE_TEST_PROMPT)
     assert "Weng" in cached[0].text and "verdien" in cached[0].text  # real German
 
 

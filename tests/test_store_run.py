@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -16,6 +15,7 @@ import yaml
 
 from stt.files import file_sha256
 
+from .machine import machine_home
 from .object_store import s3_server
 from .services.stack import VENV_BIN
 from .test_kill_resume import CONFIG
@@ -25,13 +25,7 @@ pytestmark = [pytest.mark.model, pytest.mark.full, pytest.mark.timeout(3600)]
 
 def _stt_run(cwd: Path, run_dir: str, config: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     cwd.mkdir(parents=True, exist_ok=True)
-    (cwd / "home").mkdir(exist_ok=True)
-    # Tooling, not run data: llama.cpp's LoRA converter sources, which a fresh HOME would fetch and unpack with
-    # pip first (minutes). Each worker gets its own copy; the model and everything else it resolves itself.
-    tools = Path.home() / ".cache" / "stt"
-    for source in tools.glob("llama.cpp-*"):
-        if source.is_dir():
-            shutil.copytree(source, cwd / "home" / ".cache" / "stt" / source.name, dirs_exist_ok=True)
+    machine_home(cwd / "home")  # the installed model, as a machine's image holds it; no run data
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "STT_"))}
     full_env.update({"HOME": str(cwd / "home"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **env})
     return subprocess.run([str(VENV_BIN / "stt"), "run", "--config", str(config), "--no-prefect", "--run-dir",

