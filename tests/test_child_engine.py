@@ -166,6 +166,7 @@ def test_under_prefect_a_native_hang_is_ended_by_the_task_timeout(prefect_server
 
 
 # -- issue 35: a tagged protocol, per-call deadlines, deaths reported, no orphans ------------------------------
+@pytest.mark.full  # a fault trial of the full tier: the default tier keeps one hang ended at its deadline
 def test_a_call_whose_caller_stops_reading_kills_the_process_and_the_next_call_gets_its_own_answer(started):
     """A progress callback that raises leaves the child with a request nobody reads. Untagged, the next
     caller read that stale answer (a generation returned for a scoring call)."""
@@ -183,6 +184,7 @@ def test_a_call_whose_caller_stops_reading_kills_the_process_and_the_next_call_g
     assert len(started) == 2
 
 
+@pytest.mark.full  # a fault trial of the full tier: the default tier keeps one hang ended at its deadline
 def test_the_deadline_counts_the_calls_own_time_not_its_wait_behind_another_call(monkeypatch, started, hang_seen):
     """A caller queued behind a hung call: measured from the caller's start, its deadline passed while it
     waited, and the fresh process that replaced the hung one was killed before it could answer."""
@@ -214,6 +216,7 @@ def test_the_deadline_counts_the_calls_own_time_not_its_wait_behind_another_call
     assert len(started) == 2 and _gone(started[0]) and engine.pid == started[1]
 
 
+@pytest.mark.full  # a fault trial of the full tier: the default tier keeps one hang ended at its deadline
 def test_a_process_killed_from_outside_is_reported_with_its_signal_and_an_oom_kill_is_named_and_not_retried(
         monkeypatch, tmp_path, started, hang_seen):
     import signal
@@ -320,6 +323,7 @@ def test_no_engine_process_outlives_its_parents_sigkill_while_stuck_in_native_co
     assert _gone(engine_pid), f"engine process {engine_pid} outlived its parent's SIGKILL"
 
 
+@pytest.mark.full  # a fault trial of the full tier: the default tier keeps one hang ended at its deadline
 def test_a_native_hang_in_fine_tuning_ends_at_its_deadline(tmp_path, monkeypatch, started, hang_seen):
     """Fine-tuning runs in the engine process (engine.process: child), so a training step stuck in C is
     ended at the job's deadline like a stuck model call; without the fault the same training finishes."""
@@ -366,6 +370,7 @@ def test_prefect_retries_every_failure_but_an_out_of_memory_kill():
     assert not prefect_retry_condition(None, None, Failed(data=EngineOutOfMemory("killed for memory")))
 
 
+@pytest.mark.full  # a fault trial of the full tier: the default tier keeps one hang ended at its deadline
 def test_plain_translate_ends_a_native_hang_at_the_shards_timeout(tmp_path, monkeypatch, started):
     """`stt translate --no-prefect` (stt.jobs.translate) set no deadline: a stuck call held it for
     good. Each shard's calls now get the shard's timeout, as under the translate flow."""

@@ -37,6 +37,7 @@ def _rows(out):
     return pd.concat(frames).sort_values("id").reset_index(drop=True)
 
 
+@pytest.mark.full  # a fault trial of the full tier
 def test_disk_full_is_reported_with_the_folder_and_the_rerun_completes(tmp_path, small_disk):
     reference = jobs.translate(_config(tmp_path / "reference"))
     needed = sum(p.stat().st_size for p in reference.rglob("*") if p.is_file())

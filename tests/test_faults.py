@@ -52,6 +52,7 @@ def test_transient_faults_are_survived_and_a_permanent_one_fails_only_its_shard(
                                "th-00001": "generated"}
 
 
+@pytest.mark.full  # a fault trial of the full tier (test_child_engine.py keeps a hang ended at its deadline)
 def test_a_hung_engine_is_ended_by_the_timeout_and_retried(prefect_server, tmp_path, monkeypatch, caplog, started):
     """The hang is in the engine's process (engine.process: child, the default): Prefect's timeout interrupts
     the task's wait, which kills that process; the retry gets a fresh one."""

@@ -342,6 +342,7 @@ print("ok")
 """
 
 
+@pytest.mark.full  # a fault trial of the full tier (the store stopped and started again)
 def test_a_store_down_mid_run_fails_the_job_in_one_line_and_nothing_is_lost(s3, tmp_path):
     """The store goes down between two jobs of a run: the second job's publish is retried, then fails in one
     line; its outputs stay in the worker's mirror; once the store is back (the same server restarted on its
