@@ -108,12 +108,11 @@ def fetched(url: str) -> Path:
     again, an unchanged one never. Credentials as for a run's store (the worker's AWS settings)."""
     import fsspec
 
-    from stt.store import RunStore, StoreError
+    from stt.store import StoreError, store_call
 
     try:
         fs, path = fsspec.core.url_to_fs(url)
-        store = RunStore(url, cache_dir())
-        info = store.call(f"stat {url}", lambda: fs.info(path))
+        info = store_call(url, f"stat {url}", lambda: fs.info(path))
     except FileNotFoundError:
         raise ConfigError(f"model {url}: no such object or folder on the store") from None
     except (StoreError, ImportError, ValueError) as exc:
@@ -125,7 +124,7 @@ def fetched(url: str) -> Path:
             tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             recursive = info.get("type") == "directory"
-            store.call(f"download {url}", lambda: fs.get(path, str(tmp), recursive=recursive))
+            store_call(url, f"download {url}", lambda: fs.get(path, str(tmp), recursive=recursive))
             os.replace(tmp, target)
     return target
 

@@ -93,6 +93,26 @@ def _explained(url: str, exc: BaseException) -> StoreError:
                       "published is lost: rerun the same config to resume")
 
 
+def store_call(url: str, what: str, fn: Callable[[], T], attempts: int = 4) -> T:
+    """An operation on the store at `url`, retried on what may pass (a dropped connection, a timeout, a server
+    error), then failing with one line that names the store."""
+    import tenacity
+
+    try:
+        for attempt in tenacity.Retrying(retry=tenacity.retry_if_exception(_transient),
+                                         stop=tenacity.stop_after_attempt(attempts),
+                                         wait=tenacity.wait_exponential(min=0.5, max=8), reraise=True,
+                                         before_sleep=lambda s: log.warning(
+                                             "store: %s failed (%s), retrying", what, s.outcome.exception())):
+            with attempt:
+                return fn()
+    except (FileNotFoundError, FileExistsError):
+        raise
+    except Exception as exc:  # botocore's and aiohttp's errors do not share a base class with ours
+        raise _explained(url, exc) from exc
+    raise AssertionError("unreachable")
+
+
 @dataclass
 class RunStore:
     """The run at `url`, mirrored on this worker at `root`."""
@@ -113,23 +133,7 @@ class RunStore:
         return self.fs._strip_protocol(self.url).rstrip("/")
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
-        """A store operation, retried on what may pass (a dropped connection, a timeout, a server error), then
-        failing with one line that names the store."""
-        import tenacity
-
-        try:
-            for attempt in tenacity.Retrying(retry=tenacity.retry_if_exception(_transient),
-                                             stop=tenacity.stop_after_attempt(self.attempts),
-                                             wait=tenacity.wait_exponential(min=0.5, max=8), reraise=True,
-                                             before_sleep=lambda s: log.warning(
-                                                 "store: %s failed (%s), retrying", what, s.outcome.exception())):
-                with attempt:
-                    return fn()
-        except (FileNotFoundError, FileExistsError):
-            raise
-        except Exception as exc:  # botocore's and aiohttp's errors do not share a base class with ours
-            raise _explained(self.url, exc) from exc
-        raise AssertionError("unreachable")
+        return store_call(self.url, what, fn, self.attempts)
 
     # --- paths ----------------------------------------------------------------------------------------------
 

@@ -4,7 +4,9 @@ Two tiers (README, "Tests"):
 - default (`bash scripts/test.sh`): every module's logic, the real model, real data, the Prefect test harness;
 - full (`bash scripts/test.sh --full`): adds the tests marked `full`: the service stacks in tests/services/
   (PostgreSQL, a Prefect server, workers, server and database faults, fan-out and worker kills), all the
-  kill points of the kill-and-resume trials and the model-running stage-key table.
+  kill points of the kill-and-resume trials (the default tier kills at one), the fault trials that wait
+  longest (hangs ended by timeouts, engine processes killed, the store stopped, a full disk), real vLLM,
+  whole runs on object storage and the model-running stage-key table.
 Each test has a time limit sized to its tier, so a hang fails with the test's name.
 """
 
