@@ -4,8 +4,8 @@
 #   bash scripts/test.sh --full      both tiers: adds PostgreSQL + Prefect server + workers, server and
 #                                    database faults, fan-out and worker kills, every kill point, the
 #                                    model-running stage-key table, real vLLM
-#   bash scripts/test.sh --full-only the full tier's own tests (what --full adds; the kill trials at all
-#                                    sixteen points): .ci/run runs it after the default tier (31 min 46 s,
+#   bash scripts/test.sh --full-only the full tier's own tests (what --full adds: the tests marked full):
+#                                    .ci/run runs it after the default tier (31 min 46 s,
 #                                    2026-12-03)
 # Other arguments go to pytest (e.g. `bash scripts/test.sh -k keys`, `-m "not model"`).
 set -euo pipefail

@@ -4,7 +4,7 @@ Two tiers (README, "Tests"):
 - default (`bash scripts/test.sh`): every module's logic, the real model, real data, the Prefect test harness;
 - full (`bash scripts/test.sh --full`): adds the tests marked `full`: the service stacks in tests/services/
   (PostgreSQL, a Prefect server, workers, server and database faults, fan-out and worker kills), all the
-  kill points of the kill-and-resume trials (the default tier kills at one), the fault trials that wait
+  kill points of the kill-and-resume trials, the fault trials that wait
   longest (hangs ended by timeouts, engine processes killed, the store stopped, a full disk), real vLLM,
   whole runs on object storage and the model-running stage-key table.
 Each test has a time limit sized to its tier, so a hang fails with the test's name.
@@ -62,9 +62,8 @@ def pytest_addoption(parser):
     parser.addoption("--full", action="store_true", default=False,
                      help="run the full tier too: service stacks, every kill point, the model stage-key table")
     parser.addoption("--full-only", action="store_true", default=False,
-                     help="with --full: only the tests the default tier does not run in the same way (marked "
-                          "full, or tiered: the kill trials at all sixteen points); .ci/run runs the default "
-                          "tier, then these")
+                     help="with --full: only the tests the default tier does not run (marked full); .ci/run "
+                          "runs the default tier, then these")
     parser.addoption("--services", choices=("with", "only", "without"), default="with",
                      help="the service-stack tests: with the others (default), only them, or without them "
                           "(scripts/test.sh --full runs `only` in a process beside `without`)")
@@ -141,10 +140,10 @@ def pytest_collection_modifyitems(config, items):
     if config.getoption("--full-only"):  # the full tier's own tests: CI runs the default tier just before
         if not full:
             raise pytest.UsageError("--full-only goes with --full (scripts/test.sh --full-only passes both)")
-        dropped = [item for item in items if not (item.get_closest_marker("full") or item.get_closest_marker("tiered"))]
+        dropped = [item for item in items if not item.get_closest_marker("full")]
         if dropped:
             config.hook.pytest_deselected(items=dropped)
-            items[:] = [item for item in items if item.get_closest_marker("full") or item.get_closest_marker("tiered")]
+            items[:] = [item for item in items if item.get_closest_marker("full")]
     services = config.getoption("--services")
     if services != "with":
         keep = services == "only"

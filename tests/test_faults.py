@@ -35,6 +35,7 @@ def _fresh_counts():
     faults.reset()
 
 
+@pytest.mark.full  # the default tier: the plain runner's retries and a failing shard (test_translate_flow.py)
 def test_transient_faults_are_survived_and_a_permanent_one_fails_only_its_shard(prefect_server, tmp_path,
                                                                                 monkeypatch):
     out = tmp_path / "out"

@@ -10,10 +10,9 @@ shards, rejects, training sets, translation quality, the adapters (bit for bit: 
 its last complete checkpoint with the optimizer, schedule, data position and random state restored),
 predictions and results.
 
-The default tier kills at one point (after a training step whose checkpoint is not saved: the resume
-with the most state to restore); the full tier (`--full`) at all sixteen. Which stage each kill interrupted
-is read from the folder (the first stage whose outputs are not all complete), not taken from the list of
-kill points.
+Full tier only (about 17 starts of a whole run; the store's kill-and-takeover across machines is in
+tests/test_store_run.py). Which stage each kill interrupted is read from the folder (the first stage whose
+outputs are not all complete), not taken from the list of kill points.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from stt.shards import read_metadata
 
 from .services.stack import ROOT, VENV_BIN
 
-pytestmark = [pytest.mark.model, pytest.mark.tiered, pytest.mark.timeout(1200)]  # 1st test builds every run
+pytestmark = [pytest.mark.model, pytest.mark.full, pytest.mark.timeout(1200)]  # 1st test builds every run
 
 CONFIG = {
     "name": "kill-trials", "tasks": ["gsm8k"], "languages": ["de"], "limit": 4, "shard_size": 2,
@@ -66,11 +65,6 @@ KILLS = [
     ("report", "write:*/results.parquet"),
     ("report", "write:*/report.md"),
 ]
-
-
-# The default tier's kill point: after a training step whose checkpoint is not saved (the optimizer, schedule,
-# data position and random state restored from the one before). Each start costs about 45 s on 2 cores.
-DEFAULT_KILLS = [KILLS[7]]
 
 # The run's outputs, by stage, counted by hand from CONFIG (2 shards of de, the two sets and adapters,
 # three evaluations of de: base, zero-shot, Self-Translate-Train).
@@ -169,14 +163,7 @@ def _adapter(folder: Path, name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def kills(request) -> list[tuple[str, str]]:
-    from .conftest import full_tier
-
-    return KILLS if full_tier(request.config) else DEFAULT_KILLS
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, kills):
+def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("kill-trials")
     config_path = base / "config.yaml"
     config_path.write_text(yaml.safe_dump(CONFIG))
@@ -185,7 +172,7 @@ def runs(tmp_path_factory, kills):
     assert straight.returncode == 0, straight.stderr[-3000:]
     uninterrupted_s = time.time() - t0
     trials, t0 = [], time.time()
-    for _, kill_at in kills:
+    for _, kill_at in KILLS:
         done = _run(base / "killed", kill_at, config_path)
         # Proof the kill happened where it was asked for, by SIGKILL, and not that the run just failed.
         assert done.returncode == -signal.SIGKILL, (kill_at, done.returncode, done.stderr[-3000:])
@@ -198,15 +185,11 @@ def runs(tmp_path_factory, kills):
             "uninterrupted_stderr": straight.stderr}
 
 
-def test_after_every_kill_a_reader_sees_only_complete_verified_files(runs, kills, request):
-    from .conftest import full_tier
-
+def test_after_every_kill_a_reader_sees_only_complete_verified_files(runs):
     assert [t for t in runs["trials"] if t["problems"]] == []
     # Each kill interrupted the stage it was meant for, as the folder shows, and the kills moved forward.
-    assert [(t["stage"], t["kill_at"]) for t in runs["trials"]] == kills
-    if full_tier(request.config):
-        assert {t["stage"] for t in runs["trials"]} == {"translate", "quality", "build", "fine-tune", "evaluate",
-                                                         "report"}
+    assert [(t["stage"], t["kill_at"]) for t in runs["trials"]] == KILLS
+    assert {t["stage"] for t in runs["trials"]} == {"translate", "quality", "build", "fine-tune", "evaluate", "report"}
 
 
 def test_the_resumed_run_equals_the_uninterrupted_one(runs):
@@ -227,11 +210,11 @@ def _row_key(table: pd.DataFrame) -> list[str]:
     return [c for c in ("id", "language", "variant") if c in table.columns] or list(table.columns)
 
 
-def test_fine_tuning_resumed_from_its_checkpoints_matches_the_uninterrupted_adapter(runs, kills):
+def test_fine_tuning_resumed_from_its_checkpoints_matches_the_uninterrupted_adapter(runs):
     import numpy as np
 
-    killed_in_training = {point.split(":")[1] for _, point in kills if point.startswith("finetune:")}
-    assert killed_in_training  # every tier kills at least one adapter mid-training
+    killed_in_training = {point.split(":")[1] for _, point in KILLS if point.startswith("finetune:")}
+    assert killed_in_training == set(SETS)  # both adapters are killed mid-training
     rows = []
     for name in SETS:
         a = _adapter(runs["base"] / "uninterrupted", name)
