@@ -1,5 +1,8 @@
 """The transformers engine on the real Gemma 3 270M weights."""
 
+import copy
+import json
+
 import pytest
 import torch
 
@@ -91,3 +94,51 @@ def test_tokenizer_copies_share_the_vocabulary_but_not_their_settings():
     assert right(texts, padding=True)["input_ids"][0][-1] == eos_id  # on the right with its own pad token
     assert own_tokenizer(folder).pad_token == "<pad>"  # a later copy starts from the model's settings
     assert left(texts, padding=True)["input_ids"][0][0] == pad_id  # and the first is still as it was
+
+
+def test_the_tokenizer_read_from_its_kept_copy_equals_the_models_own(tmp_path, monkeypatch, caplog):
+    """The first read goes through AutoTokenizer (Gemma's own class) and keeps a copy; later reads load the
+    copy. Both must give the same ids, masks and decodings on real text of every script the tasks use."""
+    from stt.engines import tokenizer as tk
+    from stt.models import hf_folder, resolve_model
+    from stt.testsets import load_xnli
+
+    folder = str(hf_folder(resolve_model("gemma3-270m")))
+    monkeypatch.setenv("STT_CACHE_DIR", str(tmp_path))
+    tk._tokenizer.cache_clear()
+    try:
+        own = tk._tokenizer(folder)
+        tk._tokenizer.cache_clear()
+        copied = tk._tokenizer(folder)
+        assert type(own).__name__ == "GemmaTokenizer" and type(copied).__name__ == "TokenizersBackend"
+        assert len(list(tmp_path.glob("tokenizers/*/tokenizer.json"))) == 1
+        texts = [it[k] for lang in ("de", "th", "zh", "ru") for it in load_xnli(DATA, lang, "test")[:40]
+                 for k in ("premise", "hypothesis")] + SOURCES + ["<start_of_turn>user\nHallo<end_of_turn>\n"]
+        for special in (True, False):
+            assert own(texts, add_special_tokens=special) == copied(texts, add_special_tokens=special)
+        assert own(texts, padding=True) == copied(texts, padding=True)
+        ids = own(texts)["input_ids"]
+        assert [own.decode(x) for x in ids] == [copied.decode(x) for x in ids]
+        # By hand, from Gemma 3's vocabulary: <pad> 0, <eos> 1, <bos> 2, padded on the left.
+        assert (copied.pad_token_id, copied.eos_token_id, copied.bos_token_id) == (0, 1, 2)
+        assert copied.padding_side == "left" and ids[0][0] == 2
+
+        # A damaged copy is set aside: the next read goes through the model's own class and keeps a new copy.
+        next(tmp_path.glob("tokenizers/*/settings.json")).write_text("{not json")
+        tk._tokenizer.cache_clear()
+        assert type(tk._tokenizer(folder)).__name__ == "GemmaTokenizer"
+        assert "unreadable" in caplog.text
+        assert json.loads(next(tmp_path.glob("tokenizers/*/settings.json")).read_text())["padding_side"] == "left"
+
+        # A tokenizer class with a method of its own (here, a decode that differs) is never copied.
+        class Own(type(own)):
+            def decode(self, *args, **kwargs):
+                return "changed"
+
+        mine = copy.copy(own)
+        mine.__class__ = Own
+        assert not tk._keep_copy(mine, tmp_path / "own-class")
+        assert not (tmp_path / "own-class").exists()
+        assert not tk.same_tokenizer(own, mine)  # and the comparison itself tells them apart
+    finally:
+        tk._tokenizer.cache_clear()
