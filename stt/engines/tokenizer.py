@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ def _keep_copy(tokenizer: Any, copy_dir: Path) -> bool:
         log.info("tokenizer %s has methods of its own (%s): read through its class every time",
                  type(tokenizer).__name__, ", ".join(own))
         return False
-    tmp = copy_dir.with_name(f".{copy_dir.name}.{os.getpid()}.tmp")
+    tmp = copy_dir.with_name(f".{copy_dir.name}.{os.getpid()}-{threading.get_ident()}.tmp")  # a flow's threads
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
