@@ -67,8 +67,12 @@ def main() -> None:
     args = ap.parse_args()
 
     gen = GenerationParams(max_new_tokens_cap=96)
-    cached_cfg = TransformersSettings(model=args.model, batch_size=args.batch_size, reuse_prefix_cache=True)
-    plain_cfg = TransformersSettings(model=args.model, batch_size=args.batch_size, reuse_prefix_cache=False)
+    # In this process (not the default engine process): the raw rows time the engine's own calls and reach its
+    # model, and the pipeline row runs the same engine as they do.
+    cached_cfg = TransformersSettings(model=args.model, batch_size=args.batch_size, reuse_prefix_cache=True,
+                                      process="inline")
+    plain_cfg = TransformersSettings(model=args.model, batch_size=args.batch_size, reuse_prefix_cache=False,
+                                     process="inline")
     config = TranslateConfig(task="gsm8k", languages=(args.language,), limit=args.examples, shard_size=args.examples,
                              engine=cached_cfg, generation=gen)
     engine, load_s = _timed(lambda: get_engine(cached_cfg, gen))
