@@ -97,6 +97,7 @@ def test_tokenizer_copies_share_the_vocabulary_but_not_their_settings():
 
 
 def test_the_tokenizer_read_from_its_kept_copy_equals_the_models_own(tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="stt.engines.tokenizer")
     """The first read goes through AutoTokenizer (Gemma's own class) and keeps a copy; later reads load the
     copy. Both must give the same ids, masks and decodings on real text of every script the tasks use."""
     from stt.engines import tokenizer as tk
@@ -130,15 +131,22 @@ def test_the_tokenizer_read_from_its_kept_copy_equals_the_models_own(tmp_path, m
         assert "unreadable" in caplog.text
         assert json.loads(next(tmp_path.glob("tokenizers/*/settings.json")).read_text())["padding_side"] == "left"
 
-        # A tokenizer class with a method of its own (here, a decode that differs) is never copied.
+        # A tokenizer class with a method of its own is never copied, even one that changes nothing (a copy
+        # could not carry what such a method may do on other inputs).
         class Own(type(own)):
             def decode(self, *args, **kwargs):
-                return "changed"
+                return super().decode(*args, **kwargs)
 
         mine = copy.copy(own)
         mine.__class__ = Own
+        assert tk.same_tokenizer(own, mine)  # equal on every probe: only the class check refuses it
         assert not tk._keep_copy(mine, tmp_path / "own-class")
         assert not (tmp_path / "own-class").exists()
-        assert not tk.same_tokenizer(own, mine)  # and the comparison itself tells them apart
+        assert "has methods of its own (decode)" in caplog.text
+        # The comparison tells apart a tokenizer that differs in a setting, or in how it splits special tokens.
+        for setting, value in (("padding_side", "right"), ("split_special_tokens", True)):
+            other = copy.copy(own)
+            setattr(other, setting, value)
+            assert not tk.same_tokenizer(own, other), setting
     finally:
         tk._tokenizer.cache_clear()

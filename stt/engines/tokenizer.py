@@ -27,7 +27,12 @@ _WEIGHTS = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".h5", ".msgpack", "
 # What a tokenizer's own class sets in Python beside its backend (the tokenizers library's object: vocabulary,
 # normalizer, pre- and post-processing, added tokens), which the copy holds whole.
 _SETTINGS = ("padding_side", "truncation_side", "model_max_length", "model_input_names", "chat_template",
+             "clean_up_tokenization_spaces", "split_special_tokens",
              "bos_token", "eos_token", "unk_token", "pad_token", "mask_token", "sep_token", "cls_token")
+# In the copy's name: a change to what a copy holds (above) makes new copies, never reads an old one.
+_COPY_FORMAT = "stt-tokenizer-copy-v2"
+# Files of a model folder that do not make its tokenizer: weights, and stt's own record (absolute paths).
+_NOT_TOKENIZER = ("stt_model.json",)
 _PROBES = ("Hallo Welt, wie geht's?\n  12 + 3 = 15 ☃ 日本語 <eos>", "<start_of_turn>user\nhi<end_of_turn>", "")
 
 
@@ -52,7 +57,7 @@ def _tokenizer(folder: str) -> Any:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     try:
         _keep_copy(tokenizer, copy_dir)
-    except OSError as exc:  # a read-only or full cache: only later reads are slower
+    except Exception as exc:  # noqa: BLE001 - the copy only saves time: a read-only or full cache, or anything else
         log.warning("could not keep a copy of the tokenizer of %s in %s: %s", folder, copy_dir, exc)
     return tokenizer
 
@@ -61,10 +66,11 @@ def _copy_name(folder: Path) -> str:
     import tokenizers
     import transformers
 
-    digest = hashlib.sha256(f"transformers {transformers.__version__} tokenizers {tokenizers.__version__}\n".encode())
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and not path.name.endswith(_WEIGHTS):
-            digest.update(f"{path.name} {file_sha256(path)}\n".encode())
+    digest = hashlib.sha256(f"{_COPY_FORMAT} transformers {transformers.__version__} tokenizers "
+                            f"{tokenizers.__version__}\n".encode())
+    for path in sorted(folder.rglob("*")):  # subfolders too: e.g. additional_chat_templates/
+        if path.is_file() and not path.name.endswith(_WEIGHTS) and path.name not in _NOT_TOKENIZER:
+            digest.update(f"{path.relative_to(folder)} {file_sha256(path)}\n".encode())
     return digest.hexdigest()[:24]
 
 
@@ -100,6 +106,8 @@ def _keep_copy(tokenizer: Any, copy_dir: Path) -> bool:
         if not same_tokenizer(tokenizer, _from_copy(tmp)):
             log.info("tokenizer %s: its copy differs; read through its class every time", type(tokenizer).__name__)
             return False
+        if copy_dir.is_dir() and not (copy_dir / "settings.json").is_file():
+            shutil.rmtree(copy_dir, ignore_errors=True)  # left half-removed by a killed process: in the way
         with contextlib.suppress(OSError):  # another process kept its copy first
             os.rename(tmp, copy_dir)
         return True
