@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Set up (once) and run the tests: real tiny model, real data, real Prefect.
-#   bash scripts/test.sh             the default tier (5 min 41 s on 2 cores in a clean clone, 2026-12-04)
+#   bash scripts/test.sh             the default tier (5 min 39 s on 2 cores in a clean clone, 2026-12-04)
 #   bash scripts/test.sh --full      both tiers (25 min 0 s, 2026-12-04): adds PostgreSQL + Prefect
 #                                    server + workers, server and database faults, fan-out and worker
 #                                    kills, every kill point, the model-running stage-key table, real vLLM
 #   bash scripts/test.sh --full-only the full tier's own tests (what --full adds: the tests marked full):
-#                                    .ci/run runs it after the default tier (22 min 30 s,
+#                                    .ci/run runs it after the default tier (23 min 15 s,
 #                                    2026-12-04)
 # Other arguments go to pytest (e.g. `bash scripts/test.sh -k keys`, `-m "not model"`).
 set -euo pipefail
